@@ -1,0 +1,56 @@
+"""probseq: probabilistic sequence models on JAX, one autoregressive likelihood API.
+
+RNNs, LSTMs, GRUs, MinGRUs, LRUs and hidden Markov models are all distributions
+p(x_{1:T}) = prod_t p(x_t | h_t) with a fixed-size state h_t; the same functions
+score, filter and sample every one of them.
+
+Importing probseq changes no global JAX setting and builds nothing.
+"""
+
+from probseq import heads, hmm_inference, scan
+from probseq.core import (
+    ScoreResult,
+    SequenceModel,
+    log_prob,
+    sample,
+    score,
+    step_log_probs,
+)
+from probseq.data import pad_sequences
+from probseq.families import (
+    GRU,
+    HMM,
+    LRU,
+    LSTM,
+    RNN,
+    CategoricalHMM,
+    GaussianHMM,
+    HMMParams,
+    MinGRU,
+    RecurrentState,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SequenceModel",
+    "ScoreResult",
+    "score",
+    "log_prob",
+    "step_log_probs",
+    "sample",
+    "pad_sequences",
+    "RNN",
+    "LSTM",
+    "GRU",
+    "MinGRU",
+    "LRU",
+    "HMM",
+    "CategoricalHMM",
+    "GaussianHMM",
+    "HMMParams",
+    "RecurrentState",
+    "heads",
+    "hmm_inference",
+    "scan",
+]

@@ -1,0 +1,306 @@
+r"""The autoregressive contract and the operations written once over it.
+
+Every probseq model is a distribution over sequences
+
+.. math::  p(x_{1:T} \mid u_{1:T}) = \prod_t p(x_t \mid h_t, u_t), \qquad
+           h_{t+1} = f(h_t, x_t, u_t; \theta)
+
+with a fixed-size state ``h_t`` and optional per-step conditioning inputs ``u_t``.
+A family implements four pure functions (``init``, ``initial_state``, ``emission``,
+``update``); this module turns them into batched, masked, jit-compiled
+log-likelihoods, filtering and ancestral sampling.
+
+A family with a faster exact path may override ``trajectory`` (all states at once:
+a parallel scan, or hoisted input projections) or ``sequence_log_probs`` (states and
+per-step log-likelihoods together, e.g. the HMM's scaled forward pass). Tests check
+every override against the generic path.
+
+Example:
+    >>> import jax, probseq
+    >>> model = probseq.GRU(vocab_size=5, hidden_size=8)
+    >>> params = model.init(jax.random.key(0))
+    >>> x = jax.numpy.array([[0, 1, 2, 3], [4, 3, 2, 1]])
+    >>> probseq.log_prob(model, params, x).shape
+    (2,)
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+
+from probseq import validation
+from probseq.heads import Head, temper
+from probseq.scan import pairwise_sum
+
+__all__ = [
+    "SequenceModel",
+    "ScoreResult",
+    "score",
+    "log_prob",
+    "step_log_probs",
+    "sample",
+]
+
+PyTree = Any
+
+
+class SequenceModel(abc.ABC):
+    """The contract every family meets. Instances hold static configuration only
+    (they are frozen dataclasses: hashable, usable as jit static arguments);
+    parameters travel separately as a pytree.
+
+    Subclasses define ``head`` (a :class:`probseq.heads.Head`), ``input_dim``
+    (size of u_t; 0 for unconditional models) and the four methods below.
+    """
+
+    head: Head
+    input_dim: int = 0
+
+    @abc.abstractmethod
+    def init(self, key: jax.Array, *, dtype=jnp.float32) -> PyTree:
+        """Random parameters, a pytree of arrays."""
+
+    @abc.abstractmethod
+    def initial_state(self, params: PyTree) -> PyTree:
+        """h_1, the state before any observation."""
+
+    @abc.abstractmethod
+    def emission(self, params: PyTree, state: PyTree, u: jax.Array | None = None) -> dist.Distribution:
+        """p(x_t | h_t, u_t) as a numpyro distribution."""
+
+    @abc.abstractmethod
+    def update(self, params: PyTree, state: PyTree, x: jax.Array, u: jax.Array | None = None) -> PyTree:
+        """Consume x_t (and u_t); return h_{t+1}."""
+
+    # ------------------------------------------------------------ overridable paths
+    def trajectory(self, params, state, xs, us=None) -> PyTree:
+        """States h_2..h_{T+1} after each of the T steps, stacked on axis 0.
+
+        Generic: a ``lax.scan`` of ``update``. Override with a faster exact path.
+        """
+
+        def step(h, xu):
+            x, u = xu
+            h = self.update(params, h, x, u)
+            return h, h
+
+        return jax.lax.scan(step, state, (xs, us))[1]
+
+    def sequence_log_probs(self, params, state, xs, us=None) -> tuple[jax.Array, PyTree]:
+        """Per-step log p(x_t | x_<t) (T,) and the states after each step.
+
+        Generic: the trajectory, then every emission at once (vectorised over time,
+        which batches the readout into one matrix product).
+        """
+        after = self.trajectory(params, state, xs, us)
+        before = jax.tree.map(
+            lambda h0, hs: jnp.concatenate([h0[None], hs[:-1]], axis=0), state, after
+        )
+        if us is None:
+            lps = jax.vmap(lambda h, x: self.emission(params, h).log_prob(x))(before, xs)
+        else:
+            lps = jax.vmap(lambda h, x, u: self.emission(params, h, u).log_prob(x))(before, xs, us)
+        return lps, after
+
+
+class ScoreResult(NamedTuple):
+    """What filtering a batch gives back.
+
+    log_prob: per-sequence total log-likelihood, () or (B,).
+    step_log_probs: log p(x_t | x_<t) per step, (T,) or (B, T); 0 where masked.
+    final_state: the state after the last valid step of each sequence (a pytree with
+        leading batch dim when the input was batched); pass it as ``initial_state``
+        to continue the sequence.
+    """
+
+    log_prob: jax.Array
+    step_log_probs: jax.Array
+    final_state: PyTree
+
+
+# ----------------------------------------------------------------- compiled kernels
+@functools.partial(jax.jit, static_argnums=0)
+def _score_kernel(model, params, x, mask, inputs, initial_state):
+    def one(xb, mb, ub, hb):
+        h0 = model.initial_state(params) if hb is None else hb
+        lps, after = model.sequence_log_probs(params, h0, xb, ub)
+        lps = jnp.where(mb, lps, jnp.zeros((), lps.dtype))
+        n = jnp.sum(mb)
+        last = jnp.maximum(n - 1, 0)
+        final = jax.tree.map(lambda hs, h: jnp.where(n > 0, hs[last], h), after, h0)
+        return lps, final
+
+    lps, final = jax.vmap(one)(x, mask, inputs, initial_state)
+    return pairwise_sum(lps, axis=-1), lps, final
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _sample_kernel(model, params, keys, states, num_timesteps, temperature, inputs):
+    def chain(key, h, us):
+        def step(h, ku):
+            k, u = ku
+            d = model.emission(params, h, u)
+            tempered = temper(d, temperature)
+            x = tempered if temperature == 0 else tempered.sample(k)
+            return model.update(params, h, x, u), x
+
+        return jax.lax.scan(step, h, (jax.random.split(key, num_timesteps), us))[1]
+
+    return jax.vmap(chain)(keys, states, inputs)
+
+
+# ------------------------------------------------------------------- public API
+def _cast_obs(model, params, x):
+    if model.head.is_token:
+        return x
+    dtype = jax.tree.leaves(params)[0].dtype
+    return x.astype(dtype)
+
+
+def _prepare_state(model, params, initial_state, batch: validation.Batch):
+    if initial_state is None:
+        return None
+    bsz = batch.x.shape[0]
+    if batch.batched:
+        validation.check_state(model, params, initial_state, (bsz,))
+        return initial_state
+    validation.check_state(model, params, initial_state, ())
+    return jax.tree.map(lambda a: jnp.asarray(a)[None], initial_state)
+
+
+def score(model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None) -> ScoreResult:
+    """Filter sequences through ``model``: totals, per-step terms and final states.
+
+    Args:
+        model: any probseq model.
+        params: its parameter pytree.
+        x: one sequence (T,) / (T, D), a batch (B, T) / (B, T, D), or a list of
+            unequal-length sequences (padded here).
+        mask: optional (B, T) boolean, True on valid steps; each row is a prefix
+            (ragged sequences padded at the end).
+        inputs: per-step conditioning u_t, (T, input_dim) or (B, T, input_dim), for
+            models built with ``input_dim > 0``.
+        initial_state: continue from this state (e.g. a previous ``final_state``)
+            instead of ``model.initial_state(params)``.
+
+    Returns:
+        A :class:`ScoreResult`.
+    """
+    validation.check_params(model, params)
+    batch = validation.prepare_batch(model, x, mask, inputs)
+    h0 = _prepare_state(model, params, initial_state, batch)
+    xs = _cast_obs(model, params, batch.x)
+    total, lps, final = _score_kernel(model, params, xs, batch.mask, batch.inputs, h0)
+    if not batch.batched:
+        return ScoreResult(total[0], lps[0], jax.tree.map(lambda a: a[0], final))
+    return ScoreResult(total, lps, final)
+
+
+def log_prob(model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None):
+    """Total log-likelihood log p(x_{1:T}) of each sequence: () or (B,).
+
+    Accepts the same inputs as :func:`score`. Example::
+
+        lp = probseq.log_prob(model, params, x)          # x: (B, T) tokens
+        lp = probseq.log_prob(model, params, [x1, x2])   # ragged, padded for you
+    """
+    return score(model, params, x, mask, inputs=inputs, initial_state=initial_state).log_prob
+
+
+def step_log_probs(model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None):
+    """log p(x_t | x_<t) for every step: (T,) or (B, T), 0 where masked."""
+    return score(model, params, x, mask, inputs=inputs, initial_state=initial_state).step_log_probs
+
+
+def sample(
+    model: SequenceModel,
+    params,
+    key: jax.Array,
+    num_timesteps: int,
+    *,
+    num_samples: int | None = None,
+    prefix=None,
+    temperature: float = 1.0,
+    inputs=None,
+    initial_state=None,
+):
+    """Ancestral sampling: draw x_t ~ p(x_t | h_t), then h_{t+1} = update(h_t, x_t).
+
+    Args:
+        model, params: the model.
+        key: a PRNG key (``jax.random.key(seed)``).
+        num_timesteps: number of new steps to draw.
+        num_samples: independent draws per starting point (None: a single draw,
+            no sample axis).
+        prefix: a sequence (T0,) or batch (B, T0) (list of ragged ones allowed) to
+            condition on; sampling continues after its last valid step.
+        temperature: 1 samples the model; < 1 sharpens, > 1 flattens; 0 is greedy.
+        inputs: future conditioning inputs (num_timesteps, input_dim) or
+            (B, num_timesteps, input_dim) for conditional models.
+        initial_state: start from this state instead (not with ``prefix``).
+
+    Returns:
+        The ``num_timesteps`` new steps that follow the prefix, shaped
+        ``(num_samples,)? + (B,)? + (num_timesteps,) + event_shape``.
+    """
+    validation.check_params(model, params)
+    validation.check_key(key)
+    if not isinstance(num_timesteps, int) or isinstance(num_timesteps, bool) or num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be a positive int, got {num_timesteps=}")
+    if num_samples is not None and (
+        not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1
+    ):
+        raise ValueError(f"num_samples must be None or a positive int, got {num_samples=}")
+    if not isinstance(temperature, int | float) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature=}")
+    if prefix is not None and initial_state is not None:
+        raise ValueError("give either prefix= or initial_state=, not both.")
+
+    if prefix is not None:
+        res = score(model, params, prefix)
+        batched = res.log_prob.ndim == 1
+        states = res.final_state if batched else jax.tree.map(lambda a: a[None], res.final_state)
+    elif initial_state is not None:
+        template = jax.eval_shape(model.initial_state, params)
+        extra = jnp.ndim(jax.tree.leaves(initial_state)[0]) - jnp.ndim(jax.tree.leaves(template)[0])
+        batched = extra == 1
+        lead = (jax.tree.leaves(initial_state)[0].shape[0],) if batched else ()
+        validation.check_state(model, params, initial_state, lead)
+        states = initial_state if batched else jax.tree.map(lambda a: jnp.asarray(a)[None], initial_state)
+    else:
+        batched = False
+        states = jax.tree.map(lambda a: a[None], model.initial_state(params))
+    num_starts = jax.tree.leaves(states)[0].shape[0]
+    us = _prepare_future_inputs(model, inputs, num_timesteps, num_starts, batched)
+
+    draws = 1 if num_samples is None else num_samples
+    states = jax.tree.map(lambda a: jnp.broadcast_to(a[None], (draws,) + a.shape).reshape((-1,) + a.shape[1:]), states)
+    if us is not None:
+        us = jnp.broadcast_to(us[None], (draws,) + us.shape).reshape((-1,) + us.shape[1:])
+    keys = jax.random.split(key, draws * num_starts)
+    xs = _sample_kernel(model, params, keys, states, num_timesteps, float(temperature), us)
+    lead = ((num_samples,) if num_samples is not None else ()) + ((num_starts,) if batched else ())
+    return xs.reshape(lead + xs.shape[1:])
+
+
+def _prepare_future_inputs(model, inputs, num_timesteps, num_starts, batched):
+    if not model.input_dim:
+        if inputs is not None:
+            raise ValueError(f"{model!r} takes no conditioning inputs; got inputs=.")
+        return None
+    if inputs is None:
+        raise ValueError(
+            f"{model!r} needs future inputs of shape ({num_timesteps}, {model.input_dim}) to sample."
+        )
+    u = jnp.asarray(inputs, dtype=jnp.result_type(float))
+    expected = ((num_starts,) if batched else ()) + (num_timesteps, model.input_dim)
+    if u.shape != expected:
+        raise ValueError(f"inputs must have shape {expected} for sampling; got {u.shape}.")
+    return u if batched else u[None]

@@ -1,0 +1,395 @@
+"""Emission heads: small maps from raw parameters to a numpyro distribution.
+
+A head is the ``p(x_t | h_t)`` part of every model. It knows three things:
+
+* the names and shapes of its raw (unconstrained) parameters, ``raw_shapes``;
+* how raw parameters become a :class:`numpyro.distributions.Distribution`
+  (``distribution(raw)``; raw leaves may carry any leading batch shape);
+* what a valid observation looks like (``check_observations``), so bad data is
+  rejected at the API boundary with a message that names the offending value.
+
+Neural families compute the raw parameters with a linear readout of the hidden
+features (``readout``); hidden Markov models keep one raw parameter set per state
+and emit the mixture over states weighted by the predictive state probabilities
+(``mixture``). Both use the same head classes.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> head = CategoricalHead(vocab_size=4)
+    >>> d = head.distribution({"logits": jnp.zeros(4)})
+    >>> float(d.log_prob(2))  # doctest: +ELLIPSIS
+    -1.386...
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+
+__all__ = [
+    "Head",
+    "CategoricalHead",
+    "NormalHead",
+    "MixtureNormalHead",
+    "PoissonHead",
+    "BernoulliHead",
+    "temper",
+]
+
+
+def _first_bad(bad: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(bad)[0])
+
+
+class Head(abc.ABC):
+    """Abstract emission head. Subclasses are frozen dataclasses (hashable, static)."""
+
+    #: True when observations are integer tokens (scalar events) fed to an embedding.
+    is_token: bool = False
+
+    @property
+    @abc.abstractmethod
+    def event_shape(self) -> tuple[int, ...]:
+        """Shape of one observation x_t."""
+
+    @abc.abstractmethod
+    def raw_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the raw parameters of one distribution."""
+
+    @abc.abstractmethod
+    def distribution(self, raw: dict) -> dist.Distribution:
+        """The distribution for raw parameters (leaves may have leading batch dims)."""
+
+    @abc.abstractmethod
+    def check_observations(self, x: np.ndarray, valid: np.ndarray, name: str) -> np.ndarray:
+        """Validate concrete observations at the valid positions and return them cast.
+
+        ``x`` has shape ``batch + (T,) + event_shape`` and ``valid`` ``batch + (T,)``.
+        Raises ValueError naming ``name``, the index and the value that is wrong.
+        """
+
+    # ------------------------------------------------------------------ generic
+    @property
+    def raw_size(self) -> int:
+        return sum(math.prod(s) for s in self.raw_shapes().values())
+
+    def split(self, flat: jax.Array) -> dict:
+        """Split a flat vector (..., raw_size) into the raw parameter dict."""
+        out, start = {}, 0
+        lead = flat.shape[:-1]
+        for name, shape in self.raw_shapes().items():
+            size = math.prod(shape)
+            out[name] = flat[..., start : start + size].reshape(lead + shape)
+            start += size
+        return out
+
+    def init_readout(self, key: jax.Array, in_features: int, dtype) -> dict:
+        """Parameters of a linear readout from ``in_features`` hidden features.
+
+        The weights start small (scale 1/sqrt(in_features)) and the bias at zero, so a
+        fresh model predicts a near-uniform categorical / unit-scale Normal.
+        """
+        w = jax.random.normal(key, (in_features, self.raw_size), dtype) / math.sqrt(in_features)
+        return {"kernel": w, "bias": jnp.zeros((self.raw_size,), dtype)}
+
+    def readout(self, params: dict, features: jax.Array) -> dist.Distribution:
+        """Distribution from hidden features through the linear readout ``params``."""
+        return self.distribution(self.split(features @ params["kernel"] + params["bias"]))
+
+    @abc.abstractmethod
+    def init_components(self, key: jax.Array, num_components: int, dtype) -> dict:
+        """Random raw parameters for ``num_components`` independent distributions
+        (one per hidden state of an HMM)."""
+
+    def component_log_probs(self, raw: dict, x: jax.Array) -> jax.Array:
+        """log p(x | component k) for every component: raw leaves (K, ...) -> (K,)."""
+        return self.distribution(raw).log_prob(jnp.expand_dims(x, 0) if self.is_token else x)
+
+    def mixture(self, probs: jax.Array, raw: dict) -> dist.Distribution:
+        """Mixture over components with weights ``probs`` (K,) and raw leaves (K, ...)."""
+        return dist.MixtureSameFamily(dist.CategoricalProbs(probs), self.distribution(raw))
+
+
+def _check_finite(x: np.ndarray, valid: np.ndarray, name: str) -> None:
+    ok = np.isfinite(x)
+    ok = ok.reshape(valid.shape + (-1,)).all(-1)
+    bad = valid & ~ok
+    if bad.any():
+        idx = _first_bad(bad)
+        raise ValueError(
+            f"{name} contains a non-finite value (NaN or inf) at index {idx}: "
+            f"{x[idx]!r}. Observations must be finite; mark missing steps with the mask "
+            "(only trailing padding) or remove them."
+        )
+
+
+def _float_obs(x: np.ndarray, name: str, what: str) -> np.ndarray:
+    if x.dtype == np.bool_ or not (
+        np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+    ):
+        raise ValueError(f"{name} must hold real numbers for {what}; got dtype {x.dtype}.")
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoricalHead(Head):
+    """Categorical over ``vocab_size`` symbols: ``x_t ~ Categorical(softmax(logits))``."""
+
+    vocab_size: int
+    is_token = True
+
+    def __post_init__(self):
+        if not isinstance(self.vocab_size, int) or self.vocab_size < 2:
+            raise ValueError(f"vocab_size must be an int >= 2, got {self.vocab_size=}")
+
+    @property
+    def event_shape(self):
+        return ()
+
+    def raw_shapes(self):
+        return {"logits": (self.vocab_size,)}
+
+    def distribution(self, raw):
+        return dist.CategoricalLogits(raw["logits"])
+
+    def component_log_probs(self, raw, x):
+        # A gather of the normalized log table: O(K), not O(K V).
+        logits = raw["logits"]
+        return logits[:, x] - jax.nn.logsumexp(logits, axis=-1)
+
+    def mixture(self, probs, raw):
+        # A mixture of categoricals is a categorical: collapse it exactly.
+        return dist.CategoricalProbs(probs @ jax.nn.softmax(raw["logits"], axis=-1))
+
+    def init_components(self, key, num_components, dtype):
+        return {"logits": jax.random.normal(key, (num_components, self.vocab_size), dtype)}
+
+    def check_observations(self, x, valid, name):
+        if not np.issubdtype(x.dtype, np.integer):
+            raise ValueError(
+                f"{name} must hold integer token ids in [0, {self.vocab_size}); got dtype "
+                f"{x.dtype}. Convert text with probseq.data or cast with x.astype(int)."
+            )
+        bad = valid & ((x < 0) | (x >= self.vocab_size))
+        if bad.any():
+            idx = _first_bad(bad)
+            raise ValueError(
+                f"{name} has token id {int(x[idx])} at index {idx}, outside [0, "
+                f"{self.vocab_size}) for vocab_size={self.vocab_size}."
+            )
+        return x.astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalHead(Head):
+    """Diagonal Normal over ``obs_dim`` reals: ``x_t ~ N(loc, diag(exp(log_scale))^2)``."""
+
+    obs_dim: int
+
+    def __post_init__(self):
+        if not isinstance(self.obs_dim, int) or self.obs_dim < 1:
+            raise ValueError(f"obs_dim must be an int >= 1, got {self.obs_dim=}")
+
+    @property
+    def event_shape(self):
+        return (self.obs_dim,)
+
+    def raw_shapes(self):
+        return {"loc": (self.obs_dim,), "log_scale": (self.obs_dim,)}
+
+    def distribution(self, raw):
+        return dist.Normal(raw["loc"], jnp.exp(raw["log_scale"])).to_event(1)
+
+    def init_components(self, key, num_components, dtype):
+        return {
+            "loc": jax.random.normal(key, (num_components, self.obs_dim), dtype),
+            "log_scale": jnp.zeros((num_components, self.obs_dim), dtype),
+        }
+
+    def check_observations(self, x, valid, name):
+        _float_obs(x, name, f"a Normal head with obs_dim={self.obs_dim}")
+        _check_finite(x, valid, name)
+        return x
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureNormalHead(Head):
+    """Mixture of ``num_components`` diagonal Normals over ``obs_dim`` reals."""
+
+    obs_dim: int
+    num_components: int = 3
+
+    def __post_init__(self):
+        if not isinstance(self.obs_dim, int) or self.obs_dim < 1:
+            raise ValueError(f"obs_dim must be an int >= 1, got {self.obs_dim=}")
+        if not isinstance(self.num_components, int) or self.num_components < 1:
+            raise ValueError(f"num_components must be an int >= 1, got {self.num_components=}")
+
+    @property
+    def event_shape(self):
+        return (self.obs_dim,)
+
+    def raw_shapes(self):
+        m, d = self.num_components, self.obs_dim
+        return {"mixture_logits": (m,), "loc": (m, d), "log_scale": (m, d)}
+
+    def distribution(self, raw):
+        comps = dist.Normal(raw["loc"], jnp.exp(raw["log_scale"])).to_event(1)
+        return dist.MixtureSameFamily(dist.CategoricalLogits(raw["mixture_logits"]), comps)
+
+    def init_readout(self, key, in_features, dtype):
+        params = super().init_readout(key, in_features, dtype)
+        # Spread the component means at init so the components do not start identical.
+        m, d = self.num_components, self.obs_dim
+        offset = jnp.linspace(-1.0, 1.0, m, dtype=dtype)[:, None] * jnp.ones((m, d), dtype)
+        bias = self.split(params["bias"])
+        bias["loc"] = offset
+        params["bias"] = jnp.concatenate([bias[k].reshape(-1) for k in self.raw_shapes()])
+        return params
+
+    def init_components(self, key, num_components, dtype):
+        k1, k2 = jax.random.split(key)
+        m, d = self.num_components, self.obs_dim
+        return {
+            "mixture_logits": jnp.zeros((num_components, m), dtype),
+            "loc": jax.random.normal(k1, (num_components, m, d), dtype),
+            "log_scale": jnp.zeros((num_components, m, d), dtype),
+        }
+
+    check_observations = NormalHead.check_observations
+
+
+@dataclasses.dataclass(frozen=True)
+class PoissonHead(Head):
+    """Independent Poisson counts over ``obs_dim`` outputs: ``x_t ~ Poisson(exp(log_rate))``."""
+
+    obs_dim: int
+
+    def __post_init__(self):
+        if not isinstance(self.obs_dim, int) or self.obs_dim < 1:
+            raise ValueError(f"obs_dim must be an int >= 1, got {self.obs_dim=}")
+
+    @property
+    def event_shape(self):
+        return (self.obs_dim,)
+
+    def raw_shapes(self):
+        return {"log_rate": (self.obs_dim,)}
+
+    def distribution(self, raw):
+        return dist.Poisson(jnp.exp(raw["log_rate"])).to_event(1)
+
+    def init_components(self, key, num_components, dtype):
+        return {"log_rate": jax.random.normal(key, (num_components, self.obs_dim), dtype)}
+
+    def check_observations(self, x, valid, name):
+        _float_obs(x, name, f"a Poisson head with obs_dim={self.obs_dim}")
+        _check_finite(x, valid, name)
+        bad_value = (x < 0) | (x != np.round(x))
+        bad = valid & bad_value.reshape(valid.shape + (-1,)).any(-1)
+        if bad.any():
+            idx = _first_bad(bad)
+            raise ValueError(
+                f"{name} must hold non-negative integer counts; got {x[idx]!r} at index {idx}."
+            )
+        return x
+
+
+@dataclasses.dataclass(frozen=True)
+class BernoulliHead(Head):
+    """Independent binary outputs over ``obs_dim`` positions: ``x_t ~ Bernoulli(sigmoid(logits))``."""
+
+    obs_dim: int
+
+    def __post_init__(self):
+        if not isinstance(self.obs_dim, int) or self.obs_dim < 1:
+            raise ValueError(f"obs_dim must be an int >= 1, got {self.obs_dim=}")
+
+    @property
+    def event_shape(self):
+        return (self.obs_dim,)
+
+    def raw_shapes(self):
+        return {"logits": (self.obs_dim,)}
+
+    def distribution(self, raw):
+        return dist.BernoulliLogits(raw["logits"]).to_event(1)
+
+    def init_components(self, key, num_components, dtype):
+        return {"logits": jax.random.normal(key, (num_components, self.obs_dim), dtype)}
+
+    def check_observations(self, x, valid, name):
+        if x.dtype == np.bool_:
+            return x.astype(np.float32)
+        _float_obs(x, name, f"a Bernoulli head with obs_dim={self.obs_dim}")
+        bad = valid & ((x != 0) & (x != 1)).reshape(valid.shape + (-1,)).any(-1)
+        if bad.any():
+            idx = _first_bad(bad)
+            raise ValueError(f"{name} must hold 0/1 values; got {x[idx]!r} at index {idx}.")
+        return x
+
+
+# ---------------------------------------------------------------------- tempering
+def temper(d: dist.Distribution, temperature: float) -> dist.Distribution | jax.Array:
+    """Sharpen (t < 1) or flatten (t > 1) a distribution for sampling.
+
+    Discrete distributions get ``p^(1/t)`` renormalized (logits / t); Normals get their
+    scale multiplied by ``sqrt(t)``; mixtures temper both the mixing weights and the
+    components. ``temperature == 0`` returns the greedy value (the mode) as an array
+    instead of a distribution.
+    """
+    if temperature == 0:
+        return _mode(d)
+    if temperature == 1:
+        return d
+    t = temperature
+    if isinstance(d, dist.Independent):
+        return temper(d.base_dist, t).to_event(d.reinterpreted_batch_ndims)
+    if isinstance(d, dist.CategoricalLogits | dist.CategoricalProbs):
+        return dist.CategoricalLogits(_log_probs_of(d) / t)
+    if isinstance(d, dist.BernoulliLogits | dist.BernoulliProbs):
+        return dist.BernoulliLogits(d.logits / t)
+    if isinstance(d, dist.Normal):
+        return dist.Normal(d.loc, d.scale * jnp.sqrt(t))
+    if isinstance(d, dist.MixtureSameFamily):
+        return dist.MixtureSameFamily(
+            temper(d.mixing_distribution, t), temper(d.component_distribution, t)
+        )
+    raise ValueError(
+        f"temperature={temperature} is not supported for {type(d).__name__} emissions; "
+        "use temperature=1.0 (plain ancestral sampling)."
+    )
+
+
+def _log_probs_of(d):
+    if isinstance(d, dist.CategoricalProbs):
+        return jnp.log(d.probs)
+    return jax.nn.log_softmax(d.logits, axis=-1)
+
+
+def _mode(d: dist.Distribution) -> jax.Array:
+    if isinstance(d, dist.Independent):
+        return _mode(d.base_dist)
+    if isinstance(d, dist.CategoricalLogits | dist.CategoricalProbs):
+        return jnp.argmax(_log_probs_of(d), axis=-1)
+    if isinstance(d, dist.BernoulliLogits | dist.BernoulliProbs):
+        return (d.logits > 0).astype(d.logits.dtype)
+    if isinstance(d, dist.Normal):
+        return d.loc
+    if isinstance(d, dist.Poisson):
+        return jnp.floor(d.rate)
+    if isinstance(d, dist.MixtureSameFamily):
+        # Greedy for a mixture: the mode of the most probable component.
+        event_ndim = len(d.event_shape)
+        k = jnp.argmax(_log_probs_of(d.mixing_distribution), axis=-1)
+        comp_modes = _mode(d.component_distribution)  # batch + (M,) + event
+        idx = k.reshape(k.shape + (1,) * (1 + event_ndim))
+        picked = jnp.take_along_axis(comp_modes, idx, axis=-1 - event_ndim)
+        return jnp.squeeze(picked, axis=-1 - event_ndim)
+    raise ValueError(f"temperature=0 (greedy) is not supported for {type(d).__name__} emissions.")
