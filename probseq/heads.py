@@ -124,7 +124,7 @@ def _check_finite(x: np.ndarray, valid: np.ndarray, name: str) -> None:
         idx = _first_bad(bad)
         raise ValueError(
             f"{name} contains a non-finite value (NaN or inf) at index {idx}: "
-            f"{x[idx]!r}. Observations must be finite; mark missing steps with the mask "
+            f"{x[idx].tolist()!r}. Observations must be finite; mark missing steps with the mask "
             "(only trailing padding) or remove them."
         )
 
@@ -296,7 +296,7 @@ class PoissonHead(Head):
         if bad.any():
             idx = _first_bad(bad)
             raise ValueError(
-                f"{name} must hold non-negative integer counts; got {x[idx]!r} at index {idx}."
+                f"{name} must hold non-negative integer counts; got {x[idx].tolist()!r} at index {idx}."
             )
         return x
 
@@ -331,7 +331,7 @@ class BernoulliHead(Head):
         bad = valid & ((x != 0) & (x != 1)).reshape(valid.shape + (-1,)).any(-1)
         if bad.any():
             idx = _first_bad(bad)
-            raise ValueError(f"{name} must hold 0/1 values; got {x[idx]!r} at index {idx}.")
+            raise ValueError(f"{name} must hold 0/1 values; got {x[idx].tolist()!r} at index {idx}.")
         return x
 
 

@@ -76,7 +76,7 @@ def _check_mask(mask, shape, name: str) -> np.ndarray:
         bad = (m != 0) & (m != 1)
         if bad.any():
             idx = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"mask must be boolean or 0/1; got {m[idx]!r} at index {idx}.")
+            raise ValueError(f"mask must be boolean or 0/1; got {m[idx].tolist()!r} at index {idx}.")
         m = m.astype(bool)
     # Valid steps must come first: a True after a False is a hole, which this API
     # does not define (an RNN has no input to consume for a missing step).
@@ -238,7 +238,7 @@ def check_params(model, params) -> None:
             a = np.asarray(leaf)
             if np.isnan(a).any() or np.isposinf(a).any():
                 idx = tuple(int(i) for i in np.argwhere(np.isnan(a) | np.isposinf(a))[0])
-                raise ValueError(f"{_path_str(path)} has a non-finite value at index {idx}: {a[idx]}.")
+                raise ValueError(f"{_path_str(path)} has a non-finite value at index {idx}: {a[idx].tolist()}.")
 
 
 def check_key(key, name: str = "key") -> None:

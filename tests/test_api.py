@@ -1,0 +1,76 @@
+"""The public surface: names, import hygiene, example scripts."""
+
+import pathlib
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+import probseq
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_public_names_are_pinned():
+    assert sorted(probseq.__all__) == sorted(
+        [
+            "SequenceModel", "ScoreResult", "score", "log_prob", "step_log_probs", "sample",
+            "pad_sequences", "RNN", "LSTM", "GRU", "MinGRU", "LRU", "HMM", "CategoricalHMM",
+            "GaussianHMM", "HMMParams", "RecurrentState", "heads", "hmm_inference", "scan",
+        ]
+    )
+    for name in probseq.__all__:
+        assert hasattr(probseq, name), name
+
+
+def test_import_changes_no_global_jax_setting():
+    code = (
+        "import jax\n"
+        "before = {k: getattr(jax.config, k) for k in ('jax_enable_x64', 'jax_platforms', "
+        "'jax_default_matmul_precision', 'jax_debug_nans')}\n"
+        "import probseq\n"
+        "after = {k: getattr(jax.config, k) for k in before}\n"
+        "assert before == after, (before, after)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_models_are_hashable_static_configuration():
+    a = probseq.LSTM(vocab_size=5, hidden_size=8)
+    b = probseq.LSTM(vocab_size=5, hidden_size=8)
+    assert a == b and hash(a) == hash(b)
+    assert probseq.CategoricalHMM(2, 3) == probseq.CategoricalHMM(2, 3)
+    assert repr(probseq.LRU(obs_dim=2, hidden_size=4)) == "LRU(obs_dim=2, hidden_size=4)"
+
+
+def test_second_call_does_not_recompile():
+    import jax
+    import numpy as np
+
+    model = probseq.GRU(vocab_size=5, hidden_size=4)
+    params = model.init(jax.random.key(0))
+    x = np.zeros((2, 6), int)
+    probseq.log_prob(model, params, x)
+    other = model.init(jax.random.key(1))
+    with jax.log_compiles(True):
+        import logging
+
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logger = logging.getLogger("jax")
+        logger.addHandler(handler)
+        try:
+            probseq.log_prob(model, other, x + 1)
+        finally:
+            logger.removeHandler(handler)
+    assert not [r for r in records if "Compiling" in r.getMessage()]
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
+def test_example_runs_with_tiny_arguments(script, capsys):
+    tiny = {"quickstart.py": ["--num-sequences", "2", "--num-timesteps", "10", "--hidden-size", "4"]}
+    module = runpy.run_path(str(script), run_name="example")
+    module["main"](tiny.get(script.name, []))
+    assert capsys.readouterr().out.strip()
