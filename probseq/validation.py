@@ -233,12 +233,22 @@ def check_params(model, params) -> None:
         dtype = np.result_type(getattr(leaf, "dtype", np.asarray(leaf).dtype))
         if jnp.issubdtype(want.dtype, jnp.floating) and not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"{_path_str(path)} must be a floating array; got dtype {dtype}.")
-        if not _is_tracer(leaf) and not np.isfinite(np.asarray(leaf)).all():
-            # -inf log-probabilities (structural zeros of an HMM) are allowed; NaN/+inf not.
-            a = np.asarray(leaf)
-            if np.isnan(a).any() or np.isposinf(a).any():
-                idx = tuple(int(i) for i in np.argwhere(np.isnan(a) | np.isposinf(a))[0])
-                raise ValueError(f"{_path_str(path)} has a non-finite value at index {idx}: {a[idx].tolist()}.")
+    leaves = list(got.values())
+    if any(_is_tracer(leaf) for leaf in leaves):
+        return
+    # One compiled reduction per call (a flag per leaf), not a host copy of every leaf.
+    # -inf is allowed (log of a structural zero of an HMM); NaN and +inf are not.
+    flags = np.asarray(_bad_value_flags(leaves))
+    if flags.any():
+        path, leaf = list(got.items())[int(np.argmax(flags))]
+        a = np.asarray(leaf)
+        idx = tuple(int(i) for i in np.argwhere(np.isnan(a) | np.isposinf(a))[0])
+        raise ValueError(f"{_path_str(path)} has a non-finite value at index {idx}: {a[idx].tolist()}.")
+
+
+@jax.jit
+def _bad_value_flags(leaves):
+    return jnp.stack([jnp.any(jnp.isnan(a) | jnp.isposinf(a)) for a in leaves])
 
 
 def check_key(key, name: str = "key") -> None:

@@ -74,3 +74,23 @@ def test_example_runs_with_tiny_arguments(script, capsys):
     module = runpy.run_path(str(script), run_name="example")
     module["main"](tiny.get(script.name, []))
     assert capsys.readouterr().out.strip()
+
+
+def test_usable_inside_user_jit_and_grad():
+    """Traced x / params skip the value checks but keep the shape checks."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    model = probseq.LSTM(vocab_size=5, hidden_size=4)
+    params = model.init(jax.random.key(0))
+    x = jnp.array([[0, 1, 2], [3, 4, 0]])
+    mask = jnp.array([[True, True, True], [True, True, False]])
+    eager = probseq.log_prob(model, params, x, mask)
+    jitted = jax.jit(lambda p, x, m: probseq.log_prob(model, p, x, m))(params, x, mask)
+    np.testing.assert_allclose(jitted, eager, rtol=1e-6)
+    grads = jax.grad(lambda p: probseq.log_prob(model, p, x, mask).sum())(params)
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    with pytest.raises(ValueError, match="x must have shape"):
+        jax.jit(lambda x: probseq.log_prob(model, params, x))(jnp.zeros((2, 3, 4), int))

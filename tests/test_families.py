@@ -111,18 +111,23 @@ def x64():
         yield
 
 
-def make_params(model, seed: int):
-    """float64 params from model.init, every leaf jittered so that no bias is exactly 0
-    (a zero bias would hide e.g. a swapped b_ih / b_hh)."""
-    params = model.init(jax.random.key(seed), dtype=jnp.float64)
+@functools.cache
+def _params(model):
+    """float64 params from model.init (jit-compiled: one compile instead of dozens of
+    eager ops), every leaf jittered so that no bias is exactly 0 (a zero bias would
+    hide e.g. a swapped b_ih / b_hh). Cached per model: model.init is deterministic."""
+    params = jax.jit(functools.partial(model.init, dtype=jnp.float64))(jax.random.key(0))
     leaves, treedef = jax.tree.flatten(params)
     assert all(leaf.dtype == jnp.float64 for leaf in leaves)
-    keys = jax.random.split(jax.random.key(seed + 1000), len(leaves))
+    rng = np.random.default_rng(1000)
     leaves = [
-        leaf + 0.1 * jax.random.normal(k, leaf.shape, jnp.float64)
-        for leaf, k in zip(leaves, keys, strict=True)
+        jnp.asarray(np.asarray(leaf) + 0.1 * rng.normal(size=leaf.shape)) for leaf in leaves
     ]
     return jax.tree.unflatten(treedef, leaves)
+
+
+def make_params(model):
+    return _params(model)
 
 
 def make_data(model, seed: int, shape: tuple[int, ...]):
@@ -144,6 +149,12 @@ def assert_trees_close(a, b, rtol, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
+def score_np(*args, **kwargs):
+    """probseq.score with the result as NumPy arrays (slicing jax arrays eagerly would
+    compile a small kernel per new shape)."""
+    return jax.tree.map(np.asarray, probseq.score(*args, **kwargs))
+
+
 def _take(tree, i):
     return jax.tree.map(lambda a: a[i], tree)
 
@@ -160,46 +171,46 @@ def ragged_mask(lengths=LENGTHS):
 @pytest.mark.parametrize("case", ALL_CASES, ids=_ids(ALL_CASES))
 def test_log_prob_is_sum_of_step_log_probs(case):
     model = case.build()
-    params = make_params(model, 1)
+    params = make_params(model)
     x, u = make_data(model, 1, (B, T))
     mask = ragged_mask()
-    lp = probseq.log_prob(model, params, x, mask, inputs=u)
-    steps = probseq.step_log_probs(model, params, x, mask, inputs=u)
+    lp = np.asarray(probseq.log_prob(model, params, x, mask, inputs=u))
+    steps = np.asarray(probseq.step_log_probs(model, params, x, mask, inputs=u))
     assert lp.shape == (B,) and steps.shape == (B, T)
     assert lp.dtype == jnp.float64
-    assert np.all(np.asarray(steps)[~mask] == 0.0)
-    assert np.all(np.isfinite(np.asarray(lp)))
+    assert np.all(steps[~mask] == 0.0)
+    assert np.all(np.isfinite(lp))
     # Same float64 numbers summed in another order (pairwise tree vs sequential).
-    np.testing.assert_allclose(lp, np.sum(np.asarray(steps), axis=-1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lp, np.sum(steps, axis=-1), rtol=1e-12, atol=1e-12)
     # A single unbatched sequence: () total and (T,) steps.
-    lp1 = probseq.log_prob(model, params, x[0], inputs=_slice(u, 0))
-    st1 = probseq.step_log_probs(model, params, x[0], inputs=_slice(u, 0))
+    lp1 = np.asarray(probseq.log_prob(model, params, x[0], inputs=_slice(u, 0)))
+    st1 = np.asarray(probseq.step_log_probs(model, params, x[0], inputs=_slice(u, 0)))
     assert lp1.shape == () and st1.shape == (T,)
-    np.testing.assert_allclose(lp1, np.sum(np.asarray(st1)), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lp1, np.sum(st1), rtol=1e-12, atol=1e-12)
 
 
 # -------------------------------------------------------------- 2. ragged batches
 @pytest.mark.parametrize("case", ALL_CASES, ids=_ids(ALL_CASES))
 def test_ragged_batch_matches_sequences_scored_alone(case):
     model = case.build()
-    params = make_params(model, 2)
+    params = make_params(model)
     # Padding positions hold ordinary random data (not zeros): the mask must hide them.
     x, u = make_data(model, 2, (B, T))
-    batch = probseq.score(model, params, x, ragged_mask(), inputs=u)
+    batch = score_np(model, params, x, ragged_mask(), inputs=u)
     seqs = [x[i, :n] for i, n in enumerate(LENGTHS)]
     useqs = None if u is None else [u[i, :n] for i, n in enumerate(LENGTHS)]
-    listed = probseq.score(model, params, seqs, inputs=useqs)
+    listed = score_np(model, params, seqs, inputs=useqs)
 
     # Same per-step float64 arithmetic, batched vs alone, and a different pairwise-sum
     # tree over the padding: rounding only.
     tol = dict(rtol=1e-12, atol=1e-12)
     for i, n in enumerate(LENGTHS):
-        alone = probseq.score(model, params, seqs[i], inputs=None if u is None else useqs[i])
+        alone = score_np(model, params, seqs[i], inputs=None if u is None else useqs[i])
         assert alone.log_prob.shape == () and alone.step_log_probs.shape == (n,)
         for res in (batch, listed):
             np.testing.assert_allclose(res.log_prob[i], alone.log_prob, **tol)
             np.testing.assert_allclose(res.step_log_probs[i, :n], alone.step_log_probs, **tol)
-            assert np.all(np.asarray(res.step_log_probs[i, n:]) == 0.0)
+            assert np.all(res.step_log_probs[i, n:] == 0.0)
             assert_trees_close(_take(res.final_state, i), alone.final_state, **tol)
     assert_trees_close(listed, batch, **tol)
 
@@ -208,7 +219,7 @@ def test_ragged_batch_matches_sequences_scored_alone(case):
 @pytest.mark.parametrize("case", ALL_CASES, ids=_ids(ALL_CASES))
 def test_grad_matches_central_finite_differences(case):
     model = case.build()
-    params = make_params(model, 3)
+    params = make_params(model)
     x, u = make_data(model, 3, (B, T))
     mask = ragged_mask()
 
@@ -357,7 +368,7 @@ def np_recurrent_step_log_probs(model, params, x, u):
 @pytest.mark.parametrize("case", NEURAL_CASES, ids=_ids(NEURAL_CASES))
 def test_cell_matches_numpy_reference(case):
     model = case.build()
-    params = make_params(model, 4)
+    params = make_params(model)
     x, u = make_data(model, 4, (B, T))
     got = np.asarray(probseq.step_log_probs(model, params, x, inputs=u))
     for b in range(B):
@@ -395,7 +406,7 @@ def np_hmm_step_log_probs(model, params, x):
 @pytest.mark.parametrize("case", HMM_CASES, ids=_ids(HMM_CASES))
 def test_hmm_matches_path_enumeration(case):
     model = case.build()
-    params = make_params(model, 5)
+    params = make_params(model)
     x, _ = make_data(model, 5, (B, T))
     got = np.asarray(probseq.step_log_probs(model, params, x))
     for b in range(B):
@@ -446,7 +457,7 @@ GENERIC_CASES = ALL_CASES + SEQUENTIAL_SCAN_CASES
 @pytest.mark.parametrize("case", GENERIC_CASES, ids=_ids(GENERIC_CASES))
 def test_generic_path_matches_override(case):
     model = case.build()
-    params = make_params(model, 6)
+    params = make_params(model)
     x, u = make_data(model, 6, (T,))
     xs = jnp.asarray(x, jnp.int32) if model.head.is_token else jnp.asarray(x, jnp.float64)
     us = None if u is None else jnp.asarray(u, jnp.float64)
@@ -467,16 +478,16 @@ def test_generic_path_matches_override(case):
 @pytest.mark.parametrize("case", ALL_CASES, ids=_ids(ALL_CASES))
 def test_continue_from_final_state(case):
     model = case.build()
-    params = make_params(model, 7)
+    params = make_params(model)
     x, u = make_data(model, 7, (B, T))
     # Float64; the split only moves where the (parallel) scans start: rounding only.
     tol = dict(rtol=1e-10, atol=1e-12)
 
     # One sequence: score x[:k], then x[k:] from its final state.
     k = 5
-    whole = probseq.score(model, params, x[0], inputs=_slice(u, 0))
-    head = probseq.score(model, params, x[0, :k], inputs=_slice(u, (0, slice(0, k))))
-    tail = probseq.score(
+    whole = score_np(model, params, x[0], inputs=_slice(u, 0))
+    head = score_np(model, params, x[0, :k], inputs=_slice(u, (0, slice(0, k))))
+    tail = score_np(
         model, params, x[0, k:], inputs=_slice(u, (0, slice(k, None))), initial_state=head.final_state
     )
     np.testing.assert_allclose(
@@ -488,11 +499,11 @@ def test_continue_from_final_state(case):
     # A batch split at a different step per row: the heads as a masked batch, the tails
     # as a ragged list continued from the batched final states.
     ks = (5, 6, 7)
-    whole = probseq.score(model, params, x, inputs=u)
-    head = probseq.score(model, params, x, ragged_mask(ks), inputs=u)
+    whole = score_np(model, params, x, inputs=u)
+    head = score_np(model, params, x, ragged_mask(ks), inputs=u)
     tails = [x[i, k:] for i, k in enumerate(ks)]
     utails = None if u is None else [u[i, k:] for i, k in enumerate(ks)]
-    tail = probseq.score(model, params, tails, inputs=utails, initial_state=head.final_state)
+    tail = score_np(model, params, tails, inputs=utails, initial_state=head.final_state)
     for i, k in enumerate(ks):
         np.testing.assert_allclose(
             np.concatenate([head.step_log_probs[i, :k], tail.step_log_probs[i, : T - k]]),
