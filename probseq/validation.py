@@ -230,7 +230,7 @@ def check_params(model, params) -> None:
                 f"{_path_str(path)} has shape {shape}, but {model!r} expects "
                 f"{tuple(want.shape)}. Create params with model.init(key) for this model."
             )
-        dtype = np.result_type(getattr(leaf, "dtype", np.asarray(leaf).dtype))
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
         if jnp.issubdtype(want.dtype, jnp.floating) and not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"{_path_str(path)} must be a floating array; got dtype {dtype}.")
     leaves = list(got.values())
