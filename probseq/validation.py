@@ -238,7 +238,8 @@ def check_params(model, params) -> None:
         return
     # One compiled reduction per call (a flag per leaf), not a host copy of every leaf.
     # -inf is allowed (log of a structural zero of an HMM); NaN and +inf are not.
-    flags = np.asarray(_bad_value_flags(leaves))
+    with jax.ensure_compile_time_eval():  # concrete params inside a user's jit: check now
+        flags = np.asarray(_bad_value_flags(leaves))
     if flags.any():
         path, leaf = list(got.items())[int(np.argmax(flags))]
         a = np.asarray(leaf)
