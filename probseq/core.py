@@ -72,11 +72,15 @@ class SequenceModel(abc.ABC):
         """h_1, the state before any observation."""
 
     @abc.abstractmethod
-    def emission(self, params: PyTree, state: PyTree, u: jax.Array | None = None) -> dist.Distribution:
+    def emission(
+        self, params: PyTree, state: PyTree, u: jax.Array | None = None
+    ) -> dist.Distribution:
         """p(x_t | h_t, u_t) as a numpyro distribution."""
 
     @abc.abstractmethod
-    def update(self, params: PyTree, state: PyTree, x: jax.Array, u: jax.Array | None = None) -> PyTree:
+    def update(
+        self, params: PyTree, state: PyTree, x: jax.Array, u: jax.Array | None = None
+    ) -> PyTree:
         """Consume x_t (and u_t); return h_{t+1}."""
 
     # ------------------------------------------------------------ overridable paths
@@ -175,7 +179,9 @@ def _prepare_state(model, params, initial_state, batch: validation.Batch):
     return jax.tree.map(lambda a: jnp.asarray(a)[None], initial_state)
 
 
-def score(model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None) -> ScoreResult:
+def score(
+    model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None
+) -> ScoreResult:
     """Filter sequences through ``model``: totals, per-step terms and final states.
 
     Args:
@@ -258,7 +264,11 @@ def sample(
         not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1
     ):
         raise ValueError(f"num_samples must be None or a positive int, got {num_samples=}")
-    if not isinstance(temperature, int | float) or not math.isfinite(temperature) or temperature < 0:
+    if (
+        not isinstance(temperature, int | float)
+        or not math.isfinite(temperature)
+        or temperature < 0
+    ):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature=}")
     if prefix is not None and initial_state is not None:
         raise ValueError("give either prefix= or initial_state=, not both.")
@@ -273,7 +283,11 @@ def sample(
         batched = extra == 1
         lead = (jax.tree.leaves(initial_state)[0].shape[0],) if batched else ()
         validation.check_state(model, params, initial_state, lead)
-        states = initial_state if batched else jax.tree.map(lambda a: jnp.asarray(a)[None], initial_state)
+        states = (
+            initial_state
+            if batched
+            else jax.tree.map(lambda a: jnp.asarray(a)[None], initial_state)
+        )
     else:
         batched = False
         states = jax.tree.map(lambda a: a[None], model.initial_state(params))
@@ -281,7 +295,9 @@ def sample(
     us = _prepare_future_inputs(model, inputs, num_timesteps, num_starts, batched)
 
     draws = 1 if num_samples is None else num_samples
-    states = jax.tree.map(lambda a: jnp.broadcast_to(a[None], (draws,) + a.shape).reshape((-1,) + a.shape[1:]), states)
+    states = jax.tree.map(
+        lambda a: jnp.broadcast_to(a[None], (draws,) + a.shape).reshape((-1,) + a.shape[1:]), states
+    )
     if us is not None:
         us = jnp.broadcast_to(us[None], (draws,) + us.shape).reshape((-1,) + us.shape[1:])
     keys = jax.random.split(key, draws * num_starts)
@@ -297,7 +313,8 @@ def _prepare_future_inputs(model, inputs, num_timesteps, num_starts, batched):
         return None
     if inputs is None:
         raise ValueError(
-            f"{model!r} needs future inputs of shape ({num_timesteps}, {model.input_dim}) to sample."
+            f"{model!r} needs future inputs of shape ({num_timesteps}, {model.input_dim}) "
+            "to sample."
         )
     u = jnp.asarray(inputs, dtype=jnp.result_type(float))
     expected = ((num_starts,) if batched else ()) + (num_timesteps, model.input_dim)

@@ -296,14 +296,16 @@ class PoissonHead(Head):
         if bad.any():
             idx = _first_bad(bad)
             raise ValueError(
-                f"{name} must hold non-negative integer counts; got {x[idx].tolist()!r} at index {idx}."
+                f"{name} must hold non-negative integer counts; got {x[idx].tolist()!r} "
+                f"at index {idx}."
             )
         return x
 
 
 @dataclasses.dataclass(frozen=True)
 class BernoulliHead(Head):
-    """Independent binary outputs over ``obs_dim`` positions: ``x_t ~ Bernoulli(sigmoid(logits))``."""
+    """Independent binary outputs over ``obs_dim`` positions:
+    ``x_t ~ Bernoulli(sigmoid(logits))``."""
 
     obs_dim: int
 
@@ -331,7 +333,9 @@ class BernoulliHead(Head):
         bad = valid & ((x != 0) & (x != 1)).reshape(valid.shape + (-1,)).any(-1)
         if bad.any():
             idx = _first_bad(bad)
-            raise ValueError(f"{name} must hold 0/1 values; got {x[idx].tolist()!r} at index {idx}.")
+            raise ValueError(
+                f"{name} must hold 0/1 values; got {x[idx].tolist()!r} at index {idx}."
+            )
         return x
 
 

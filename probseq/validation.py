@@ -76,7 +76,9 @@ def _check_mask(mask, shape, name: str) -> np.ndarray:
         bad = (m != 0) & (m != 1)
         if bad.any():
             idx = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"mask must be boolean or 0/1; got {m[idx].tolist()!r} at index {idx}.")
+            raise ValueError(
+                f"mask must be boolean or 0/1; got {m[idx].tolist()!r} at index {idx}."
+            )
         m = m.astype(bool)
     # Valid steps must come first: a True after a False is a hole, which this API
     # does not define (an RNN has no input to consume for a missing step).
@@ -123,7 +125,7 @@ def prepare_batch(model, x, mask=None, inputs=None, *, name: str = "x") -> Batch
         )
     if shape[len(shape) - event_ndim :] != head.event_shape:
         raise ValueError(
-            f"{name} has event shape {shape[len(shape) - event_ndim:]} but {model!r} expects "
+            f"{name} has event shape {shape[len(shape) - event_ndim :]} but {model!r} expects "
             f"observations of shape {head.event_shape}; got {name}.shape={shape}."
         )
     batched = len(shape) == event_ndim + 2
@@ -168,7 +170,9 @@ def _prepare_inputs(model, inputs, bt, batched: bool, mask):
     if _is_tracer(inputs):
         u = inputs if batched else inputs[None]
         if tuple(u.shape) != bt + (input_dim,):
-            raise ValueError(f"inputs has shape {tuple(inputs.shape)}, expected {bt + (input_dim,)}.")
+            raise ValueError(
+                f"inputs has shape {tuple(inputs.shape)}, expected {bt + (input_dim,)}."
+            )
         return u
     u = np.asarray(inputs)
     expected = (bt if batched else bt[1:]) + (input_dim,)
@@ -244,7 +248,9 @@ def check_params(model, params) -> None:
         path, leaf = list(got.items())[int(np.argmax(flags))]
         a = np.asarray(leaf)
         idx = tuple(int(i) for i in np.argwhere(np.isnan(a) | np.isposinf(a))[0])
-        raise ValueError(f"{_path_str(path)} has a non-finite value at index {idx}: {a[idx].tolist()}.")
+        raise ValueError(
+            f"{_path_str(path)} has a non-finite value at index {idx}: {a[idx].tolist()}."
+        )
 
 
 @jax.jit

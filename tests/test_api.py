@@ -15,9 +15,26 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_public_names_are_pinned():
     assert sorted(probseq.__all__) == sorted(
         [
-            "SequenceModel", "ScoreResult", "score", "log_prob", "step_log_probs", "sample",
-            "pad_sequences", "RNN", "LSTM", "GRU", "MinGRU", "LRU", "HMM", "CategoricalHMM",
-            "GaussianHMM", "HMMParams", "RecurrentState", "heads", "hmm_inference", "scan",
+            "SequenceModel",
+            "ScoreResult",
+            "score",
+            "log_prob",
+            "step_log_probs",
+            "sample",
+            "pad_sequences",
+            "RNN",
+            "LSTM",
+            "GRU",
+            "MinGRU",
+            "LRU",
+            "HMM",
+            "CategoricalHMM",
+            "GaussianHMM",
+            "HMMParams",
+            "RecurrentState",
+            "heads",
+            "hmm_inference",
+            "scan",
         ]
     )
     for name in probseq.__all__:
@@ -70,7 +87,9 @@ def test_second_call_does_not_recompile():
 
 @pytest.mark.parametrize("script", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
 def test_example_runs_with_tiny_arguments(script, capsys):
-    tiny = {"quickstart.py": ["--num-sequences", "2", "--num-timesteps", "10", "--hidden-size", "4"]}
+    tiny = {
+        "quickstart.py": ["--num-sequences", "2", "--num-timesteps", "10", "--hidden-size", "4"]
+    }
     module = runpy.run_path(str(script), run_name="example")
     module["main"](tiny.get(script.name, []))
     assert capsys.readouterr().out.strip()

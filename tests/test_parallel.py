@@ -60,8 +60,13 @@ def test_parallel_continues_from_nonzero_state(family):
 def test_linear_recurrence_parallel_matches_loop(dtype):
     rng = np.random.default_rng(0)
     t, n = 257, 5
-    a = (rng.uniform(0.5, 1.0, (t, n)) * (np.exp(1j * rng.uniform(0, 6, (t, n))) if dtype == jnp.complex64 else 1)).astype(dtype)
-    b = (rng.normal(size=(t, n)) + (1j * rng.normal(size=(t, n)) if dtype == jnp.complex64 else 0)).astype(dtype)
+    a = (
+        rng.uniform(0.5, 1.0, (t, n))
+        * (np.exp(1j * rng.uniform(0, 6, (t, n))) if dtype == jnp.complex64 else 1)
+    ).astype(dtype)
+    b = (
+        rng.normal(size=(t, n)) + (1j * rng.normal(size=(t, n)) if dtype == jnp.complex64 else 0)
+    ).astype(dtype)
     h0 = (rng.normal(size=n) * 3).astype(dtype)
     ref = np.zeros((t, n), np.complex128)
     h = h0.astype(np.complex128)

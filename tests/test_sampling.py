@@ -27,7 +27,10 @@ def test_shapes_and_dtypes(family):
     prefix = np.array([[1, 2, 3], [4, 5, 0]])
     assert probseq.sample(tok, p, key, 5, prefix=prefix).shape == (2, 5)
     assert probseq.sample(tok, p, key, 5, prefix=prefix, num_samples=4).shape == (4, 2, 5)
-    assert probseq.sample(tok, p, key, 5, prefix=[np.array([1]), np.array([2, 3, 4])]).shape == (2, 5)
+    assert probseq.sample(tok, p, key, 5, prefix=[np.array([1]), np.array([2, 3, 4])]).shape == (
+        2,
+        5,
+    )
 
     real = family(obs_dim=2, hidden_size=8)
     p = real.init(jax.random.key(0))
@@ -76,8 +79,12 @@ def test_prefix_changes_the_continuation():
         transition_matrix=np.array([[0.99, 0.01], [0.01, 0.99]]),
         emission_probs=np.array([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]),
     )
-    after_low = probseq.sample(hmm, p, jax.random.key(1), 5, prefix=np.array([0, 1, 0]), num_samples=200)
-    after_high = probseq.sample(hmm, p, jax.random.key(1), 5, prefix=np.array([2, 3]), num_samples=200)
+    after_low = probseq.sample(
+        hmm, p, jax.random.key(1), 5, prefix=np.array([0, 1, 0]), num_samples=200
+    )
+    after_high = probseq.sample(
+        hmm, p, jax.random.key(1), 5, prefix=np.array([2, 3]), num_samples=200
+    )
     assert (after_low[:, 0] < 2).all()  # the next symbol comes from state 0 w.p. 0.99
     assert (after_high[:, 0] >= 2).mean() > 0.95
     assert (after_low < 2).mean() > 0.9
@@ -139,7 +146,11 @@ def _greedy_reference(model, params, t):
 
 @pytest.mark.parametrize(
     "model",
-    [probseq.GRU(vocab_size=6, hidden_size=8), probseq.LRU(vocab_size=6, hidden_size=8), probseq.CategoricalHMM(3, 4)],
+    [
+        probseq.GRU(vocab_size=6, hidden_size=8),
+        probseq.LRU(vocab_size=6, hidden_size=8),
+        probseq.CategoricalHMM(3, 4),
+    ],
     ids=repr,
 )
 def test_temperature_to_zero_is_greedy(model):

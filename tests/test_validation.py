@@ -32,7 +32,9 @@ def hmm():
 # ------------------------------------------------------------------ shapes, dtypes
 def test_wrong_rank_tokens(gru):
     model, params = gru
-    with pytest.raises(ValueError, match=r"x must have shape \(T,\) or \(B, T\).*got shape \(2, 3, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"x must have shape \(T,\) or \(B, T\).*got shape \(2, 3, 4\)"
+    ):
         probseq.log_prob(model, params, np.zeros((2, 3, 4), int))
 
 
@@ -44,7 +46,9 @@ def test_wrong_rank_real(lstm_real):
 
 def test_wrong_event_shape_real(lstm_real):
     model, params = lstm_real
-    with pytest.raises(ValueError, match=r"event shape \(3,\).*expects observations of shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"event shape \(3,\).*expects observations of shape \(2,\)"
+    ):
         probseq.log_prob(model, params, np.zeros((4, 6, 3)))
 
 
@@ -66,7 +70,9 @@ def test_token_out_of_range(gru, hmm, bad, idx):
     x = np.array([[0, 1, 2, 3], [4, 3, 2, 1]])
     x[idx] = bad
     for model, params in (gru, hmm):
-        with pytest.raises(ValueError, match=rf"token id {bad} at index {re.escape(str(idx))}.*outside \[0, 5\)"):
+        with pytest.raises(
+            ValueError, match=rf"token id {bad} at index {re.escape(str(idx))}.*outside \[0, 5\)"
+        ):
             probseq.log_prob(model, params, x)
 
 
@@ -122,14 +128,18 @@ def test_all_masked_row_is_empty(gru):
 # ------------------------------------------------------------------ masks
 def test_mask_shape_mismatch(gru):
     model, params = gru
-    with pytest.raises(ValueError, match=r"mask has shape \(2, 3\), but x has batch and time shape \(2, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"mask has shape \(2, 3\), but x has batch and time shape \(2, 4\)"
+    ):
         probseq.log_prob(model, params, np.zeros((2, 4), int), np.ones((2, 3), bool))
 
 
 def test_mask_with_hole(gru):
     model, params = gru
     mask = np.array([[1, 1, 1, 1], [1, 0, 1, 0]])
-    with pytest.raises(ValueError, match=r"mask row \(1,\) has a valid step at t=2 after a masked step"):
+    with pytest.raises(
+        ValueError, match=r"mask row \(1,\) has a valid step at t=2 after a masked step"
+    ):
         probseq.log_prob(model, params, np.zeros((2, 4), int), mask)
 
 
@@ -149,7 +159,9 @@ def test_mask_with_list_input(gru):
 def test_params_of_another_model(gru, hmm):
     model, _ = gru
     _, hmm_params = hmm
-    with pytest.raises(ValueError, match=r"params does not belong to GRU\(vocab_size=5, hidden_size=4\)"):
+    with pytest.raises(
+        ValueError, match=r"params does not belong to GRU\(vocab_size=5, hidden_size=4\)"
+    ):
         probseq.log_prob(model, hmm_params, np.zeros(3, int))
 
 
@@ -173,7 +185,9 @@ def test_params_nan(gru):
     model, params = gru
     broken = jax.tree.map(lambda a: a, params)
     broken["head"] = dict(broken["head"], bias=broken["head"]["bias"].at[2].set(jnp.nan))
-    with pytest.raises(ValueError, match=r"params\['head'\]\['bias'\] has a non-finite value at index \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"params\['head'\]\['bias'\] has a non-finite value at index \(2,\)"
+    ):
         probseq.log_prob(model, broken, np.zeros(3, int))
 
 
@@ -243,7 +257,9 @@ def test_bad_configuration(build, message):
 def test_hmm_init_rejects_bad_probabilities(hmm):
     model, _ = hmm
     with pytest.raises(ValueError, match=r"transition_matrix row \(1,\) must sum to 1"):
-        model.init(jax.random.key(0), transition_matrix=np.array([[1, 0, 0], [0.5, 0.6, 0], [0, 0, 1.0]]))
+        model.init(
+            jax.random.key(0), transition_matrix=np.array([[1, 0, 0], [0.5, 0.6, 0], [0, 0, 1.0]])
+        )
     with pytest.raises(ValueError, match=r"emission_probs must have shape \(3, 5\)"):
         model.init(jax.random.key(0), emission_probs=np.full((3, 4), 0.25))
     with pytest.raises(ValueError, match="finite probabilities >= 0"):

@@ -78,12 +78,18 @@ class HMM(SequenceModel):
     head: Head
 
     def __post_init__(self):
-        if not isinstance(self.num_states, int) or isinstance(self.num_states, bool) or self.num_states < 1:
+        if (
+            not isinstance(self.num_states, int)
+            or isinstance(self.num_states, bool)
+            or self.num_states < 1
+        ):
             raise ValueError(f"num_states must be a positive int, got {self.num_states=}")
         if not isinstance(self.head, Head):
             raise ValueError(f"head must be a probseq.heads.Head, got {type(self.head).__name__}")
 
-    def init(self, key, *, initial_probs=None, transition_matrix=None, emission=None, dtype=jnp.float32):
+    def init(
+        self, key, *, initial_probs=None, transition_matrix=None, emission=None, dtype=jnp.float32
+    ):
         """Random parameters; any of initial_probs (K,), transition_matrix (K, K) and
         emission (raw head parameters with a leading K axis) given are used as is.
 
@@ -152,7 +158,15 @@ class CategoricalHMM(HMM):
     def __repr__(self):
         return f"CategoricalHMM(num_states={self.num_states}, vocab_size={self.vocab_size})"
 
-    def init(self, key, initial_probs=None, transition_matrix=None, emission_probs=None, *, dtype=jnp.float32):
+    def init(
+        self,
+        key,
+        initial_probs=None,
+        transition_matrix=None,
+        emission_probs=None,
+        *,
+        dtype=jnp.float32,
+    ):
         """Parameters with any of the given probability arrays set exactly:
         initial_probs (K,), transition_matrix (K, K), emission_probs (K, V)."""
         emission = None
@@ -196,7 +210,16 @@ class GaussianHMM(HMM):
     def __repr__(self):
         return f"GaussianHMM(num_states={self.num_states}, obs_dim={self.obs_dim})"
 
-    def init(self, key, initial_probs=None, transition_matrix=None, means=None, scales=None, *, dtype=jnp.float32):
+    def init(
+        self,
+        key,
+        initial_probs=None,
+        transition_matrix=None,
+        means=None,
+        scales=None,
+        *,
+        dtype=jnp.float32,
+    ):
         """Parameters with any given array set exactly: initial_probs (K,),
         transition_matrix (K, K), means (K, D), scales (K, D) standard deviations."""
         params = super().init(

@@ -61,9 +61,7 @@ class LRU(RecurrentNetwork):
         if self.scan not in SCAN_MODES:
             raise ValueError(f"scan must be one of {SCAN_MODES}, got {self.scan!r}")
         if not 0.0 <= self.r_min < self.r_max <= 1.0:
-            raise ValueError(
-                f"need 0 <= r_min < r_max <= 1, got {self.r_min=}, {self.r_max=}"
-            )
+            raise ValueError(f"need 0 <= r_min < r_max <= 1, got {self.r_min=}, {self.r_max=}")
         if not self.max_phase > 0:
             raise ValueError(f"max_phase must be > 0, got {self.max_phase=}")
         if self.state_size is not None and (

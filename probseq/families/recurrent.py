@@ -141,7 +141,9 @@ class RecurrentNetwork(SequenceModel):
         k_embed, k_head, *k_layers = jax.random.split(key, 2 + self.num_layers)
         params = {}
         if self.head.is_token:
-            params["embed"] = jax.random.normal(k_embed, (self.head.vocab_size, self._embed_size), dtype)
+            params["embed"] = jax.random.normal(
+                k_embed, (self.head.vocab_size, self._embed_size), dtype
+            )
         sizes = [self._input_features] + [self.hidden_size] * (self.num_layers - 1)
         params["layers"] = tuple(
             self.cell_init(k, n, dtype) for k, n in zip(k_layers, sizes, strict=True)
@@ -189,7 +191,9 @@ class RecurrentNetwork(SequenceModel):
 
 def dense_init(key, in_size: int, out_size: int, dtype):
     """Input kernel: normal with variance 1/in_size (LeCun)."""
-    return jax.random.normal(key, (in_size, out_size), dtype) / jnp.sqrt(jnp.asarray(in_size, dtype))
+    return jax.random.normal(key, (in_size, out_size), dtype) / jnp.sqrt(
+        jnp.asarray(in_size, dtype)
+    )
 
 
 def recurrent_init(key, hidden_size: int, blocks: int, dtype):
