@@ -172,11 +172,16 @@ def _prepare_state(model, params, initial_state, batch: validation.Batch):
     if initial_state is None:
         return None
     bsz = batch.x.shape[0]
-    if batch.batched:
+    template = jax.eval_shape(model.initial_state, params)
+    leaf, want = jax.tree.leaves(initial_state)[0], jax.tree.leaves(template)[0]
+    if batch.batched and jnp.ndim(leaf) == len(want.shape) + 1:
         validation.check_state(model, params, initial_state, (bsz,))
         return initial_state
+    # One unbatched state: every sequence of the batch starts from it.
     validation.check_state(model, params, initial_state, ())
-    return jax.tree.map(lambda a: jnp.asarray(a)[None], initial_state)
+    return jax.tree.map(
+        lambda a: jnp.broadcast_to(jnp.asarray(a), (bsz,) + jnp.shape(a)), initial_state
+    )
 
 
 def score(

@@ -9,12 +9,13 @@ out-of-range gathers silently, so token ids are checked here, never assumed.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from probseq.data import pad_sequences
 
 __all__ = ["Batch", "prepare_batch", "check_params", "check_key", "check_state"]
 
@@ -31,36 +32,6 @@ class Batch(NamedTuple):
 
 def _is_tracer(a) -> bool:
     return isinstance(a, jax.core.Tracer)
-
-
-def _pad_list(seqs: Sequence, name: str, event_ndim: int):
-    arrays = []
-    for i, s in enumerate(seqs):
-        a = np.asarray(s)
-        if a.ndim != event_ndim + 1:
-            raise ValueError(
-                f"{name}[{i}] must have {event_ndim + 1} dimension(s) (one sequence of shape "
-                f"{'(T,)' if event_ndim == 0 else '(T, obs_dim)'}); got shape {a.shape}."
-            )
-        arrays.append(a)
-    if not arrays:
-        raise ValueError(f"{name} is an empty list; give at least one sequence.")
-    lengths = np.array([a.shape[0] for a in arrays])
-    empty = np.flatnonzero(lengths == 0)
-    if empty.size:
-        raise ValueError(f"{name}[{int(empty[0])}] is an empty sequence (length 0).")
-    dtype = np.result_type(*arrays)
-    t_max = int(lengths.max())
-    out = np.zeros((len(arrays), t_max) + arrays[0].shape[1:], dtype)
-    for i, a in enumerate(arrays):
-        if a.shape[1:] != arrays[0].shape[1:]:
-            raise ValueError(
-                f"{name}[{i}] has event shape {a.shape[1:]}, but {name}[0] has "
-                f"{arrays[0].shape[1:]}; all sequences need the same trailing shape."
-            )
-        out[i, : a.shape[0]] = a
-    mask = np.arange(t_max)[None, :] < lengths[:, None]
-    return out, mask
 
 
 def _check_mask(mask, shape, name: str) -> np.ndarray:
@@ -111,9 +82,9 @@ def prepare_batch(model, x, mask=None, inputs=None, *, name: str = "x") -> Batch
             raise ValueError(
                 f"{name} is a list of sequences, which carries its own lengths; pass mask=None."
             )
-        x, mask = _pad_list(x, name, event_ndim)
+        x, mask = pad_sequences(x, name=name, event_ndim=event_ndim)
         if isinstance(inputs, list | tuple):
-            inputs, _ = _pad_list(inputs, "inputs", 1)
+            inputs, _ = pad_sequences(inputs, name="inputs", event_ndim=1)
     traced = _is_tracer(x)
     if not traced:
         x = np.asarray(x)

@@ -113,3 +113,17 @@ def test_usable_inside_user_jit_and_grad():
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
     with pytest.raises(ValueError, match="x must have shape"):
         jax.jit(lambda x: probseq.log_prob(model, params, x))(jnp.zeros((2, 3, 4), int))
+
+
+def test_one_state_broadcasts_to_a_batch():
+    import jax
+    import numpy as np
+
+    model = probseq.GRU(vocab_size=5, hidden_size=4)
+    params = model.init(jax.random.key(0))
+    state = probseq.score(model, params, np.array([1, 2, 3])).final_state
+    x = np.array([[0, 1], [4, 4]])
+    batch = probseq.step_log_probs(model, params, x, initial_state=state)
+    for i in range(2):
+        alone = probseq.step_log_probs(model, params, x[i], initial_state=state)
+        np.testing.assert_allclose(batch[i], alone, rtol=1e-6)

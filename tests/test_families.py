@@ -36,7 +36,10 @@ import probseq
 from probseq.core import SequenceModel
 
 # ----------------------------------------------------------------------------- setup
-HIDDEN = 6  # != OBS_DIM and != HIDDEN + INPUT_DIM, so the LRU in_proj path is exercised
+# HIDDEN differs from OBS_DIM and from HIDDEN + INPUT_DIM (token embeddings are HIDDEN
+# wide), so LRU layers are built both with an in_proj (first layer of the real-valued
+# or conditioned cases) and without one (second layer, unconditioned token models).
+HIDDEN = 6
 NUM_LAYERS = 2
 VOCAB = 5
 OBS_DIM = 3
@@ -112,22 +115,16 @@ def x64():
 
 
 @functools.cache
-def _params(model):
-    """float64 params from model.init (jit-compiled: one compile instead of dozens of
-    eager ops), every leaf jittered so that no bias is exactly 0 (a zero bias would
-    hide e.g. a swapped b_ih / b_hh). Cached per model: model.init is deterministic."""
-    params = jax.jit(functools.partial(model.init, dtype=jnp.float64))(jax.random.key(0))
+def make_params(model):
+    """float64 params from model.init, every leaf jittered so that no bias is exactly 0
+    (a zero bias would hide e.g. a swapped b_ih / b_hh). Cached per model (init is
+    deterministic given the key), so each model pays its eager init once."""
+    params = model.init(jax.random.key(0), dtype=jnp.float64)
     leaves, treedef = jax.tree.flatten(params)
     assert all(leaf.dtype == jnp.float64 for leaf in leaves)
     rng = np.random.default_rng(1000)
-    leaves = [
-        jnp.asarray(np.asarray(leaf) + 0.1 * rng.normal(size=leaf.shape)) for leaf in leaves
-    ]
+    leaves = [jnp.asarray(np.asarray(leaf) + 0.1 * rng.normal(size=leaf.shape)) for leaf in leaves]
     return jax.tree.unflatten(treedef, leaves)
-
-
-def make_params(model):
-    return _params(model)
 
 
 def make_data(model, seed: int, shape: tuple[int, ...]):
@@ -432,23 +429,26 @@ def generic_sequence_log_probs(model, params, state, xs, us=None):
 @functools.partial(jax.jit, static_argnums=0)
 def _all_paths(model, params, xs, us):
     """Every way of computing the per-step terms and states, from the fresh initial
-    state and from a non-trivial one (parallel scans must apply h0 exactly)."""
+    state and from a non-trivial one (parallel scans must apply h0 exactly); the two
+    starting states are stacked on a leading axis."""
     fresh = model.initial_state(params)
-    prefix = generic_sequence_log_probs(model, params, fresh, xs[:4], None if us is None else us[:4])
+    prefix = generic_sequence_log_probs(
+        model, params, fresh, xs[:4], None if us is None else us[:4]
+    )
     warm = jax.tree.map(lambda a: a[-1], prefix[1])
-    out = []
-    for h0 in (fresh, warm):
-        out.append(
-            dict(
-                generic=generic_sequence_log_probs(model, params, h0, xs, us),
-                override=model.sequence_log_probs(params, h0, xs, us),
-                # The default implementations, called unbound to bypass any override.
-                default=SequenceModel.sequence_log_probs(model, params, h0, xs, us),
-                trajectory=model.trajectory(params, h0, xs, us),
-                default_trajectory=SequenceModel.trajectory(model, params, h0, xs, us),
-            )
+    h0s = jax.tree.map(lambda a, b: jnp.stack([a, b]), fresh, warm)
+
+    def paths(h0):
+        return dict(
+            generic=generic_sequence_log_probs(model, params, h0, xs, us),
+            override=model.sequence_log_probs(params, h0, xs, us),
+            # The default implementations, called unbound to bypass any override.
+            default=SequenceModel.sequence_log_probs(model, params, h0, xs, us),
+            trajectory=model.trajectory(params, h0, xs, us),
+            default_trajectory=SequenceModel.trajectory(model, params, h0, xs, us),
         )
-    return out
+
+    return jax.vmap(paths)(h0s)
 
 
 GENERIC_CASES = ALL_CASES + SEQUENTIAL_SCAN_CASES
@@ -463,15 +463,16 @@ def test_generic_path_matches_override(case):
     us = None if u is None else jnp.asarray(u, jnp.float64)
     # Parallel vs sequential scans and hoisted projections reassociate float64 sums.
     tol = dict(rtol=1e-10, atol=1e-12)
-    for paths in _all_paths(model, params, xs, us):
-        want_lps, want_after = paths["generic"]
-        assert want_lps.shape == (T,) and want_lps.dtype == jnp.float64
-        for key in ("override", "default"):
-            lps, after = paths[key]
-            np.testing.assert_allclose(lps, want_lps, err_msg=key, **tol)
-            assert_trees_close(after, want_after, **tol)
-        assert_trees_close(paths["trajectory"], want_after, **tol)
-        assert_trees_close(paths["default_trajectory"], want_after, **tol)
+    paths = jax.tree.map(np.asarray, _all_paths(model, params, xs, us))
+    want_lps, want_after = paths["generic"]
+    assert want_lps.shape == (2, T) and want_lps.dtype == np.float64
+    assert np.all(np.isfinite(want_lps))
+    for key in ("override", "default"):
+        lps, after = paths[key]
+        np.testing.assert_allclose(lps, want_lps, err_msg=key, **tol)
+        assert_trees_close(after, want_after, **tol)
+    assert_trees_close(paths["trajectory"], want_after, **tol)
+    assert_trees_close(paths["default_trajectory"], want_after, **tol)
 
 
 # ------------------------------------------------------ 6. continuing from final_state
@@ -488,7 +489,11 @@ def test_continue_from_final_state(case):
     whole = score_np(model, params, x[0], inputs=_slice(u, 0))
     head = score_np(model, params, x[0, :k], inputs=_slice(u, (0, slice(0, k))))
     tail = score_np(
-        model, params, x[0, k:], inputs=_slice(u, (0, slice(k, None))), initial_state=head.final_state
+        model,
+        params,
+        x[0, k:],
+        inputs=_slice(u, (0, slice(k, None))),
+        initial_state=head.final_state,
     )
     np.testing.assert_allclose(
         np.concatenate([head.step_log_probs, tail.step_log_probs]), whole.step_log_probs, **tol
