@@ -46,6 +46,8 @@ __all__ = [
     "log_prob",
     "step_log_probs",
     "sample",
+    "batch_step_log_probs",
+    "as_batch",
 ]
 
 PyTree = Any
@@ -129,9 +131,23 @@ class ScoreResult(NamedTuple):
     final_state: PyTree
 
 
-# ----------------------------------------------------------------- compiled kernels
-@functools.partial(jax.jit, static_argnums=0)
-def _score_kernel(model, params, x, mask, inputs, initial_state):
+# ----------------------------------------------------------------- pure batch kernels
+def batch_step_log_probs(model, params, x, mask, inputs=None, initial_state=None):
+    """Per-step log-likelihoods of a padded batch and each row's final state.
+
+    The pure (un-jitted) kernel under :func:`score`, for code that builds its own
+    compiled step (fitting, evaluation): no validation, arrays already rectangular.
+
+    Args:
+        x: (B, T, *event) observations (padding must hold valid values, e.g. 0).
+        mask: (B, T) boolean prefix mask.
+        inputs: (B, T, input_dim) or None.
+        initial_state: batched state pytree (B, ...) or None for the model's own.
+
+    Returns:
+        (log_probs (B, T) with zeros where masked, final states (B, ...)).
+    """
+
     def one(xb, mb, ub, hb):
         h0 = model.initial_state(params) if hb is None else hb
         lps, after = model.sequence_log_probs(params, h0, xb, ub)
@@ -141,7 +157,12 @@ def _score_kernel(model, params, x, mask, inputs, initial_state):
         final = jax.tree.map(lambda hs, h: jnp.where(n > 0, hs[last], h), after, h0)
         return lps, final
 
-    lps, final = jax.vmap(one)(x, mask, inputs, initial_state)
+    return jax.vmap(one)(x, mask, inputs, initial_state)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _score_kernel(model, params, x, mask, inputs, initial_state):
+    lps, final = batch_step_log_probs(model, params, x, mask, inputs, initial_state)
     return pairwise_sum(lps, axis=-1), lps, final
 
 
@@ -161,11 +182,15 @@ def _sample_kernel(model, params, keys, states, num_timesteps, temperature, inpu
 
 
 # ------------------------------------------------------------------- public API
-def _cast_obs(model, params, x):
+def as_batch(model: SequenceModel, params, x, mask=None, inputs=None, *, name="x"):
+    """Validate params and data at the API boundary; return a rectangular
+    :class:`probseq.validation.Batch` (x (B, T, ...), mask (B, T), inputs, batched)
+    with real-valued observations cast to the parameters' dtype."""
+    validation.check_params(model, params)
+    batch = validation.prepare_batch(model, x, mask, inputs, name=name)
     if model.head.is_token:
-        return x
-    dtype = jax.tree.leaves(params)[0].dtype
-    return x.astype(dtype)
+        return batch
+    return batch._replace(x=batch.x.astype(jax.tree.leaves(params)[0].dtype))
 
 
 def _prepare_state(model, params, initial_state, batch: validation.Batch):
@@ -204,11 +229,9 @@ def score(
     Returns:
         A :class:`ScoreResult`.
     """
-    validation.check_params(model, params)
-    batch = validation.prepare_batch(model, x, mask, inputs)
+    batch = as_batch(model, params, x, mask, inputs)
     h0 = _prepare_state(model, params, initial_state, batch)
-    xs = _cast_obs(model, params, batch.x)
-    total, lps, final = _score_kernel(model, params, xs, batch.mask, batch.inputs, h0)
+    total, lps, final = _score_kernel(model, params, batch.x, batch.mask, batch.inputs, h0)
     if not batch.batched:
         return ScoreResult(total[0], lps[0], jax.tree.map(lambda a: a[0], final))
     return ScoreResult(total, lps, final)
