@@ -115,6 +115,33 @@ class Head(abc.ABC):
         """Mixture over components with weights ``probs`` (K,) and raw leaves (K, ...)."""
         return dist.MixtureSameFamily(dist.CategoricalProbs(probs), self.distribution(raw))
 
+    def m_step(self, weights: jax.Array, x: jax.Array, raw: dict, concentration=None) -> dict:
+        """Closed-form maximisation for K components given responsibilities.
+
+        Args:
+            weights: (N, K) posterior weight of each component for each observation
+                (0 on padding).
+            x: (N, *event_shape) observations.
+            raw: the current raw parameters (K, ...); components with no weight keep them.
+            concentration: Dirichlet pseudo-counts for a categorical head (MAP); other
+                heads take None.
+
+        Returns:
+            New raw parameters (K, ...).
+        """
+        raise ValueError(
+            f"{type(self).__name__} has no closed-form M-step; fit this model with "
+            "probseq.fit_sgd instead of fit_em."
+        )
+
+    @staticmethod
+    def _no_prior(head, concentration):
+        if concentration is not None:
+            raise ValueError(
+                f"a Dirichlet emission prior applies to categorical emissions only; "
+                f"{type(head).__name__} takes prior emission=None."
+            )
+
 
 def _check_finite(x: np.ndarray, valid: np.ndarray, name: str) -> None:
     ok = np.isfinite(x)
@@ -170,6 +197,15 @@ class CategoricalHead(Head):
     def init_components(self, key, num_components, dtype):
         return {"logits": jax.random.normal(key, (num_components, self.vocab_size), dtype)}
 
+    def m_step(self, weights, x, raw, concentration=None):
+        counts = jnp.zeros((self.vocab_size, weights.shape[1]), weights.dtype).at[x].add(weights).T
+        if concentration is not None:
+            counts = jnp.maximum(counts + concentration - 1.0, 0.0)
+        total = counts.sum(-1, keepdims=True)
+        probs = counts / jnp.where(total > 0, total, 1.0)
+        logits = jnp.where(total > 0, jnp.log(probs), raw["logits"])
+        return {"logits": logits}
+
     def check_observations(self, x, valid, name):
         if not np.issubdtype(x.dtype, np.integer):
             raise ValueError(
@@ -216,6 +252,23 @@ class NormalHead(Head):
         _float_obs(x, name, f"a Normal head with obs_dim={self.obs_dim}")
         _check_finite(x, valid, name)
         return x
+
+    #: Variance floor of the M-step: keeps a state that captures one repeated value
+    #: from collapsing to zero variance (an infinite likelihood).
+    MIN_VARIANCE = 1e-6
+
+    def m_step(self, weights, x, raw, concentration=None):
+        self._no_prior(self, concentration)
+        n = weights.sum(0)  # (K,)
+        safe = jnp.where(n > 0, n, 1.0)[:, None]
+        mean = (weights.T @ x) / safe
+        var = (weights.T @ jnp.square(x)) / safe - jnp.square(mean)
+        var = jnp.maximum(var, self.MIN_VARIANCE)
+        keep = (n > 0)[:, None]
+        return {
+            "loc": jnp.where(keep, mean, raw["loc"]),
+            "log_scale": jnp.where(keep, 0.5 * jnp.log(var), raw["log_scale"]),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +341,13 @@ class PoissonHead(Head):
     def init_components(self, key, num_components, dtype):
         return {"log_rate": jax.random.normal(key, (num_components, self.obs_dim), dtype)}
 
+    def m_step(self, weights, x, raw, concentration=None):
+        self._no_prior(self, concentration)
+        n = weights.sum(0)
+        rate = (weights.T @ x) / jnp.where(n > 0, n, 1.0)[:, None]
+        keep = (n > 0)[:, None]
+        return {"log_rate": jnp.where(keep, jnp.log(jnp.maximum(rate, 1e-12)), raw["log_rate"])}
+
     def check_observations(self, x, valid, name):
         _float_obs(x, name, f"a Poisson head with obs_dim={self.obs_dim}")
         _check_finite(x, valid, name)
@@ -325,6 +385,14 @@ class BernoulliHead(Head):
 
     def init_components(self, key, num_components, dtype):
         return {"logits": jax.random.normal(key, (num_components, self.obs_dim), dtype)}
+
+    def m_step(self, weights, x, raw, concentration=None):
+        self._no_prior(self, concentration)
+        n = weights.sum(0)
+        p = (weights.T @ x) / jnp.where(n > 0, n, 1.0)[:, None]
+        p = jnp.clip(p, 1e-12, 1 - 1e-12)
+        keep = (n > 0)[:, None]
+        return {"logits": jnp.where(keep, jnp.log(p) - jnp.log1p(-p), raw["logits"])}
 
     def check_observations(self, x, valid, name):
         if x.dtype == np.bool_:

@@ -1,0 +1,335 @@
+r"""Expectation-maximisation for hidden Markov models, with autodiff expected statistics.
+
+The E-step uses the exponential-family identity: with the log-parameters entering the
+forward recursion multilinearly,
+
+.. math::
+    \log Z = \log \sum_{z_{1:T}} \pi_{z_1} \prod_t A_{z_{t-1} z_t} \prod_t p(x_t \mid z_t),
+
+the gradient of log Z with respect to ``log pi`` is E[z_1], with respect to ``log A``
+the expected transition counts sum_t xi_t, and with respect to the per-step emission
+log-likelihoods ``l_t(k) = log p(x_t | z_t = k)`` the posterior state marginals
+gamma_t(k) (for categorical emissions, scattering gamma by symbol gives the expected
+emission counts, i.e. the gradient with respect to log B). So one ``jax.grad``
+through the *same* scaled forward filter that ``probseq.log_prob`` uses
+(:func:`probseq.hmm_inference.hmm_filter`) gives every expected statistic; the
+filter is fed ``exp(log pi)`` and ``exp(log A)`` directly, never a softmax, because
+the gradient with respect to softmax logits would be ``n - N p``, not the counts ``n``.
+
+The M-step is closed form: Dirichlet-MAP (or ML) normalised counts for the initial and
+transition probabilities, and the head's own ``m_step`` for the emissions (categorical
+counts, Gaussian weighted moments, Poisson and Bernoulli weighted means).
+
+Example:
+    >>> import jax, probseq
+    >>> hmm = probseq.CategoricalHMM(3, 6)
+    >>> params = hmm.init(jax.random.key(0))
+    >>> x = probseq.sample(hmm, params, jax.random.key(1), 100, num_samples=5)
+    >>> fit = probseq.fit_em(hmm, params, x, num_iters=20)
+    >>> bool((jax.numpy.diff(fit.history["log_likelihood"]) >= -1e-3).all())
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from probseq.core import as_batch
+from probseq.families.hmm import HMM, HMMParams
+from probseq.fit.result import FitResult
+from probseq.heads import Head
+from probseq.hmm_inference import hmm_filter
+from probseq.scan import pairwise_sum
+from probseq.validation import check_key
+
+__all__ = ["DirichletPrior", "HMMStatistics", "expected_statistics", "fit_em"]
+
+
+class DirichletPrior(NamedTuple):
+    """Dirichlet pseudo-counts (concentrations) for MAP estimation; 1 means no prior.
+
+    initial: scalar or (K,); transition: scalar or (K, K) (row i: from state i);
+    emission: scalar or (K, V), categorical emissions only (None: no emission prior).
+    """
+
+    initial: Any = 1.0
+    transition: Any = 1.0
+    emission: Any = None
+
+
+class HMMStatistics(NamedTuple):
+    """Expected sufficient statistics of a batch.
+
+    log_likelihood: total log p(x) of the batch, ().
+    initial_counts: E[z_1 = k] summed over sequences, (K,).
+    transition_counts: expected number of i -> j transitions, (K, K).
+    posteriors: gamma_t(k) = p(z_t = k | x), (B, T, K), 0 on padding.
+    """
+
+    log_likelihood: jax.Array
+    initial_counts: jax.Array
+    transition_counts: jax.Array
+    posteriors: jax.Array
+
+
+def _log_marginal(log_pi, log_a, log_likelihoods, mask):
+    """Total masked log p(x) of a batch, multilinear in exp(log pi), exp(log A)."""
+
+    def one(ll, m):
+        res = hmm_filter(jnp.exp(log_pi), jnp.exp(log_a), ll)
+        return pairwise_sum(jnp.where(m, res.log_normalizers, 0.0))
+
+    return jnp.sum(jax.vmap(one)(log_likelihoods, mask))
+
+
+def _statistics(model: HMM, params: HMMParams, x, mask) -> HMMStatistics:
+    log_pi = jax.nn.log_softmax(params.initial_logits)
+    log_a = jax.nn.log_softmax(params.transition_logits, axis=-1)
+    ll = jax.vmap(lambda xs: model.emission_log_likelihoods(params, xs))(x)
+    value, (n_init, n_trans, gamma) = jax.value_and_grad(_log_marginal, argnums=(0, 1, 2))(
+        log_pi, log_a, ll, mask
+    )
+    return HMMStatistics(value, n_init, n_trans, gamma)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _expected_statistics(model, params, x, mask):
+    return _statistics(model, params, x, mask)
+
+
+def expected_statistics(model: HMM, params: HMMParams, data, mask=None) -> HMMStatistics:
+    """The E-step alone: expected sufficient statistics of ``data`` under ``params``.
+
+    Args:
+        model: a :class:`probseq.HMM` (CategoricalHMM, GaussianHMM, ...).
+        params: its parameters.
+        data: one sequence, a batch, or a list of ragged sequences (as ``log_prob``).
+        mask: optional (B, T) prefix mask.
+    """
+    _check_hmm(model)
+    batch = as_batch(model, params, data, mask, name="data")
+    return _expected_statistics(model, params, batch.x, batch.mask)
+
+
+def _normalized_log(counts, concentration, old_logits):
+    if concentration is not None:
+        counts = jnp.maximum(counts + concentration - 1.0, 0.0)
+    total = counts.sum(-1, keepdims=True)
+    log_p = jnp.log(counts) - jnp.log(jnp.where(total > 0, total, 1.0))
+    return jnp.where(total > 0, log_p, jax.nn.log_softmax(old_logits, axis=-1))
+
+
+def _log_prior(params: HMMParams, prior: DirichletPrior):
+    def term(alpha, logits):
+        if alpha is None:
+            return 0.0
+        w = jnp.broadcast_to(alpha - 1.0, logits.shape)
+        log_p = jax.nn.log_softmax(logits, axis=-1)
+        return jnp.sum(jnp.where(w == 0, 0.0, w * log_p))
+
+    total = term(prior.initial, params.initial_logits)
+    total += term(prior.transition, params.transition_logits)
+    if prior.emission is not None:
+        total += term(prior.emission, params.emission["logits"])
+    return total
+
+
+def _em_update(model: HMM, params: HMMParams, x, mask, prior: DirichletPrior):
+    """One EM iteration: returns (new params, log p(x | params), log prior(params))."""
+    stats = _statistics(model, params, x, mask)
+    k = model.num_states
+    weights = stats.posteriors.reshape(-1, k)
+    flat_x = x.reshape((-1,) + x.shape[2:])
+    new = HMMParams(
+        initial_logits=_normalized_log(stats.initial_counts, prior.initial, params.initial_logits),
+        transition_logits=_normalized_log(
+            stats.transition_counts, prior.transition, params.transition_logits
+        ),
+        emission=model.head.m_step(weights, flat_x, params.emission, prior.emission),
+    )
+    return new, stats.log_likelihood, _log_prior(params, prior)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _em_restarts(model, params, x, mask, prior, done):
+    """One iteration for a stack of restarts (leading axis R); finished ones stay put."""
+    new, loglik, logprior = jax.vmap(lambda p: _em_update(model, p, x, mask, prior))(params)
+    keep = lambda old, upd: jnp.where(done.reshape((-1,) + (1,) * (upd.ndim - 1)), old, upd)  # noqa: E731
+    return jax.tree.map(keep, params, new), loglik, logprior
+
+
+def _check_hmm(model):
+    if not isinstance(model, HMM):
+        raise ValueError(
+            f"fit_em fits hidden Markov models (probseq.CategoricalHMM, GaussianHMM, HMM); "
+            f"got {model!r}. Use probseq.fit_sgd for other models."
+        )
+    if type(model.head).m_step is Head.m_step:
+        raise ValueError(
+            f"{type(model.head).__name__} emissions have no closed-form M-step, so fit_em "
+            f"cannot fit {model!r}; use probseq.fit_sgd."
+        )
+
+
+def _prior(model: HMM, prior, dtype) -> DirichletPrior:
+    if prior is None:
+        return DirichletPrior(None, None, None)
+    if isinstance(prior, dict):
+        unknown = set(prior) - set(DirichletPrior._fields)
+        if unknown:
+            raise ValueError(
+                f"prior has unknown key(s) {sorted(unknown)}; allowed: {list(DirichletPrior._fields)}."
+            )
+        prior = DirichletPrior(**prior)
+    if not isinstance(prior, DirichletPrior):
+        raise ValueError(
+            f"prior must be None, a dict or a DirichletPrior; got {type(prior).__name__}."
+        )
+    k = model.num_states
+    shapes = {"initial": (k,), "transition": (k, k)}
+    if prior.emission is not None:
+        vocab = getattr(model.head, "vocab_size", None)
+        if vocab is None:
+            raise ValueError(
+                "a Dirichlet emission prior applies to categorical emissions only; "
+                f"{model!r} takes prior emission=None."
+            )
+        shapes["emission"] = (k, vocab)
+    out = {}
+    for name, shape in shapes.items():
+        a = np.asarray(getattr(prior, name), dtype=np.float64)
+        try:
+            a = np.broadcast_to(a, shape)
+        except ValueError:
+            raise ValueError(
+                f"prior.{name} must be a scalar or broadcast to {shape}; got shape {a.shape}."
+            ) from None
+        if not (np.isfinite(a).all() and (a > 0).all()):
+            raise ValueError(f"prior.{name} must hold finite concentrations > 0.")
+        out[name] = jnp.asarray(a, dtype)
+    return DirichletPrior(out["initial"], out["transition"], out.get("emission"))
+
+
+def fit_em(
+    model: HMM,
+    params: HMMParams,
+    data,
+    *,
+    mask=None,
+    num_iters: int = 100,
+    tol: float = 1e-4,
+    prior=None,
+    num_restarts: int = 1,
+    key: jax.Array | None = None,
+    progress: bool = False,
+) -> FitResult:
+    """Fit an HMM by expectation-maximisation.
+
+    Each iteration computes the expected statistics of all sequences under the current
+    parameters (one compiled E-step + M-step, batched over sequences and restarts) and
+    sets the parameters to their closed-form maximiser. Without a prior the
+    log-likelihood never decreases; with one, the log posterior never decreases.
+
+    Args:
+        model: a :class:`probseq.HMM` whose head has a closed-form M-step
+            (CategoricalHMM, GaussianHMM, or an HMM with a Poisson/Bernoulli head).
+        params: starting parameters (restart 0).
+        data: one sequence, a batch (with ``mask``), or a list of ragged sequences.
+        mask: optional (B, T) prefix mask of valid steps.
+        num_iters: maximum number of iterations (M-steps).
+        tol: stop when the objective improves by less than ``tol`` relative to its
+            magnitude, ``|f_i - f_{i-1}| <= tol * |f_{i-1}|``.
+        prior: None (maximum likelihood), or a :class:`DirichletPrior` / dict with
+            keys ``initial``, ``transition``, ``emission`` of Dirichlet concentrations
+            (MAP estimation).
+        num_restarts: run this many fits at once (vectorised): ``params`` and
+            ``num_restarts - 1`` random draws of ``model.init``; keep the best.
+        key: PRNG key for the random restarts (required when num_restarts > 1).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        :class:`FitResult` with the fitted params; ``history["log_likelihood"]`` holds
+        log p(x | params) before each M-step (as hmmlearn's monitor does), and
+        ``history["objective"]`` adds the log prior; ``info`` has the iterations run,
+        whether the fit converged, and every restart's final objective.
+    """
+    _check_hmm(model)
+    if not isinstance(num_iters, int) or num_iters < 1:
+        raise ValueError(f"num_iters must be a positive int, got {num_iters=}")
+    if not (isinstance(tol, int | float) and math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol=}")
+    if not isinstance(num_restarts, int) or num_restarts < 1:
+        raise ValueError(f"num_restarts must be a positive int, got {num_restarts=}")
+    if num_restarts > 1:
+        if key is None:
+            raise ValueError("num_restarts > 1 draws random starting points: pass key=.")
+        check_key(key)
+    batch = as_batch(model, params, data, mask, name="data")
+    dtype = params.initial_logits.dtype
+    prior = _prior(model, prior, dtype)
+
+    starts = [params] + [
+        model.init(jax.random.fold_in(key, r), dtype=dtype) for r in range(1, num_restarts)
+    ]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *starts)
+    done = jnp.zeros((num_restarts,), bool)
+    loglik_hist, objective_hist = [], []
+    converged = np.zeros(num_restarts, bool)
+    bar = _progress_bar(num_iters, progress)
+    for _ in range(num_iters):
+        stacked_new, loglik, logprior = _em_restarts(
+            model, stacked, batch.x, batch.mask, prior, done
+        )
+        loglik, objective = np.asarray(loglik), np.asarray(loglik + logprior)
+        if objective_hist:
+            prev = objective_hist[-1]
+            converged |= np.abs(objective - prev) <= tol * np.abs(prev)
+        loglik_hist.append(loglik)
+        objective_hist.append(objective)
+        stacked = stacked_new
+        done = jnp.asarray(converged)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(log_likelihood=f"{loglik.max():.4f}")
+        if converged.all():
+            break
+    if bar is not None:
+        bar.close()
+
+    loglik_hist = np.stack(loglik_hist)  # (iters, R)
+    objective_hist = np.stack(objective_hist)
+    # Iterations each restart ran: up to and including the one where it converged
+    # (a converged restart is frozen, and its later rows only repeat it).
+    ran = np.full(num_restarts, len(loglik_hist))
+    for r in np.flatnonzero(converged):
+        prev, cur = objective_hist[:-1, r], objective_hist[1:, r]
+        ran[r] = int(np.flatnonzero(np.abs(cur - prev) <= tol * np.abs(prev))[0]) + 2
+    finals = objective_hist[ran - 1, np.arange(num_restarts)]
+    best = int(np.argmax(np.where(np.isfinite(finals), finals, -np.inf)))
+    best_params = jax.tree.map(lambda a: a[best], stacked)
+    history = {
+        "log_likelihood": loglik_hist[: ran[best], best],
+        "objective": objective_hist[: ran[best], best],
+    }
+    info = {
+        "num_iters": int(ran[best]),
+        "converged": bool(converged[best]),
+        "best_restart": best,
+        "restart_objectives": finals,
+        "num_tokens": int(np.asarray(batch.mask).sum()),
+    }
+    return FitResult(best_params, history, info)
+
+
+def _progress_bar(total, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="EM", unit="iter")

@@ -1,0 +1,345 @@
+"""EM for HMMs: autodiff expected statistics and M-steps against hmmlearn, monotone
+objective, priors, restarts, recovery of a known HMM, compilation reuse.
+
+Tolerances: float64 statistics and parameters agree with hmmlearn to 1e-8 / 1e-6
+relative; both compute the same sums in a different order (scaled forward vs log
+space), so differences are a few ulps per step, amplified by at most the iteration
+count.
+"""
+
+import itertools
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hmmlearn import hmm as hl
+
+import probseq
+from probseq.fit import DirichletPrior, expected_statistics, fit_em
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _random_hmm(rng, k, v):
+    return (
+        rng.dirichlet(np.ones(k)),
+        rng.dirichlet(np.ones(k), size=k),
+        rng.dirichlet(np.ones(v), size=k),
+    )
+
+
+def _ragged(rng, v, lengths):
+    return [rng.integers(0, v, n) for n in lengths]
+
+
+def _hmmlearn_categorical(pi, a, b, **kw):
+    m = hl.CategoricalHMM(n_components=len(pi), n_features=b.shape[1], init_params="", **kw)
+    m.startprob_, m.transmat_, m.emissionprob_ = pi, a, b
+    return m
+
+
+@pytest.mark.parametrize("k, v, seed", [(2, 3, 0), (4, 6, 1), (7, 5, 2)])
+def test_autodiff_statistics_equal_hmmlearn_estep(k, v, seed):
+    rng = np.random.default_rng(seed)
+    pi, a, b = _random_hmm(rng, k, v)
+    lengths = [1, 9, 40, 23]
+    xs = _ragged(rng, v, lengths)
+    model = probseq.CategoricalHMM(k, v)
+    params = model.init(
+        jax.random.key(0),
+        initial_probs=pi,
+        transition_matrix=a,
+        emission_probs=b,
+        dtype=jnp.float64,
+    )
+    stats = expected_statistics(model, params, xs)
+    gamma = np.asarray(stats.posteriors)
+    counts = np.zeros((k, v))
+    for i, x in enumerate(xs):
+        np.add.at(counts.T, x, gamma[i, : len(x)])
+    ref, ref_ll = _hmmlearn_categorical(pi, a, b)._do_estep(np.concatenate(xs)[:, None], lengths)
+    np.testing.assert_allclose(float(stats.log_likelihood), ref_ll, rtol=1e-10)
+    np.testing.assert_allclose(stats.initial_counts, ref["start"], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(stats.transition_counts, ref["trans"], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(counts, ref["obs"], rtol=1e-8, atol=1e-12)
+    # posteriors are distributions on valid steps and exactly 0 on padding
+    mask = np.arange(gamma.shape[1])[None] < np.array(lengths)[:, None]
+    np.testing.assert_allclose(gamma.sum(-1), mask.astype(float), atol=1e-12)
+
+
+def test_autodiff_statistics_equal_brute_force():
+    """E[transitions] by enumerating all K**T paths of a tiny HMM with a structural zero."""
+    pi = np.array([0.6, 0.4, 0.0])
+    a = np.array([[0.7, 0.2, 0.1], [0.0, 0.5, 0.5], [0.3, 0.3, 0.4]])
+    b = np.array([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])
+    x = np.array([0, 1, 1, 0, 1])
+    model = probseq.CategoricalHMM(3, 2)
+    params = model.init(
+        jax.random.key(0),
+        initial_probs=pi,
+        transition_matrix=a,
+        emission_probs=b,
+        dtype=jnp.float64,
+    )
+    stats = expected_statistics(model, params, x)
+    trans, first, z_total = np.zeros((3, 3)), np.zeros(3), 0.0
+    for path in itertools.product(range(3), repeat=len(x)):
+        p = pi[path[0]] * b[path[0], x[0]]
+        for t in range(1, len(x)):
+            p *= a[path[t - 1], path[t]] * b[path[t], x[t]]
+        z_total += p
+        first[path[0]] += p
+        for t in range(1, len(x)):
+            trans[path[t - 1], path[t]] += p
+    np.testing.assert_allclose(float(stats.log_likelihood), np.log(z_total), rtol=1e-12)
+    np.testing.assert_allclose(stats.transition_counts, trans / z_total, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(stats.initial_counts, first / z_total, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("k, v, seed", [(3, 5, 0), (5, 8, 3)])
+def test_ten_iterations_equal_hmmlearn_fit(k, v, seed):
+    rng = np.random.default_rng(seed)
+    pi, a, b = _random_hmm(rng, k, v)
+    lengths = [50, 80, 33, 7]
+    xs = _ragged(rng, v, lengths)
+    model = probseq.CategoricalHMM(k, v)
+    params = model.init(
+        jax.random.key(0),
+        initial_probs=pi,
+        transition_matrix=a,
+        emission_probs=b,
+        dtype=jnp.float64,
+    )
+    fit = fit_em(model, params, xs, num_iters=10, tol=0.0)
+    ref = _hmmlearn_categorical(pi, a, b, params="ste", n_iter=10, tol=0.0)
+    ref.fit(np.concatenate(xs)[:, None], lengths)
+    got = [np.asarray(p) for p in model.probabilities(fit.params)]
+    for g, r in zip(got, (ref.startprob_, ref.transmat_, ref.emissionprob_), strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(fit.history["log_likelihood"], ref.monitor_.history, rtol=1e-9)
+    assert fit.info["num_iters"] == 10
+    assert (np.diff(fit.history["log_likelihood"]) >= -1e-9).all()
+
+
+def test_gaussian_em_equals_hmmlearn_maximum_likelihood():
+    rng = np.random.default_rng(5)
+    k, d = 3, 2
+    pi, a = rng.dirichlet(np.ones(k)), rng.dirichlet(np.ones(k) * 3, size=k)
+    means, scales = rng.normal(size=(k, d)) * 2, rng.uniform(0.5, 1.5, (k, d))
+    lengths = [60, 45, 90]
+    xs = [rng.normal(size=(n, d)) * 1.5 for n in lengths]
+    model = probseq.GaussianHMM(k, d)
+    params = model.init(
+        jax.random.key(0),
+        initial_probs=pi,
+        transition_matrix=a,
+        means=means,
+        scales=scales,
+        dtype=jnp.float64,
+    )
+    fit = fit_em(model, params, xs, num_iters=8, tol=0.0)
+    # hmmlearn without its default variance prior: pure maximum likelihood
+    ref = hl.GaussianHMM(
+        n_components=k,
+        covariance_type="diag",
+        init_params="",
+        params="stmc",
+        n_iter=8,
+        tol=0.0,
+        covars_prior=0.0,
+        covars_weight=0.0,
+    )
+    ref.startprob_, ref.transmat_, ref.means_, ref.covars_ = pi, a, means, scales**2
+    ref.fit(np.concatenate(xs), lengths)
+    got_pi, got_a, (got_mu, got_sd) = model.probabilities(fit.params)
+    np.testing.assert_allclose(got_pi, ref.startprob_, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(got_a, ref.transmat_, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(got_mu, ref.means_, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(got_sd) ** 2, np.diagonal(ref.covars_, axis1=1, axis2=2), rtol=1e-6
+    )
+    assert (np.diff(fit.history["log_likelihood"]) >= -1e-9).all()
+
+
+def test_map_step_is_normalized_counts_plus_pseudocounts_and_objective_rises():
+    rng = np.random.default_rng(1)
+    k, v = 3, 4
+    model = probseq.CategoricalHMM(k, v)
+    params = model.init(jax.random.key(1), dtype=jnp.float64)
+    xs = _ragged(rng, v, [30, 12, 25])
+    prior = DirichletPrior(initial=2.0, transition=np.full((k, k), 1.5) + np.eye(k), emission=3.0)
+    stats = expected_statistics(model, params, xs)
+    gamma = np.asarray(stats.posteriors)
+    counts = np.zeros((k, v))
+    for i, x in enumerate(xs):
+        np.add.at(counts.T, x, gamma[i, : len(x)])
+    one = fit_em(model, params, xs, num_iters=1, prior=prior)
+    expect_pi = np.asarray(stats.initial_counts) + 1.0
+    expect_a = np.asarray(stats.transition_counts) + np.full((k, k), 0.5) + np.eye(k)
+    expect_b = counts + 2.0
+    got = model.probabilities(one.params)
+    for g, e in zip(got, (expect_pi, expect_a, expect_b), strict=True):
+        np.testing.assert_allclose(g, e / e.sum(-1, keepdims=True), rtol=1e-10)
+    many = fit_em(model, params, xs, num_iters=30, tol=0.0, prior=prior)
+    assert (np.diff(many.history["objective"]) >= -1e-9).all()
+
+
+def test_log_likelihood_never_decreases_float32():
+    """float32 (the default): monotone up to float32 rounding of a ~1e4 total."""
+    with jax.enable_x64(False):
+        rng = np.random.default_rng(2)
+        model = probseq.CategoricalHMM(4, 6)
+        params = model.init(jax.random.key(3))
+        xs = _ragged(rng, 6, [500, 300, 800])
+        fit = fit_em(model, params, xs, num_iters=40, tol=0.0)
+        ll = fit.history["log_likelihood"]
+        assert ll.dtype == np.float32
+        assert (np.diff(ll) >= -1e-5 * np.abs(ll[:-1])).all()
+
+
+def test_convergence_by_relative_tolerance():
+    rng = np.random.default_rng(4)
+    model = probseq.CategoricalHMM(2, 3)
+    params = model.init(jax.random.key(0), dtype=jnp.float64)
+    xs = _ragged(rng, 3, [200, 150])
+    fit = fit_em(model, params, xs, num_iters=500, tol=1e-6)
+    ll = fit.history["log_likelihood"]
+    assert fit.info["converged"] and fit.info["num_iters"] == len(ll) < 500
+    assert abs(ll[-1] - ll[-2]) <= 1e-6 * abs(ll[-2])
+    assert (np.abs(np.diff(ll[:-1])) > 1e-6 * np.abs(ll[:-2])).all()
+
+
+def test_restarts_keep_the_best():
+    rng = np.random.default_rng(6)
+    true = probseq.CategoricalHMM(3, 4)
+    tp = true.init(
+        jax.random.key(0),
+        emission_probs=np.array(
+            [[0.85, 0.05, 0.05, 0.05], [0.05, 0.85, 0.05, 0.05], [0.05, 0.05, 0.45, 0.45]]
+        ),
+        dtype=jnp.float64,
+    )
+    xs = np.asarray(
+        probseq.sample(true, tp, jax.random.key(rng.integers(1 << 30)), 100, num_samples=8)
+    )
+    start = true.init(jax.random.key(11), dtype=jnp.float64)
+    single = fit_em(true, start, xs, num_iters=50)
+    multi = fit_em(true, start, xs, num_iters=50, num_restarts=4, key=jax.random.key(2))
+    finals = multi.info["restart_objectives"]
+    assert finals.shape == (4,)
+    assert multi.info["best_restart"] == int(np.argmax(finals))
+    np.testing.assert_allclose(finals[0], single.history["objective"][-1], rtol=1e-9)
+    assert multi.history["objective"][-1] >= single.history["objective"][-1] - 1e-9
+
+
+def _match_states(est, true):
+    """Best permutation of estimated states onto true ones (by transition error)."""
+    k = true.shape[0]
+    return min(
+        itertools.permutations(range(k)), key=lambda p: np.abs(est[np.ix_(p, p)] - true).max()
+    )
+
+
+def test_recovers_a_known_three_state_hmm():
+    a = np.array([[0.90, 0.05, 0.05], [0.10, 0.85, 0.05], [0.05, 0.15, 0.80]])
+    b = np.array(
+        [
+            [0.60, 0.20, 0.10, 0.05, 0.05],
+            [0.05, 0.10, 0.70, 0.10, 0.05],
+            [0.05, 0.05, 0.10, 0.20, 0.60],
+        ]
+    )
+    model = probseq.CategoricalHMM(3, 5)
+    truth = model.init(
+        jax.random.key(0),
+        initial_probs=np.full(3, 1 / 3),
+        transition_matrix=a,
+        emission_probs=b,
+        dtype=jnp.float64,
+    )
+    xs = probseq.sample(model, truth, jax.random.key(1), 500, num_samples=60)  # 30,000 steps
+    fit = fit_em(
+        model,
+        model.init(jax.random.key(2), dtype=jnp.float64),
+        xs,
+        num_iters=300,
+        tol=1e-8,
+        num_restarts=3,
+        key=jax.random.key(3),
+    )
+    _, est_a, est_b = (np.asarray(p) for p in model.probabilities(fit.params))
+    perm = list(_match_states(est_a, a))
+    assert np.abs(est_a[np.ix_(perm, perm)] - a).max() < 0.05
+    assert np.abs(est_b[perm] - b).max() < 0.05
+    true_ll = float(probseq.log_prob(model, truth, xs).sum())
+    assert fit.history["log_likelihood"][-1] >= true_ll - 1.0  # ML fit at least as good
+
+
+def test_second_fit_does_not_recompile():
+    model = probseq.CategoricalHMM(3, 4)
+    rng = np.random.default_rng(0)
+    xs = rng.integers(0, 4, (5, 40))
+    fit_em(model, model.init(jax.random.key(0), dtype=jnp.float64), xs, num_iters=3)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            fit_em(model, model.init(jax.random.key(1), dtype=jnp.float64), xs + 0, num_iters=3)
+    finally:
+        logger.removeHandler(handler)
+    compiled = [r.getMessage() for r in records if "Compiling" in r.getMessage()]
+    assert not [m for m in compiled if "_em_restarts" in m], compiled
+
+
+def test_poisson_hmm_em_is_monotone():
+    model = probseq.HMM(2, probseq.heads.PoissonHead(obs_dim=1))
+    rng = np.random.default_rng(0)
+    z = (rng.uniform(size=400) < 0.5).astype(int)
+    x = rng.poisson(np.where(z, 8.0, 1.0))[:, None].astype(float)
+    fit = fit_em(model, model.init(jax.random.key(0), dtype=jnp.float64), x, num_iters=50)
+    assert (np.diff(fit.history["log_likelihood"]) >= -1e-9).all()
+    rates = np.sort(np.exp(np.asarray(fit.params.emission["log_rate"]).ravel()))
+    np.testing.assert_allclose(rates, [1.0, 8.0], rtol=0.2)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda m, p, x: fit_em(probseq.GRU(vocab_size=4, hidden_size=3), p, x),
+            "fit_em fits hidden Markov models",
+        ),
+        (
+            lambda m, p, x: fit_em(m, p, x, prior={"emissions": 2.0}),
+            r"unknown key\(s\) \['emissions'\]",
+        ),
+        (lambda m, p, x: fit_em(m, p, x, prior={"transition": -1.0}), "finite concentrations > 0"),
+        (
+            lambda m, p, x: fit_em(m, p, x, prior={"transition": np.ones(5)}),
+            r"broadcast to \(3, 3\)",
+        ),
+        (lambda m, p, x: fit_em(m, p, x, num_iters=0), "num_iters must be a positive int"),
+        (lambda m, p, x: fit_em(m, p, x, num_restarts=3), "pass key="),
+        (lambda m, p, x: fit_em(m, p, np.array([0, 7])), r"token id 7 at index \(0, 1\)"),
+    ],
+)
+def test_bad_input(call, message):
+    model = probseq.CategoricalHMM(3, 4)
+    params = model.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=message):
+        call(model, params, np.array([0, 1, 2, 3]))
+
+
+def test_mixture_head_has_no_closed_form_m_step():
+    model = probseq.HMM(2, probseq.heads.MixtureNormalHead(obs_dim=1, num_components=2))
+    with pytest.raises(ValueError, match="no closed-form M-step.*fit_sgd"):
+        fit_em(model, model.init(jax.random.key(0)), np.zeros((5, 1)))
