@@ -29,6 +29,7 @@ from probseq.families import (
     MinGRU,
     RecurrentState,
 )
+from probseq.fit import DirichletPrior, FitResult, fit_em
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,9 @@ __all__ = [
     "GaussianHMM",
     "HMMParams",
     "RecurrentState",
+    "fit_em",
+    "FitResult",
+    "DirichletPrior",
     "heads",
     "hmm_inference",
     "scan",

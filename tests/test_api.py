@@ -35,6 +35,9 @@ def test_public_names_are_pinned():
             "heads",
             "hmm_inference",
             "scan",
+            "fit_em",
+            "FitResult",
+            "DirichletPrior",
         ]
     )
     for name in probseq.__all__:

@@ -1,0 +1,153 @@
+"""One EM iteration for a categorical HMM: probseq vs dynamax vs hmmlearn.
+
+    python benchmarks/em.py [--workloads small medium largeK long] [--repeats 3]
+
+Same data, same starting parameters, float32 for the JAX engines (their default),
+float64 for hmmlearn (its only mode). Times are seconds per EM iteration, warm:
+
+* probseq: ``fit_em(..., num_iters=1)``, median of warm calls (its compiled step is
+  cached across calls; the first call's compile time is shown separately).
+* dynamax: ``fit_em`` builds and compiles a new step on every call, so its warm
+  per-iteration cost is (t(1 + n iterations) - t(1 iteration)) / n; the compile
+  time it pays on every call is shown separately.
+* hmmlearn: ``fit(n_iter=1)`` with ``implementation="scaling"`` and ``"log"``; the
+  faster of the two is used for the ratio.
+
+ratio = anchor / probseq (> 1: probseq is faster), against the faster anchor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import probseq
+
+WORKLOADS = {
+    "small": dict(k=4, v=6, b=10, t=1000),
+    "medium": dict(k=32, v=64, b=64, t=1000),
+    "largeK": dict(k=256, v=128, b=8, t=2000),
+    "long": dict(k=8, v=16, b=1, t=1_000_000),
+}
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t0
+
+
+def _problem(k, v, b, t, seed=0):
+    rng = np.random.default_rng(seed)
+    pi = rng.dirichlet(np.ones(k))
+    a = rng.dirichlet(np.ones(k), size=k) * 0.5 + 0.5 * np.eye(k)
+    em = rng.dirichlet(np.ones(v), size=k)
+    x = rng.integers(0, v, size=(b, t))
+    return pi, a, em, x
+
+
+def bench_probseq(pi, a, em, x, repeats):
+    k, v = em.shape
+    model = probseq.CategoricalHMM(k, v)
+    params = model.init(jax.random.key(0), initial_probs=pi, transition_matrix=a, emission_probs=em)
+    run = lambda: probseq.fit_em(model, params, x, num_iters=1).params  # noqa: E731
+    first = _timed(run)
+    return statistics.median(_timed(run) for _ in range(repeats)), first
+
+
+def bench_dynamax(pi, a, em, x, extra_iters):
+    import dynamax.hidden_markov_model as dhmm
+
+    precision = jax.config.jax_default_matmul_precision  # dynamax changes it on import
+    try:
+        k, v = em.shape
+        model = dhmm.CategoricalHMM(k, 1, v)
+        params, props = model.initialize(
+            jax.random.PRNGKey(0),
+            initial_probs=jnp.asarray(pi, jnp.float32),
+            transition_matrix=jnp.asarray(a, jnp.float32),
+            emission_probs=jnp.asarray(em[:, None, :], jnp.float32),
+        )
+        xd = jnp.asarray(x[..., None])
+        fit = lambda n: model.fit_em(params, props, xd, num_iters=n, verbose=False)[0]  # noqa: E731
+        one = _timed(lambda: fit(1))
+        more = _timed(lambda: fit(1 + extra_iters))
+        per_iter = max(more - one, 1e-9) / extra_iters
+        return per_iter, one - per_iter
+    finally:
+        jax.config.update("jax_default_matmul_precision", precision)
+
+
+def bench_hmmlearn(pi, a, em, x, repeats):
+    from hmmlearn.hmm import CategoricalHMM
+
+    k, v = em.shape
+    flat, lengths = x.reshape(-1, 1), [x.shape[1]] * x.shape[0]
+    out = {}
+    for impl in ("scaling", "log"):
+
+        def run(impl=impl):
+            m = CategoricalHMM(
+                n_components=k,
+                n_features=v,
+                init_params="",
+                params="ste",
+                n_iter=1,
+                tol=0.0,
+                implementation=impl,
+            )
+            m.startprob_, m.transmat_, m.emissionprob_ = pi, a, em
+            return m.fit(flat, lengths).transmat_
+
+        out[impl] = statistics.median(_timed(run) for _ in range(repeats))
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["dynamax", "hmmlearn"])
+    args = parser.parse_args(argv)
+    print(
+        f"{platform.machine()}, {jax.device_count()}x {jax.devices()[0].device_kind}, "
+        f"jax {jax.__version__}, python {platform.python_version()}"
+    )
+    print("seconds per EM iteration (warm); compile = one-off cost per call (dynamax: every call)")
+    print(
+        f"{'workload':<8} {'shape':<22} {'probseq':>8} {'compile':>8} {'dynamax':>8} "
+        f"{'compile':>8} {'hl-scal':>8} {'hl-log':>8} {'speedup':>8}"
+    )
+    for name in args.workloads:
+        w = WORKLOADS[name]
+        pi, a, em, x = _problem(**w)
+        ours, ours_first = bench_probseq(pi, a, em, x, args.repeats)
+        dyn, dyn_compile = (np.nan, np.nan)
+        if "dynamax" not in args.skip:
+            try:
+                dyn, dyn_compile = bench_dynamax(
+                    pi, a, em, x, extra_iters=3 if name != "long" else 1
+                )
+            except Exception as e:  # noqa: BLE001 - report an anchor that fails (e.g. memory)
+                print(f"  dynamax failed on {name}: {type(e).__name__}: {str(e)[:100]}")
+        hml = {"scaling": np.nan, "log": np.nan}
+        if "hmmlearn" not in args.skip:
+            hml = bench_hmmlearn(pi, a, em, x, max(1, args.repeats - 1))
+        best_anchor = np.nanmin([dyn, hml["scaling"], hml["log"]])
+        shape = f"K{w['k']} V{w['v']} B{w['b']} T{w['t']}"
+        print(
+            f"{name:<8} {shape:<22} {ours:>8.4f} {ours_first - ours:>8.2f} {dyn:>8.4f} "
+            f"{dyn_compile:>8.2f} {hml['scaling']:>8.4f} {hml['log']:>8.4f} "
+            f"{best_anchor / ours:>7.1f}x",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
