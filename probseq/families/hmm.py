@@ -22,15 +22,24 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probseq.core import SequenceModel
+from probseq import validation
+from probseq.core import SequenceModel, as_batch
 from probseq.heads import CategoricalHead, Head, NormalHead
-from probseq.hmm_inference import condition_on, hmm_filter
+from probseq.hmm_inference import (
+    condition_on,
+    hmm_backward_sample,
+    hmm_filter,
+    hmm_masked_filter,
+    hmm_smoother,
+    hmm_viterbi,
+)
 
 __all__ = ["HMM", "HMMParams", "CategoricalHMM", "GaussianHMM"]
 
@@ -137,6 +146,138 @@ class HMM(SequenceModel):
         res = hmm_filter(state, a, self.emission_log_likelihoods(params, xs))
         after = jnp.concatenate([res.predicted_probs[1:], (res.filtered_probs[-1] @ a)[None]])
         return res.log_normalizers, after
+
+    # ------------------------------------------------------ posterior over states
+    def filter(self, params, x, mask=None):
+        r"""Filtered (causal) state probabilities :math:`p(z_t \mid x_{1:t})`.
+
+        Args:
+            params: this model's parameters.
+            x: one sequence (T,) / (T, D), a batch (B, T) / (B, T, D), or a list of
+                unequal-length sequences (padded here).
+            mask: optional (B, T) (or (T,)) boolean prefix mask, True on valid steps.
+
+        Returns:
+            (T, K) or (B, T, K) probabilities; rows of padded steps are 0.
+
+        Example:
+            >>> hmm = CategoricalHMM(num_states=2, vocab_size=3)
+            >>> p = hmm.init(jax.random.key(0))
+            >>> hmm.filter(p, jnp.array([0, 2, 1])).shape
+            (3, 2)
+        """
+        return self._posterior(_filter_kernel, params, x, mask)
+
+    def smoother(self, params, x, mask=None):
+        r"""Smoothed state probabilities :math:`p(z_t \mid x_{1:T})` (forward-backward).
+
+        Takes the same inputs as :meth:`filter`; returns (T, K) or (B, T, K), 0 on
+        padded steps. See :func:`probseq.hmm_inference.hmm_smoother` for the
+        expected transition counts and marginal likelihood in one pass.
+
+        Example:
+            >>> hmm = CategoricalHMM(num_states=2, vocab_size=3)
+            >>> p = hmm.init(jax.random.key(0))
+            >>> hmm.smoother(p, [jnp.array([0, 2, 1]), jnp.array([1])]).shape
+            (2, 3, 2)
+        """
+        return self._posterior(_smoother_kernel, params, x, mask)
+
+    def most_likely_states(self, params, x, mask=None):
+        r"""The Viterbi path :math:`\arg\max_{z_{1:T}} p(z_{1:T} \mid x_{1:T})`.
+
+        Takes the same inputs as :meth:`filter`; returns int32 states (T,) or (B, T),
+        -1 on padded steps.
+
+        Example:
+            >>> hmm = CategoricalHMM(num_states=2, vocab_size=3)
+            >>> p = hmm.init(jax.random.key(0))
+            >>> hmm.most_likely_states(p, jnp.array([0, 2, 1])).shape
+            (3,)
+        """
+        return self._posterior(_viterbi_kernel, params, x, mask)
+
+    def sample_states(self, params, key, x, mask=None, num_samples=None):
+        r"""Exact draws of whole state paths :math:`z_{1:T} \sim p(z_{1:T} \mid x_{1:T})`
+        (forward filtering, backward sampling).
+
+        Args:
+            params: this model's parameters.
+            key: a PRNG key (``jax.random.key(seed)``).
+            x, mask: as for :meth:`filter`.
+            num_samples: independent paths per sequence (None: one, no sample axis).
+
+        Returns:
+            int32 states shaped ``(num_samples,)? + (B,)? + (T,)``, -1 on padded steps.
+            The same key gives the same draws however the batch is padded.
+
+        Example:
+            >>> hmm = CategoricalHMM(num_states=2, vocab_size=3)
+            >>> p = hmm.init(jax.random.key(0))
+            >>> hmm.sample_states(p, jax.random.key(1), jnp.array([0, 2, 1]), num_samples=5).shape
+            (5, 3)
+        """
+        validation.check_key(key)
+        if num_samples is not None and (
+            not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1
+        ):
+            raise ValueError(f"num_samples must be None or a positive int, got {num_samples=}")
+        batch = as_batch(self, params, x, mask)
+        draws = 1 if num_samples is None else num_samples
+        z = _sample_states_kernel(self, params, key, batch.x, batch.mask, draws)
+        if not batch.batched:
+            z = z[:, 0]
+        return z if num_samples is not None else z[0]
+
+    def _posterior(self, kernel, params, x, mask):
+        batch = as_batch(self, params, x, mask)
+        out = kernel(self, params, batch.x, batch.mask)
+        return out if batch.batched else out[0]
+
+
+def _batch_inputs(model, params, x):
+    """p(z_1), A and the (B, T, K) emission log-likelihoods of a padded batch."""
+    ll = jax.vmap(lambda xs: model.emission_log_likelihoods(params, xs))(x)
+    return model.initial_state(params), model.transition_matrix(params), ll
+
+
+def _over_batch(kernel):
+    """A kernel (initial_probs, transition_matrix, log_likelihoods, mask) mapped over
+    the batch axis of the last two."""
+    return jax.vmap(kernel, in_axes=(None, None, 0, 0))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _filter_kernel(model, params, x, mask):
+    pi, a, ll = _batch_inputs(model, params, x)
+    return _over_batch(hmm_masked_filter)(pi, a, ll, mask).filtered_probs
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _smoother_kernel(model, params, x, mask):
+    pi, a, ll = _batch_inputs(model, params, x)
+    return _over_batch(hmm_smoother)(pi, a, ll, mask).smoothed_probs
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _viterbi_kernel(model, params, x, mask):
+    pi, a, ll = _batch_inputs(model, params, x)
+    return _over_batch(hmm_viterbi)(pi, a, ll, mask)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _sample_states_kernel(model, params, key, x, mask, num_draws):
+    """(num_draws, B, T) paths; the filter runs once per sequence, not once per draw."""
+    pi, a, ll = _batch_inputs(model, params, x)
+    filtered = _over_batch(hmm_masked_filter)(pi, a, ll, mask).filtered_probs
+    rows = jnp.arange(x.shape[0])
+
+    def one_draw(k):
+        # Sequence b uses fold_in(k, b): draws do not depend on the batch size.
+        keys = jax.vmap(functools.partial(jax.random.fold_in, k))(rows)
+        return jax.vmap(hmm_backward_sample, in_axes=(0, None, 0, 0))(keys, a, filtered, mask)
+
+    return jax.vmap(one_draw)(jax.random.split(key, num_draws))
 
 
 @dataclasses.dataclass(frozen=True, init=False)
