@@ -85,12 +85,31 @@ def hmm_filter(
         log_likelihoods: (T, K) log p(x_t | z_t = k).
     """
 
-    def step(predicted, ll):
-        filtered, log_c = condition_on(predicted, ll)
-        return filtered @ transition_matrix, (log_c, predicted, filtered)
-
-    _, (log_c, predicted, filtered) = jax.lax.scan(step, initial_probs, log_likelihoods)
+    lik, shift = _shifted_likelihoods(log_likelihoods)
+    c, filtered = _forward(initial_probs, transition_matrix, lik)
+    log_c = jnp.log(c) + shift
+    predicted = _predicted(initial_probs, transition_matrix, filtered)
     return HMMFilterResult(pairwise_sum(log_c), log_c, predicted, filtered)
+
+
+def _forward(initial_probs, transition_matrix, lik):
+    """The scaled forward loop on shifted likelihoods (T, K): per-step normalizers c_t
+    (T,) and filtered probabilities (T, K). The shift and exp of ``condition_on`` are
+    done for all steps before the loop, so its body is one product, one sum, one divide
+    and one vector-matrix product."""
+
+    def step(predicted, lik_t):
+        w = predicted * lik_t
+        c = jnp.sum(w)
+        filtered = w / jnp.where(c > 0, c, jnp.ones((), c.dtype))
+        return filtered @ transition_matrix, (c, filtered)
+
+    return jax.lax.scan(step, initial_probs, lik)[1]
+
+
+def _predicted(initial_probs, transition_matrix, filtered):
+    """p(z_t | x_{<t}) for all t from the filtered probabilities: one matrix product."""
+    return jnp.concatenate([initial_probs[None], filtered[:-1] @ transition_matrix])
 
 
 # ------------------------------------------------------------------ masked kernels
@@ -122,12 +141,24 @@ def _safe_normalize(w: jax.Array) -> jax.Array:
     return w / jnp.where(c > 0, c, jnp.ones((), c.dtype))
 
 
-def _shifted_likelihoods(log_likelihoods: jax.Array) -> jax.Array:
-    """exp(log p(x_t | k) - max_k log p(x_t | k)) per step (the shift condition_on uses),
-    so emissions far in a Gaussian tail stay representable."""
-    m = jnp.max(log_likelihoods, axis=-1, keepdims=True)
+def _shifted_likelihoods(log_likelihoods: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(exp(log p(x_t | k) - m_t), m_t) with m_t = max_k log p(x_t | k) (the shift
+    condition_on uses), so emissions far in a Gaussian tail stay representable."""
+    m = jnp.max(log_likelihoods, axis=-1)
     m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), m.dtype))
-    return jnp.exp(log_likelihoods - m)
+    return jnp.exp(log_likelihoods - m[..., None]), m
+
+
+def _sum_of_outer_products(p: jax.Array, q: jax.Array, chunk: int = 256) -> jax.Array:
+    """sum_t p_t q_t^T for (T, K) arrays: matrix products over chunks of ``chunk``
+    steps, then a pairwise sum over chunks, so float32 counts over 1e6 steps keep
+    ~1e-7 relative accuracy (a running float32 sum loses ~1e-4)."""
+    t, k = p.shape
+    n = -(-t // chunk) if t else 1
+    pad = n * chunk - t
+    p = jnp.pad(p, ((0, pad), (0, 0))).reshape(n, chunk, k)
+    q = jnp.pad(q, ((0, pad), (0, 0))).reshape(n, chunk, q.shape[-1])
+    return pairwise_sum(jnp.einsum("nti,ntj->ijn", p, q), axis=-1)
 
 
 def _log(p: jax.Array) -> jax.Array:
@@ -219,35 +250,39 @@ def hmm_smoother(
     log_likelihoods = jnp.asarray(log_likelihoods)
     valid = _prefix_mask(log_likelihoods, mask)
     a = jnp.asarray(transition_matrix)
-    filt = hmm_masked_filter(initial_probs, a, log_likelihoods, valid)
     ll = jnp.where(valid[:, None], log_likelihoods, jnp.zeros((), log_likelihoods.dtype))
-    lik = _shifted_likelihoods(ll)
-    dtype = filt.filtered_probs.dtype
+    lik, shift = _shifted_likelihoods(ll)
+    c, filtered = _forward(initial_probs, a, lik)
+    dtype = filtered.dtype
     num_states = a.shape[-1]
+    zero = jnp.zeros((), dtype)
+    log_c = jnp.where(valid, jnp.log(c) + shift, zero)
 
-    def step(carry, inputs):
-        beta_next, total, comp = carry
-        alpha, lik_next, has_next = inputs
-        v = lik_next * beta_next
-        beta = jnp.where(has_next, _safe_normalize(a @ v), jnp.ones_like(beta_next))
-        xi = _safe_normalize(alpha[:, None] * a * v[None, :])
-        xi = jnp.where(has_next, xi, jnp.zeros_like(xi))
-        # Kahan summation: float32 counts over 1e6 steps keep ~1e-7 relative error.
-        y = xi - comp
-        t = total + y
-        comp = (t - total) - y
-        return (beta, t, comp), beta
+    def step(beta_next, inputs):
+        lik_next, has_next = inputs
+        beta = _safe_normalize(a @ (lik_next * beta_next))
+        beta = jnp.where(has_next, beta, jnp.ones_like(beta_next))
+        return beta, beta
 
-    zeros = jnp.zeros((num_states, num_states), dtype)
-    init = (jnp.ones((num_states,), dtype), zeros, zeros)
-    (_, counts, _), betas = jax.lax.scan(
-        step, init, (filt.filtered_probs[:-1], lik[1:], valid[1:]), reverse=True
+    _, betas = jax.lax.scan(
+        step, jnp.ones((num_states,), dtype), (lik[1:], valid[1:]), reverse=True
     )
+    # xi_t = alpha_t(i) A_ij v_{t+1}(j) / Z_t with v = lik * beta and Z_t = alpha_t . (A v):
+    # the sum over t is A * (alpha^T W), one contraction over time outside the loop.
     betas = jnp.concatenate([betas, jnp.ones((1, num_states), dtype)])
-    smoothed = jax.vmap(_safe_normalize)(filt.filtered_probs * betas)
-    smoothed = jnp.where(valid[:, None], smoothed, jnp.zeros((), dtype))
+    alpha = filtered[:-1]
+    v = lik[1:] * betas[1:]
+    z = jnp.sum(alpha * (v @ a.T), axis=-1, keepdims=True)
+    w = jnp.where(valid[1:, None] & (z > 0), v / jnp.where(z > 0, z, jnp.ones((), dtype)), 0.0)
+    counts = a * _sum_of_outer_products(alpha, w)
+    smoothed = jax.vmap(_safe_normalize)(filtered * betas)
+    keep = valid[:, None]
     return HMMPosterior(
-        filt.marginal_loglik, filt.filtered_probs, filt.predicted_probs, smoothed, counts
+        pairwise_sum(log_c),
+        jnp.where(keep, filtered, zero),
+        jnp.where(keep, _predicted(initial_probs, a, filtered), zero),
+        jnp.where(keep, smoothed, zero),
+        counts,
     )
 
 

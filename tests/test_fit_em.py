@@ -343,3 +343,25 @@ def test_mixture_head_has_no_closed_form_m_step():
     model = probseq.HMM(2, probseq.heads.MixtureNormalHead(obs_dim=1, num_components=2))
     with pytest.raises(ValueError, match="no closed-form M-step.*fit_sgd"):
         fit_em(model, model.init(jax.random.key(0)), np.zeros((5, 1)))
+
+
+@pytest.mark.parametrize("kind", ["categorical", "gaussian"])
+def test_autodiff_estep_equals_forward_backward(kind):
+    """The gradient identity and the classic smoother give the same statistics."""
+    rng = np.random.default_rng(8)
+    if kind == "categorical":
+        model = probseq.CategoricalHMM(4, 5)
+        xs = _ragged(rng, 5, [17, 3, 40])
+    else:
+        model = probseq.GaussianHMM(3, 2)
+        xs = [rng.normal(size=(n, 2)) * 2 for n in (17, 3, 40)]
+    params = model.init(jax.random.key(4), dtype=jnp.float64)
+    auto = expected_statistics(model, params, xs, estep="autodiff")
+    fb = expected_statistics(model, params, xs, estep="forward_backward")
+    for a, b in zip(auto, fb, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-8, atol=1e-12)
+    fit_a = fit_em(model, params, xs, num_iters=5, tol=0.0, estep="autodiff")
+    fit_b = fit_em(model, params, xs, num_iters=5, tol=0.0, estep="forward_backward")
+    np.testing.assert_allclose(fit_a.history["log_likelihood"], fit_b.history["log_likelihood"], rtol=1e-10)
+    with pytest.raises(ValueError, match="estep must be one of"):
+        fit_em(model, params, xs, estep="viterbi")

@@ -44,7 +44,7 @@ from probseq.core import as_batch
 from probseq.families.hmm import HMM, HMMParams
 from probseq.fit.result import FitResult
 from probseq.heads import Head
-from probseq.hmm_inference import hmm_filter
+from probseq.hmm_inference import hmm_filter, hmm_smoother
 from probseq.scan import pairwise_sum
 from probseq.validation import check_key
 
@@ -88,22 +88,49 @@ def _log_marginal(log_pi, log_a, log_likelihoods, mask):
     return jnp.sum(jax.vmap(one)(log_likelihoods, mask))
 
 
-def _statistics(model: HMM, params: HMMParams, x, mask) -> HMMStatistics:
+ESTEPS = ("auto", "autodiff", "forward_backward")
+
+
+def _statistics(model: HMM, params: HMMParams, x, mask, estep: str) -> HMMStatistics:
     log_pi = jax.nn.log_softmax(params.initial_logits)
     log_a = jax.nn.log_softmax(params.transition_logits, axis=-1)
     ll = jax.vmap(lambda xs: model.emission_log_likelihoods(params, xs))(x)
-    value, (n_init, n_trans, gamma) = jax.value_and_grad(_log_marginal, argnums=(0, 1, 2))(
-        log_pi, log_a, ll, mask
+    if _resolve_estep(estep) == "autodiff":
+        value, (n_init, n_trans, gamma) = jax.value_and_grad(_log_marginal, argnums=(0, 1, 2))(
+            log_pi, log_a, ll, mask
+        )
+        return HMMStatistics(value, n_init, n_trans, gamma)
+    post = jax.vmap(hmm_smoother, in_axes=(None, None, 0, 0))(
+        jnp.exp(log_pi), jnp.exp(log_a), ll, mask
     )
-    return HMMStatistics(value, n_init, n_trans, gamma)
+    return HMMStatistics(
+        jnp.sum(post.marginal_loglik),
+        jnp.sum(post.smoothed_probs[:, 0], axis=0),
+        jnp.sum(post.expected_transitions, axis=0),
+        post.smoothed_probs,
+    )
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _expected_statistics(model, params, x, mask):
-    return _statistics(model, params, x, mask)
+def _resolve_estep(estep: str) -> str:
+    # Measured on CPU and GPU (benchmarks/RESULTS.md): the hand-written forward-backward
+    # pass, whose transition counts are one contraction over time, beats the reverse-mode
+    # pass through the filter at every workload size, so "auto" picks it.
+    return "forward_backward" if estep == "auto" else estep
 
 
-def expected_statistics(model: HMM, params: HMMParams, data, mask=None) -> HMMStatistics:
+def _check_estep(estep):
+    if estep not in ESTEPS:
+        raise ValueError(f"estep must be one of {ESTEPS}, got {estep!r}")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _expected_statistics(model, params, x, mask, estep):
+    return _statistics(model, params, x, mask, estep)
+
+
+def expected_statistics(
+    model: HMM, params: HMMParams, data, mask=None, *, estep: str = "auto"
+) -> HMMStatistics:
     """The E-step alone: expected sufficient statistics of ``data`` under ``params``.
 
     Args:
@@ -111,10 +138,13 @@ def expected_statistics(model: HMM, params: HMMParams, data, mask=None) -> HMMSt
         params: its parameters.
         data: one sequence, a batch, or a list of ragged sequences (as ``log_prob``).
         mask: optional (B, T) prefix mask.
+        estep: "autodiff" (gradient of log p(x) through the forward filter),
+            "forward_backward" (the classic smoother), or "auto" (the faster).
     """
     _check_hmm(model)
+    _check_estep(estep)
     batch = as_batch(model, params, data, mask, name="data")
-    return _expected_statistics(model, params, batch.x, batch.mask)
+    return _expected_statistics(model, params, batch.x, batch.mask, estep)
 
 
 def _normalized_log(counts, concentration, old_logits):
@@ -140,9 +170,9 @@ def _log_prior(params: HMMParams, prior: DirichletPrior):
     return total
 
 
-def _em_update(model: HMM, params: HMMParams, x, mask, prior: DirichletPrior):
+def _em_update(model: HMM, params: HMMParams, x, mask, prior: DirichletPrior, estep: str):
     """One EM iteration: returns (new params, log p(x | params), log prior(params))."""
-    stats = _statistics(model, params, x, mask)
+    stats = _statistics(model, params, x, mask, estep)
     k = model.num_states
     weights = stats.posteriors.reshape(-1, k)
     flat_x = x.reshape((-1,) + x.shape[2:])
@@ -156,10 +186,10 @@ def _em_update(model: HMM, params: HMMParams, x, mask, prior: DirichletPrior):
     return new, stats.log_likelihood, _log_prior(params, prior)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _em_restarts(model, params, x, mask, prior, done):
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _em_restarts(model, params, x, mask, prior, done, estep):
     """One iteration for a stack of restarts (leading axis R); finished ones stay put."""
-    new, loglik, logprior = jax.vmap(lambda p: _em_update(model, p, x, mask, prior))(params)
+    new, loglik, logprior = jax.vmap(lambda p: _em_update(model, p, x, mask, prior, estep))(params)
     keep = lambda old, upd: jnp.where(done.reshape((-1,) + (1,) * (upd.ndim - 1)), old, upd)  # noqa: E731
     return jax.tree.map(keep, params, new), loglik, logprior
 
@@ -184,7 +214,8 @@ def _prior(model: HMM, prior, dtype) -> DirichletPrior:
         unknown = set(prior) - set(DirichletPrior._fields)
         if unknown:
             raise ValueError(
-                f"prior has unknown key(s) {sorted(unknown)}; allowed: {list(DirichletPrior._fields)}."
+                f"prior has unknown key(s) {sorted(unknown)}; "
+                f"allowed: {list(DirichletPrior._fields)}."
             )
         prior = DirichletPrior(**prior)
     if not isinstance(prior, DirichletPrior):
@@ -227,6 +258,7 @@ def fit_em(
     prior=None,
     num_restarts: int = 1,
     key: jax.Array | None = None,
+    estep: str = "auto",
     progress: bool = False,
 ) -> FitResult:
     """Fit an HMM by expectation-maximisation.
@@ -251,6 +283,9 @@ def fit_em(
         num_restarts: run this many fits at once (vectorised): ``params`` and
             ``num_restarts - 1`` random draws of ``model.init``; keep the best.
         key: PRNG key for the random restarts (required when num_restarts > 1).
+        estep: how expected statistics are computed: "autodiff" (jax.grad of log p(x)
+            through the forward filter), "forward_backward" (the smoother kernel), or
+            "auto" (the faster one; both agree to rounding, see the tests).
         progress: show a tqdm progress bar.
 
     Returns:
@@ -260,6 +295,7 @@ def fit_em(
         whether the fit converged, and every restart's final objective.
     """
     _check_hmm(model)
+    _check_estep(estep)
     if not isinstance(num_iters, int) or num_iters < 1:
         raise ValueError(f"num_iters must be a positive int, got {num_iters=}")
     if not (isinstance(tol, int | float) and math.isfinite(tol) and tol >= 0):
@@ -284,7 +320,7 @@ def fit_em(
     bar = _progress_bar(num_iters, progress)
     for _ in range(num_iters):
         stacked_new, loglik, logprior = _em_restarts(
-            model, stacked, batch.x, batch.mask, prior, done
+            model, stacked, batch.x, batch.mask, prior, done, estep
         )
         loglik, objective = np.asarray(loglik), np.asarray(loglik + logprior)
         if objective_hist:
