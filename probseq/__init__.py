@@ -7,7 +7,7 @@ score, filter and sample every one of them.
 Importing probseq changes no global JAX setting and builds nothing.
 """
 
-from probseq import heads, hmm_inference, scan
+from probseq import data, heads, hmm_inference, scan
 from probseq.core import (
     ScoreResult,
     SequenceModel,
@@ -29,7 +29,7 @@ from probseq.families import (
     MinGRU,
     RecurrentState,
 )
-from probseq.fit import DirichletPrior, FitResult, fit_em
+from probseq.fit import DirichletPrior, FitResult, NonFiniteLossError, fit_em, fit_sgd
 
 __version__ = "0.1.0"
 
@@ -51,9 +51,12 @@ __all__ = [
     "GaussianHMM",
     "HMMParams",
     "RecurrentState",
+    "fit_sgd",
+    "NonFiniteLossError",
     "fit_em",
     "FitResult",
     "DirichletPrior",
+    "data",
     "heads",
     "hmm_inference",
     "scan",

@@ -35,6 +35,9 @@ def test_public_names_are_pinned():
             "heads",
             "hmm_inference",
             "scan",
+            "fit_sgd",
+            "NonFiniteLossError",
+            "data",
             "fit_em",
             "FitResult",
             "DirichletPrior",
@@ -91,8 +94,13 @@ def test_second_call_does_not_recompile():
 @pytest.mark.parametrize("script", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
 def test_example_runs_with_tiny_arguments(script, capsys):
     tiny = {
-        "quickstart.py": ["--num-sequences", "2", "--num-timesteps", "10", "--hidden-size", "4"]
+        "quickstart.py": ["--num-sequences", "2", "--num-timesteps", "10", "--hidden-size", "4"],
+        "fit_text.py": [
+            *("--families", "gru", "--hidden-size", "8", "--epochs", "1"),
+            *("--max-train-chars", "4096", "--bptt-length", "16", "--eval-rows", "64"),
+        ],
     }
+    assert script.name in tiny, f"add tiny arguments for examples/{script.name}"
     module = runpy.run_path(str(script), run_name="example")
     module["main"](tiny.get(script.name, []))
     assert capsys.readouterr().out.strip()

@@ -362,6 +362,8 @@ def test_autodiff_estep_equals_forward_backward(kind):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-8, atol=1e-12)
     fit_a = fit_em(model, params, xs, num_iters=5, tol=0.0, estep="autodiff")
     fit_b = fit_em(model, params, xs, num_iters=5, tol=0.0, estep="forward_backward")
-    np.testing.assert_allclose(fit_a.history["log_likelihood"], fit_b.history["log_likelihood"], rtol=1e-10)
+    np.testing.assert_allclose(
+        fit_a.history["log_likelihood"], fit_b.history["log_likelihood"], rtol=1e-10
+    )
     with pytest.raises(ValueError, match="estep must be one of"):
         fit_em(model, params, xs, estep="viterbi")

@@ -1,6 +1,15 @@
-"""Fitting: EM for hidden Markov models (and, alongside, SGD for every model)."""
+"""Fitting: SGD for every model, EM for hidden Markov models."""
 
 from probseq.fit.em import DirichletPrior, HMMStatistics, expected_statistics, fit_em
 from probseq.fit.result import FitResult
+from probseq.fit.sgd import NonFiniteLossError, fit_sgd
 
-__all__ = ["FitResult", "DirichletPrior", "HMMStatistics", "expected_statistics", "fit_em"]
+__all__ = [
+    "FitResult",
+    "fit_sgd",
+    "NonFiniteLossError",
+    "fit_em",
+    "DirichletPrior",
+    "HMMStatistics",
+    "expected_statistics",
+]

@@ -1,0 +1,811 @@
+r"""Minibatch gradient fitting of the negative log-likelihood, for every model.
+
+:func:`fit_sgd` minimizes the loss per valid token
+
+.. math::  \mathcal{L}(\theta) = -\frac{1}{N_\text{tokens}}
+           \sum_{b,t:\ \text{mask}_{bt}} \log p_\theta(x_{bt} \mid x_{b,<t})
+
+over minibatches of rows with any optax optimizer. Neural families and HMMs go
+through the same code: an HMM's parameters are unconstrained logits.
+
+How a fit runs:
+
+* **Schedule.** Each epoch shuffles the rows (sequences) with a permutation drawn
+  from ``fold_in(key, epoch)`` and cuts them into batches of ``batch_size``; a final
+  partial batch is filled with fully masked rows, which contribute nothing. With
+  ``bptt_length=L`` each batch is processed in windows of L steps, in order, one
+  optimizer step per window (truncated backpropagation through time, TBPTT): the
+  state at the end of a window starts the next one behind ``jax.lax.stop_gradient``;
+  a row whose sequence has ended has an all-False mask in later windows and keeps
+  its state. Windows past the longest row of a batch are not run.
+* **Compilation.** One compiled function runs ``steps_per_call`` optimizer steps as
+  a ``lax.scan``. It is lowered and compiled once per call of ``fit_sgd``, on first
+  use, and the executable is reused by every epoch: it cannot retrace (shapes never
+  change: batches are padded, and the last call of an epoch runs no-op steps behind
+  ``lax.cond``). Validation is a second compiled function over full sequences (no
+  truncation). The progress bar, checkpoints and early stopping act between calls.
+* **Non-finite steps.** A step whose loss, gradient or update holds NaN or inf is
+  skipped: parameters and optimizer state stay as they were, the step is counted in
+  ``history["skipped_steps"]``. After ``max_nonfinite_steps`` consecutive skipped
+  steps the fit stops by raising :class:`NonFiniteLossError`, which carries the last
+  good parameters (``.params``) and the result so far (``.result``). (Resuming such a
+  fit from its checkpoint restarts from the last good state with the count reset.)
+* **Validation and early stopping.** After every epoch the validation
+  log-likelihood per token is computed; the parameters of the best epoch are
+  returned (not the last); ``patience`` epochs without improvement stop the fit.
+* **Checkpoints.** With ``checkpoint_dir``, the parameters, optimizer state, carried
+  TBPTT state, best parameters, position (epoch, step), RNG key and history are
+  written atomically every ``checkpoint_every`` steps, after each epoch and at the
+  end (:mod:`probseq.fit.checkpoint`: .npz + JSON, no pickle). Calling ``fit_sgd``
+  again with the same directory, model, data, key and settings resumes where the
+  previous fit stopped (even one killed with SIGKILL) and ends with the same
+  parameters as an uninterrupted fit; a checkpoint that does not match is refused
+  with a ValueError. The optimizer's hyperparameters cannot be checked: resume
+  with the same optimizer.
+* **Logging.** Each epoch's summary is logged at INFO level on the
+  ``probseq.fit.sgd`` logger (silent unless logging is configured); ``progress=False``
+  prints nothing.
+
+Example:
+    >>> import jax, numpy as np, probseq
+    >>> from probseq.fit.sgd import fit_sgd
+    >>> model = probseq.GRU(vocab_size=4, hidden_size=8)
+    >>> params = model.init(jax.random.key(0))
+    >>> x = np.tile(np.arange(4), (16, 5))          # 16 sequences 0 1 2 3 0 1 ...
+    >>> result = fit_sgd(model, params, x, key=jax.random.key(1), num_epochs=3,
+    ...                  batch_size=8, learning_rate=0.05, valid_data=x[:4],
+    ...                  progress=False)
+    >>> bool(result.history["train_log_lik"][-1] > result.history["train_log_lik"][0])
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from probseq import validation
+from probseq.core import as_batch, batch_step_log_probs
+from probseq.fit import checkpoint
+from probseq.fit.result import FitResult
+from probseq.scan import pairwise_sum
+
+__all__ = [
+    "fit_sgd",
+    "NonFiniteLossError",
+    "window_log_probs",
+    "truncated_step_log_probs",
+]
+
+PyTree = Any
+_log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """``fit_sgd`` met ``max_nonfinite_steps`` consecutive NaN/inf steps and stopped.
+
+    Nothing is lost: every skipped step left the parameters unchanged.
+
+    Attributes:
+        params: the last good parameters (after the last finite step).
+        result: the :class:`FitResult` so far: ``params`` is the best by validation
+            when an epoch was validated, else the last good parameters; history has
+            the completed epochs; ``info["stopped"] == "nonfinite"``.
+    """
+
+    def __init__(self, message: str, *, params, result: FitResult):
+        super().__init__(message)
+        self.params = params
+        self.result = result
+
+
+# ---------------------------------------------------------------- pure TBPTT kernels
+def window_log_probs(model, params, carried, reset, x, mask, inputs=None):
+    """Per-step log-likelihoods of one window of a batch, continuing a carried state.
+
+    The window starts from ``model.initial_state(params)`` where ``reset`` is True
+    (the first window of a sequence: the gradient reaches the initial state) and
+    from ``jax.lax.stop_gradient(carried)`` otherwise, so no gradient crosses a
+    window boundary.
+
+    Args:
+        model, params: the model.
+        carried: batched state (B, ...) at the end of the previous window.
+        reset: scalar bool: start the batch afresh.
+        x: (B, L, *event) observations; mask: (B, L) prefix mask (a row may be all
+            False: its state is kept); inputs: (B, L, input_dim) or None.
+
+    Returns:
+        (log_probs (B, L) with zeros where masked, final states (B, ...)).
+    """
+    init = model.initial_state(params)
+    h0 = jax.tree.map(
+        lambda i, c: jnp.where(
+            reset, jnp.broadcast_to(i, c.shape).astype(c.dtype), jax.lax.stop_gradient(c)
+        ),
+        init,
+        carried,
+    )
+    return batch_step_log_probs(model, params, x, mask, inputs, h0)
+
+
+def truncated_step_log_probs(model, params, x, mask, bptt_length: int, inputs=None):
+    """Per-step log-likelihoods computed window by window, as truncated BPTT sees them.
+
+    Values equal :func:`probseq.core.batch_step_log_probs` on the whole sequences
+    (the state is carried across windows); gradients do not cross windows (the
+    carried state is behind ``stop_gradient``). A pure function of arrays.
+
+    Args:
+        x: (B, T, *event); mask: (B, T) prefix mask; inputs: (B, T, input_dim) or None.
+        bptt_length: window length L (T need not be a multiple).
+
+    Returns:
+        (B, T) log-likelihoods, 0 where masked.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, probseq
+        >>> model = probseq.LSTM(vocab_size=3, hidden_size=4)
+        >>> params = model.init(jax.random.key(0))
+        >>> x, m = jnp.zeros((2, 6), int), jnp.ones((2, 6), bool)
+        >>> truncated_step_log_probs(model, params, x, m, bptt_length=4).shape
+        (2, 6)
+    """
+    bsz, num_timesteps = mask.shape
+    num_windows = -(-num_timesteps // bptt_length)
+    pad = num_windows * bptt_length - num_timesteps
+
+    def windows(a):
+        a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+        a = a.reshape((bsz, num_windows, bptt_length) + a.shape[2:])
+        return jnp.swapaxes(a, 0, 1)
+
+    us = None if inputs is None else windows(inputs)
+    carried = jax.tree.map(
+        lambda a: jnp.broadcast_to(a, (bsz,) + a.shape), model.initial_state(params)
+    )
+
+    def body(state, window):
+        w, xw, mw, uw = window
+        lps, final = window_log_probs(model, params, state, w == 0, xw, mw, uw)
+        return final, lps
+
+    _, lps = jax.lax.scan(body, carried, (jnp.arange(num_windows), windows(x), windows(mask), us))
+    return jnp.swapaxes(lps, 0, 1).reshape(bsz, -1)[:, :num_timesteps]
+
+
+# ------------------------------------------------------------------ compiled pieces
+class _Carry(NamedTuple):
+    params: PyTree
+    opt_state: PyTree
+    carried: PyTree  # TBPTT state (B, ...)
+    consecutive: jax.Array  # int32 (): consecutive non-finite steps
+    halted: jax.Array  # bool (): max_nonfinite_steps reached
+
+
+class _Windows(NamedTuple):
+    """Training data cut into windows: x (W, N + 1, L, *event), mask (W, N + 1, L),
+    inputs (W, N + 1, L, input_dim) or None. Row N is all padding (mask False)."""
+
+    x: jax.Array
+    mask: jax.Array
+    inputs: jax.Array | None
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _select(pred, on_true, on_false):
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _make_train_chunk(model, optimizer, max_nonfinite_steps: int):
+    # Optimizers that accept extra arguments (optax.chain, adam, ...) also get the
+    # loss as ``value=`` (for e.g. optax.contrib.reduce_on_plateau).
+    takes_value = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+
+    def loss_fn(params, carried, reset, x, mask, inputs):
+        lps, final = window_log_probs(model, params, carried, reset, x, mask, inputs)
+        total = jnp.sum(lps)
+        count = jnp.sum(mask)
+        loss = -total / jnp.maximum(count, 1).astype(total.dtype)
+        return loss, (total, final)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    acc_dtype = jnp.result_type(float)  # float64 under jax_enable_x64
+
+    def _train_chunk(carry: _Carry, data: _Windows, rows, windows):
+        def step(c: _Carry, schedule):
+            row_ids, w = schedule
+            x, mask = data.x[w, row_ids], data.mask[w, row_ids]
+            inputs = None if data.inputs is None else data.inputs[w, row_ids]
+            count = jnp.sum(mask, dtype=jnp.int32)
+
+            def run(c: _Carry):
+                (loss, (total, final)), grads = grad_fn(
+                    c.params, c.carried, w == 0, x, mask, inputs
+                )
+                extra = {"value": loss} if takes_value else {}
+                updates, opt_state = optimizer.update(grads, c.opt_state, c.params, **extra)
+                params = optax.apply_updates(c.params, updates)
+                ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(updates)
+                consecutive = jnp.where(ok, 0, c.consecutive + 1).astype(jnp.int32)
+                new = _Carry(
+                    params=_select(ok, params, c.params),
+                    opt_state=_select(ok, opt_state, c.opt_state),
+                    carried=_select(_all_finite(final), final, c.carried),
+                    consecutive=consecutive,
+                    halted=consecutive >= max_nonfinite_steps,
+                )
+                total = jnp.where(ok, total, 0).astype(acc_dtype)
+                return new, (total, ok, ~ok)
+
+            def skip(c: _Carry):
+                return c, (jnp.zeros((), acc_dtype), jnp.array(False), jnp.array(False))
+
+            c, (total, ok, bad) = jax.lax.cond((count > 0) & ~c.halted, run, skip, c)
+            return c, (total, jnp.where(ok, count, 0), ok, bad, c.halted)
+
+        return jax.lax.scan(step, carry, (rows, windows))
+
+    return _train_chunk
+
+
+def _make_evaluate(model):
+    def _evaluate(params, x, mask, inputs):
+        def chunk(batch):
+            lps, _ = batch_step_log_probs(model, params, *batch)
+            return jnp.sum(pairwise_sum(lps, axis=-1))
+
+        return jax.lax.map(chunk, (x, mask, inputs))
+
+    return _evaluate
+
+
+class _AheadOfTime:
+    """``jax.jit(fn)`` compiled on the first call for exactly those argument types.
+
+    Later calls run the compiled executable: they can never retrace (arguments of
+    another shape or dtype raise instead), and the compile time is measured apart.
+    """
+
+    def __init__(self, fn):
+        self._jit = jax.jit(fn)
+        self._compiled = None
+        self.compile_time_s = 0.0
+
+    def __call__(self, *args):
+        if self._compiled is None:
+            start = time.perf_counter()
+            self._compiled = self._jit.lower(*args).compile()
+            self.compile_time_s = time.perf_counter() - start
+        return self._compiled(*args)
+
+
+# ----------------------------------------------------------------------- host side
+def _check_int(name, value, *, minimum=1, allow_none=False):
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
+        kind = "None or " if allow_none else ""
+        raise ValueError(f"{name} must be {kind}an int >= {minimum}, got {name}={value!r}")
+
+
+def _check_positive_number(name, value):
+    if (
+        not isinstance(value, int | float | np.floating | np.integer)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
+
+
+def _strong(tree):
+    """Concrete arrays with fixed (non-weak) dtypes, so compiled calls always match."""
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.result_type(a)), tree)
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _key_data(key) -> list[int]:
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.asarray(key).ravel().tolist()
+
+
+def _windowed(a: np.ndarray, length: int, num_windows: int) -> np.ndarray:
+    """(N, T, ...) -> (W, N + 1, L, ...), zero-padded in time, plus one padding row."""
+    n, t = a.shape[:2]
+    out = np.zeros((n + 1, num_windows * length) + a.shape[2:], a.dtype)
+    out[:n, :t] = a
+    out = out.reshape((n + 1, num_windows, length) + a.shape[2:])
+    return np.swapaxes(out, 0, 1)
+
+
+def _epoch_schedule(key, epoch, lengths, batch_size, window_len, shuffle):
+    """(rows (S, B), windows (S,)): which rows and window each step of an epoch uses."""
+    n = len(lengths)
+    if shuffle:
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n))
+    else:
+        order = np.arange(n)
+    num_batches = -(-n // batch_size)
+    padded = np.full(num_batches * batch_size, n, np.int32)  # row n: all padding
+    padded[:n] = order
+    batches = padded.reshape(num_batches, batch_size)
+    longest = np.append(lengths, 0)[batches].max(axis=1)
+    num_windows = -(-longest // window_len)
+    rows = np.repeat(batches, num_windows, axis=0)
+    windows = np.concatenate([np.arange(k, dtype=np.int32) for k in num_windows])
+    return rows, windows
+
+
+def _valid_chunks(batch, batch_size):
+    """Validation data as (chunks, B, T, ...) with padding rows fully masked."""
+    x, mask = np.asarray(batch.x), np.asarray(batch.mask)
+    n = len(x)
+    b = min(batch_size, n)
+    chunks = -(-n // b)
+
+    def pad(a):
+        out = np.zeros((chunks * b,) + a.shape[1:], a.dtype)
+        out[:n] = a
+        return jnp.asarray(out.reshape((chunks, b) + a.shape[1:]))
+
+    inputs = None if batch.inputs is None else pad(np.asarray(batch.inputs))
+    return pad(x), pad(mask), inputs, int(mask.sum())
+
+
+def _resolve_optimizer(optimizer, learning_rate, max_grad_norm):
+    """The user's optimizer, or the default built here (never at import time)."""
+    if optimizer is None:
+        learning_rate = 1e-3 if learning_rate is None else learning_rate
+        max_grad_norm = 1.0 if max_grad_norm is None else max_grad_norm
+        if not callable(learning_rate):  # an optax schedule is fine too
+            _check_positive_number("learning_rate", learning_rate)
+        _check_positive_number("max_grad_norm", max_grad_norm)
+        return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate))
+    if learning_rate is not None or max_grad_norm is not None:
+        raise ValueError(
+            "learning_rate= and max_grad_norm= configure the default optimizer; with "
+            "optimizer= given, put them in it, e.g. optax.chain("
+            "optax.clip_by_global_norm(1.0), optax.adam(1e-3))."
+        )
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise ValueError(
+            "optimizer must be an optax GradientTransformation (with init and update), "
+            f"got {type(optimizer).__name__}."
+        )
+    return optimizer
+
+
+def _new_run(has_valid: bool) -> dict:
+    """The JSON-serializable progress of a fit (what a checkpoint's metadata holds)."""
+    columns = ["epoch", "train_log_lik"] + (["valid_log_lik"] if has_valid else [])
+    columns += ["num_steps", "skipped_steps", "tokens_per_s", "time_s"]
+    return {
+        "epoch": 0,  # epochs completed
+        "step_in_epoch": 0,  # steps of the current epoch's schedule done
+        "num_steps": 0,  # optimizer steps applied
+        "num_skipped": 0,  # non-finite steps skipped
+        "consecutive_nonfinite": 0,
+        "epoch_acc": _new_epoch_acc(),
+        "best_epoch": None,
+        "best_valid_log_lik": None,
+        "initial_valid_log_lik": None,
+        "epochs_since_best": 0,
+        "status": "running",
+        "history": {name: [] for name in columns},
+    }
+
+
+def _new_epoch_acc() -> dict:
+    return {"log_lik": 0.0, "tokens": 0, "skipped": 0, "time_s": 0.0}
+
+
+def _fingerprint(model, train, valid, batch_size, bptt_length, shuffle, key) -> dict:
+    """What must be equal for a checkpoint to be resumed by this call."""
+
+    def describe(batch):
+        if batch is None:
+            return None
+        return {
+            "shape": list(np.shape(batch.x)),
+            "sha256": _digest(batch.x, batch.mask, batch.inputs),
+        }
+
+    return {
+        "model": repr(model),
+        "data": describe(train),
+        "valid_data": describe(valid),
+        "batch_size": batch_size,
+        "bptt_length": bptt_length,
+        "shuffle": shuffle,
+        "key": _key_data(key),
+    }
+
+
+def _history_arrays(history: dict) -> dict:
+    return {k: np.asarray(v) for k, v in history.items()}
+
+
+def fit_sgd(
+    model,
+    params,
+    data,
+    *,
+    key,
+    num_epochs: int,
+    batch_size: int,
+    optimizer=None,
+    learning_rate: float | None = None,
+    max_grad_norm: float | None = None,
+    mask=None,
+    inputs=None,
+    valid_data=None,
+    valid_mask=None,
+    valid_inputs=None,
+    bptt_length: int | None = None,
+    shuffle: bool = True,
+    patience: int | None = None,
+    max_nonfinite_steps: int = 10,
+    steps_per_call: int = 16,
+    progress: bool = True,
+    checkpoint_dir=None,
+    checkpoint_every: int = 500,
+) -> FitResult:
+    """Fit ``model`` by minibatch gradient descent on the negative log-likelihood.
+
+    See the module docstring for the schedule, TBPTT, non-finite steps and
+    checkpoints.
+
+    Args:
+        model: any probseq model (neural family or HMM).
+        params: its starting parameters (``model.init(key)``).
+        data: training sequences in any form :func:`probseq.log_prob` accepts: an
+            array (B, T) / (B, T, D) with an optional prefix ``mask``, one sequence,
+            or a list of unequal-length sequences.
+        key: PRNG key for the shuffles (epoch e uses ``fold_in(key, e)``).
+        num_epochs: passes over the training data.
+        batch_size: sequences per step (at most the number of sequences is used).
+        optimizer: any optax ``GradientTransformation``. Default, built per call:
+            ``optax.chain(optax.clip_by_global_norm(max_grad_norm),
+            optax.adam(learning_rate))``.
+        learning_rate: Adam's step size for the default optimizer (default 1e-3).
+        max_grad_norm: global-norm clipping for the default optimizer (default 1.0).
+        mask, inputs: training mask and conditioning inputs, as for ``log_prob``.
+        valid_data, valid_mask, valid_inputs: held-out sequences, scored in full
+            after every epoch; enable best-parameter selection and ``patience``.
+        bptt_length: truncated BPTT window length (None: whole sequences).
+        shuffle: shuffle the rows every epoch (False: data order).
+        patience: stop after this many epochs without a better validation score.
+        max_nonfinite_steps: consecutive NaN/inf steps before NonFiniteLossError.
+        steps_per_call: optimizer steps per compiled call; the progress bar and
+            checkpoints act between calls.
+        progress: show a tqdm progress bar (on stderr); False prints nothing.
+        checkpoint_dir: directory for the checkpoint; resumes from it if present.
+        checkpoint_every: write a checkpoint after about this many steps (also
+            after every epoch and at the end).
+
+    Returns:
+        :class:`FitResult` with ``params`` the best by validation (the last without
+        validation data), ``history`` a dict of per-epoch NumPy arrays — ``epoch``,
+        ``train_log_lik`` (per token, averaged over the epoch's steps),
+        ``valid_log_lik`` (per token, with validation data), ``num_steps``
+        (cumulative), ``skipped_steps``, ``tokens_per_s``, ``time_s`` — and ``info``
+        with ``stopped`` ("completed" or "early_stopping"), ``best_epoch``,
+        ``best_valid_log_lik``, ``initial_valid_log_lik``, ``num_steps``,
+        ``num_skipped_steps``, ``batch_size``, ``steps_per_call``,
+        ``compile_time_s``, ``resumed_from_step``, ``checkpoint``,
+        ``last_params`` and ``opt_state`` (to continue training).
+
+    Raises:
+        ValueError: invalid arguments or data (before any compilation), or a
+            checkpoint in ``checkpoint_dir`` that does not match this fit.
+        NonFiniteLossError: ``max_nonfinite_steps`` consecutive non-finite steps;
+            carries ``.params`` (last good) and ``.result``.
+
+    Example:
+        >>> import jax, probseq
+        >>> from probseq.fit.sgd import fit_sgd
+        >>> hmm = probseq.CategoricalHMM(num_states=2, vocab_size=3)
+        >>> x = probseq.sample(hmm, hmm.init(jax.random.key(0)), jax.random.key(1), 50,
+        ...                    num_samples=32)
+        >>> result = fit_sgd(hmm, hmm.init(jax.random.key(2)), x, key=jax.random.key(3),
+        ...                  num_epochs=2, batch_size=8, learning_rate=0.05,
+        ...                  progress=False)
+        >>> sorted(result.history)[:3]
+        ['epoch', 'num_steps', 'skipped_steps']
+    """
+    # ---- static settings, then data: all checks before any compilation
+    _check_int("num_epochs", num_epochs)
+    _check_int("batch_size", batch_size)
+    _check_int("bptt_length", bptt_length, allow_none=True)
+    _check_int("patience", patience, allow_none=True)
+    _check_int("max_nonfinite_steps", max_nonfinite_steps)
+    _check_int("steps_per_call", steps_per_call)
+    _check_int("checkpoint_every", checkpoint_every)
+    for name, flag in (("shuffle", shuffle), ("progress", progress)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {name}={flag!r}")
+    validation.check_key(key)
+    optimizer = _resolve_optimizer(optimizer, learning_rate, max_grad_norm)
+    if patience is not None and valid_data is None:
+        raise ValueError("patience= needs valid_data= to measure improvement on.")
+    if valid_data is None and (valid_mask is not None or valid_inputs is not None):
+        raise ValueError("valid_mask= / valid_inputs= were given without valid_data=.")
+
+    train = as_batch(model, params, data, mask, inputs, name="data")
+    valid = (
+        None
+        if valid_data is None
+        else as_batch(model, params, valid_data, valid_mask, valid_inputs, name="valid_data")
+    )
+
+    # ---- layout
+    x_np, mask_np = np.asarray(train.x), np.asarray(train.mask)
+    inputs_np = None if train.inputs is None else np.asarray(train.inputs)
+    num_rows, num_timesteps = mask_np.shape
+    lengths = mask_np.sum(axis=1)
+    window_len = num_timesteps if bptt_length is None else min(int(bptt_length), num_timesteps)
+    num_windows = -(-num_timesteps // window_len)
+    bsz = int(min(batch_size, num_rows))
+    data_windows = _Windows(
+        jnp.asarray(_windowed(x_np, window_len, num_windows)),
+        jnp.asarray(_windowed(mask_np, window_len, num_windows)),
+        None if inputs_np is None else jnp.asarray(_windowed(inputs_np, window_len, num_windows)),
+    )
+    first_steps = len(_epoch_schedule(key, 0, lengths, bsz, window_len, shuffle)[1])
+    max_k = min(steps_per_call, checkpoint_every) if checkpoint_dir is not None else steps_per_call
+    k_steps = -(-first_steps // -(-first_steps // max_k))  # balanced calls per epoch
+    if valid is not None:
+        valid_x, valid_m, valid_u, valid_tokens = _valid_chunks(valid, batch_size)
+
+    # ---- state (fresh, or from a checkpoint)
+    params = _strong(params)
+    opt_state = _strong(optimizer.init(params))
+    carried0 = _strong(
+        jax.tree.map(lambda a: jnp.broadcast_to(a, (bsz,) + a.shape), model.initial_state(params))
+    )
+    fingerprint = None
+    run = _new_run(valid is not None)
+    best_params = params
+    resumed_from = None
+    if checkpoint_dir is not None:
+        fingerprint = _fingerprint(
+            model, train, valid, bsz, window_len if bptt_length else None, shuffle, key
+        )
+        if os.path.isdir(checkpoint_dir):
+            checkpoint.remove_stale_temporaries(checkpoint_dir)
+        ckpt = checkpoint.load_checkpoint(checkpoint_dir)
+        if ckpt is not None:
+            _check_fingerprint(ckpt, fingerprint)
+            params = _strong(checkpoint.restore_tree(params, ckpt, "params"))
+            opt_state = _strong(
+                checkpoint.restore_tree(opt_state, ckpt, "opt_state", what="optimizer state")
+            )
+            carried0 = _strong(
+                checkpoint.restore_tree(carried0, ckpt, "carried", what="TBPTT state")
+            )
+            best_params = _strong(
+                checkpoint.restore_tree(params, ckpt, "best_params", what="best params")
+            )
+            run = ckpt.metadata["run"]
+            if run["status"] == "nonfinite":
+                run["consecutive_nonfinite"] = 0
+            resumed_from = run["num_steps"] + run["num_skipped"]
+
+    carry = _Carry(
+        params,
+        opt_state,
+        carried0,
+        jnp.asarray(run["consecutive_nonfinite"], jnp.int32),
+        jnp.asarray(False),
+    )
+
+    # ---- compiled once, on first use (a finished fit resumed compiles nothing)
+    train_chunk = _AheadOfTime(_make_train_chunk(model, optimizer, max_nonfinite_steps))
+    evaluate = _AheadOfTime(_make_evaluate(model))
+
+    def valid_log_lik(p):
+        totals = np.asarray(evaluate(p, valid_x, valid_m, valid_u), np.float64)
+        return float(totals.sum() / valid_tokens)
+
+    if valid is not None and run["initial_valid_log_lik"] is None:
+        run["initial_valid_log_lik"] = valid_log_lik(carry.params)
+
+    def save(status):
+        run["status"] = status
+        checkpoint.save_checkpoint(
+            checkpoint_dir,
+            {
+                "params": carry.params,
+                "opt_state": carry.opt_state,
+                "carried": carry.carried,
+                "best_params": best_params,
+            },
+            {"fingerprint": fingerprint, "run": run},
+        )
+
+    def result(stopped):
+        final = carry.params if run["best_epoch"] is None else best_params
+        info = {
+            "stopped": stopped,
+            "num_epochs_run": len(run["history"]["epoch"]),
+            "best_epoch": run["best_epoch"],
+            "best_valid_log_lik": run["best_valid_log_lik"],
+            "initial_valid_log_lik": run["initial_valid_log_lik"],
+            "num_steps": run["num_steps"],
+            "num_skipped_steps": run["num_skipped"],
+            "batch_size": bsz,
+            "steps_per_call": k_steps,
+            "compile_time_s": train_chunk.compile_time_s + evaluate.compile_time_s,
+            "resumed_from_step": resumed_from,
+            "checkpoint": None
+            if checkpoint_dir is None
+            else os.path.join(checkpoint_dir, checkpoint.CHECKPOINT_FILE),
+            "last_params": carry.params,
+            "opt_state": carry.opt_state,
+        }
+        return FitResult(final, _history_arrays(run["history"]), info)
+
+    # ---- the loop
+    hist = run["history"]
+    bar = tqdm(total=num_epochs * first_steps, disable=not progress, unit="step", leave=True)
+    bar.update(min(run["num_steps"] + run["num_skipped"], bar.total))
+    last_saved = (run["num_steps"] + run["num_skipped"]) // checkpoint_every
+    stopped = "completed"
+    try:
+        while run["epoch"] < num_epochs:
+            if patience is not None and run["epochs_since_best"] >= patience:
+                stopped = "early_stopping"
+                break
+            epoch = run["epoch"]
+            rows, windows = _epoch_schedule(key, epoch, lengths, bsz, window_len, shuffle)
+            num_steps_epoch = len(windows)
+            bar.total = bar.n - run["step_in_epoch"] + (num_epochs - epoch) * num_steps_epoch
+            bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
+            acc = run["epoch_acc"]
+            while run["step_in_epoch"] < num_steps_epoch:
+                s = run["step_in_epoch"]
+                k = min(k_steps, num_steps_epoch - s)
+                chunk_rows = np.full((k_steps, bsz), num_rows, np.int32)
+                chunk_windows = np.zeros((k_steps,), np.int32)
+                chunk_rows[:k], chunk_windows[:k] = rows[s : s + k], windows[s : s + k]
+                tic, compiling = time.perf_counter(), train_chunk.compile_time_s
+                carry, outs = train_chunk(carry, data_windows, chunk_rows, chunk_windows)
+                totals, counts, oks, bads, halted = jax.device_get(outs)
+                compiling = train_chunk.compile_time_s - compiling
+                acc["time_s"] += time.perf_counter() - tic - compiling
+                if halted.any():  # the step that reached max_nonfinite_steps ends the call
+                    k = int(np.argmax(halted)) + 1
+                acc["log_lik"] += float(np.sum(totals[:k], dtype=np.float64))
+                acc["tokens"] += int(counts[:k].sum())
+                acc["skipped"] += int(bads[:k].sum())
+                run["num_steps"] += int(oks[:k].sum())
+                run["num_skipped"] += int(bads[:k].sum())
+                run["step_in_epoch"] = s + k
+                run["consecutive_nonfinite"] = int(carry.consecutive)
+                bar.update(k)
+                bar.set_postfix(
+                    loss=f"{-acc['log_lik'] / max(acc['tokens'], 1):.4f}",
+                    tok_s=f"{acc['tokens'] / max(acc['time_s'], 1e-9):.3g}",
+                )
+                if halted.any():
+                    if checkpoint_dir is not None:
+                        save("nonfinite")
+                    res = result("nonfinite")
+                    raise NonFiniteLossError(
+                        f"{run['consecutive_nonfinite']} consecutive training steps had a "
+                        "NaN or inf loss, gradient or update (in epoch "
+                        f"{epoch + 1}, after {run['num_steps']} good steps); they were "
+                        "skipped and fitting stopped. The last good parameters are in "
+                        "this exception's .params (and .result). Try a smaller "
+                        "learning_rate, gradient clipping (max_grad_norm) or check the "
+                        "model's initialization.",
+                        params=carry.params,
+                        result=res,
+                    )
+                done = run["num_steps"] + run["num_skipped"]
+                if checkpoint_dir is not None and done // checkpoint_every > last_saved:
+                    last_saved = done // checkpoint_every
+                    save("running")
+
+            # end of epoch: validation, best params, history
+            train_ll = acc["log_lik"] / max(acc["tokens"], 1)
+            hist["epoch"].append(epoch + 1)
+            hist["train_log_lik"].append(train_ll)
+            hist["num_steps"].append(run["num_steps"])
+            hist["skipped_steps"].append(acc["skipped"])
+            hist["tokens_per_s"].append(acc["tokens"] / max(acc["time_s"], 1e-9))
+            hist["time_s"].append(acc["time_s"])
+            postfix = {"loss": f"{-train_ll:.4f}"}
+            if valid is not None:
+                v = valid_log_lik(carry.params)
+                hist["valid_log_lik"].append(v)
+                best = run["best_valid_log_lik"]
+                if best is None or v > best:
+                    run["best_valid_log_lik"], run["best_epoch"] = v, epoch + 1
+                    run["epochs_since_best"] = 0
+                    best_params = carry.params
+                else:
+                    run["epochs_since_best"] += 1
+                postfix["valid"] = f"{-v:.4f}"
+            bar.set_postfix(postfix)
+            _log.info(
+                "epoch %d/%d: train %.5g, valid %s nats/token; %d steps (%d skipped), "
+                "%.3g tokens/s",
+                epoch + 1,
+                num_epochs,
+                -train_ll,
+                f"{-hist['valid_log_lik'][-1]:.5g}" if valid is not None else "-",
+                run["num_steps"],
+                run["num_skipped"],
+                hist["tokens_per_s"][-1],
+            )
+            run["epoch"] = epoch + 1
+            run["step_in_epoch"] = 0
+            run["epoch_acc"] = _new_epoch_acc()
+            if checkpoint_dir is not None:
+                save("running")
+        if checkpoint_dir is not None:
+            save(stopped)
+    finally:
+        bar.close()
+    return result(stopped)
+
+
+def _check_fingerprint(ckpt: checkpoint.Checkpoint, fingerprint: dict) -> None:
+    stored = ckpt.metadata.get("fingerprint", {})
+    labels = {
+        "model": "model",
+        "data": "training data",
+        "valid_data": "validation data",
+        "batch_size": "batch_size",
+        "bptt_length": "bptt_length",
+        "shuffle": "shuffle",
+        "key": "key",
+    }
+    for name, label in labels.items():
+        if stored.get(name) != fingerprint[name]:
+            got, want = stored.get(name), fingerprint[name]
+            if name in ("data", "valid_data"):
+                got, want = _short(got), _short(want)
+            raise ValueError(
+                f"cannot resume from {ckpt.path}: its {label} differs from this call's "
+                f"({json.dumps(got)} there, {json.dumps(want)} now). Resume with the same "
+                "model, data, key and settings, or use another checkpoint_dir (or delete "
+                "it) to start afresh."
+            )
+
+
+def _short(d):
+    if not isinstance(d, dict):
+        return d
+    return {"shape": d.get("shape"), "sha256": str(d.get("sha256"))[:12]}
