@@ -223,18 +223,23 @@ class CategoricalHead(Head):
 
 
 @dataclasses.dataclass(frozen=True)
-class NormalHead(Head):
-    """Diagonal Normal over ``obs_dim`` reals: ``x_t ~ N(loc, diag(exp(log_scale))^2)``."""
+class _VectorHead(Head):
+    """A head over vectors of ``obs_dim`` values (event shape (obs_dim,))."""
 
     obs_dim: int
 
     def __post_init__(self):
-        if not isinstance(self.obs_dim, int) or self.obs_dim < 1:
+        if not isinstance(self.obs_dim, int) or isinstance(self.obs_dim, bool) or self.obs_dim < 1:
             raise ValueError(f"obs_dim must be an int >= 1, got {self.obs_dim=}")
 
     @property
     def event_shape(self):
         return (self.obs_dim,)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalHead(_VectorHead):
+    """Diagonal Normal over ``obs_dim`` reals: ``x_t ~ N(loc, diag(exp(log_scale))^2)``."""
 
     def raw_shapes(self):
         return {"loc": (self.obs_dim,), "log_scale": (self.obs_dim,)}
@@ -272,21 +277,15 @@ class NormalHead(Head):
 
 
 @dataclasses.dataclass(frozen=True)
-class MixtureNormalHead(Head):
+class MixtureNormalHead(_VectorHead):
     """Mixture of ``num_components`` diagonal Normals over ``obs_dim`` reals."""
 
-    obs_dim: int
     num_components: int = 3
 
     def __post_init__(self):
-        if not isinstance(self.obs_dim, int) or self.obs_dim < 1:
-            raise ValueError(f"obs_dim must be an int >= 1, got {self.obs_dim=}")
+        super().__post_init__()
         if not isinstance(self.num_components, int) or self.num_components < 1:
             raise ValueError(f"num_components must be an int >= 1, got {self.num_components=}")
-
-    @property
-    def event_shape(self):
-        return (self.obs_dim,)
 
     def raw_shapes(self):
         m, d = self.num_components, self.obs_dim
@@ -319,18 +318,8 @@ class MixtureNormalHead(Head):
 
 
 @dataclasses.dataclass(frozen=True)
-class PoissonHead(Head):
+class PoissonHead(_VectorHead):
     """Independent Poisson counts over ``obs_dim`` outputs: ``x_t ~ Poisson(exp(log_rate))``."""
-
-    obs_dim: int
-
-    def __post_init__(self):
-        if not isinstance(self.obs_dim, int) or self.obs_dim < 1:
-            raise ValueError(f"obs_dim must be an int >= 1, got {self.obs_dim=}")
-
-    @property
-    def event_shape(self):
-        return (self.obs_dim,)
 
     def raw_shapes(self):
         return {"log_rate": (self.obs_dim,)}
@@ -363,19 +352,9 @@ class PoissonHead(Head):
 
 
 @dataclasses.dataclass(frozen=True)
-class BernoulliHead(Head):
+class BernoulliHead(_VectorHead):
     """Independent binary outputs over ``obs_dim`` positions:
     ``x_t ~ Bernoulli(sigmoid(logits))``."""
-
-    obs_dim: int
-
-    def __post_init__(self):
-        if not isinstance(self.obs_dim, int) or self.obs_dim < 1:
-            raise ValueError(f"obs_dim must be an int >= 1, got {self.obs_dim=}")
-
-    @property
-    def event_shape(self):
-        return (self.obs_dim,)
 
     def raw_shapes(self):
         return {"logits": (self.obs_dim,)}

@@ -112,9 +112,10 @@ def _statistics(model: HMM, params: HMMParams, x, mask, estep: str) -> HMMStatis
 
 
 def _resolve_estep(estep: str) -> str:
-    # Measured on CPU and GPU (benchmarks/RESULTS.md): the hand-written forward-backward
-    # pass, whose transition counts are one contraction over time, beats the reverse-mode
-    # pass through the filter at every workload size, so "auto" picks it.
+    # Measured on the 2-core CPU (benchmarks/RESULTS.md): the forward-backward pass, whose
+    # transition counts are one contraction over time, is faster than reverse mode through
+    # the filter at K=4 and K=256 and even at K=32, so "auto" picks it. Not yet measured
+    # on GPU.
     return "forward_backward" if estep == "auto" else estep
 
 
