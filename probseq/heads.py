@@ -172,7 +172,11 @@ class CategoricalHead(Head):
     is_token = True
 
     def __post_init__(self):
-        if not isinstance(self.vocab_size, int) or self.vocab_size < 2:
+        if (
+            not isinstance(self.vocab_size, int)
+            or isinstance(self.vocab_size, bool)
+            or self.vocab_size < 2
+        ):
             raise ValueError(f"vocab_size must be an int >= 2, got {self.vocab_size=}")
 
     @property
@@ -267,7 +271,9 @@ class NormalHead(_VectorHead):
         n = weights.sum(0)  # (K,)
         safe = jnp.where(n > 0, n, 1.0)[:, None]
         mean = (weights.T @ x) / safe
-        var = (weights.T @ jnp.square(x)) / safe - jnp.square(mean)
+        # Two passes (not E[x^2] - E[x]^2, which cancels in float32 when the data sit
+        # far from 0 relative to their spread); XLA fuses the square into the reduction.
+        var = jnp.einsum("nk,nkd->kd", weights, jnp.square(x[:, None, :] - mean[None])) / safe
         var = jnp.maximum(var, self.MIN_VARIANCE)
         keep = (n > 0)[:, None]
         return {
@@ -430,11 +436,11 @@ def _mode(d: dist.Distribution) -> jax.Array:
     if isinstance(d, dist.CategoricalLogits | dist.CategoricalProbs):
         return jnp.argmax(_log_probs_of(d), axis=-1)
     if isinstance(d, dist.BernoulliLogits | dist.BernoulliProbs):
-        return (d.logits > 0).astype(d.logits.dtype)
+        return (d.logits > 0).astype(jnp.result_type(int))  # the dtype sample() gives
     if isinstance(d, dist.Normal):
         return d.loc
     if isinstance(d, dist.Poisson):
-        return jnp.floor(d.rate)
+        return jnp.floor(d.rate).astype(jnp.result_type(int))
     if isinstance(d, dist.MixtureSameFamily):
         # Greedy for a mixture: the mode of the most probable component.
         event_ndim = len(d.event_shape)
