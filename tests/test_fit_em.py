@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hmmlearn import hmm as hl
+from references import hmmlearn_categorical as _hmmlearn_categorical
+from references import random_hmm as _random_hmm
 
 import probseq
 from probseq.fit import DirichletPrior, expected_statistics, fit_em
@@ -26,22 +28,8 @@ def x64():
         yield
 
 
-def _random_hmm(rng, k, v):
-    return (
-        rng.dirichlet(np.ones(k)),
-        rng.dirichlet(np.ones(k), size=k),
-        rng.dirichlet(np.ones(v), size=k),
-    )
-
-
 def _ragged(rng, v, lengths):
     return [rng.integers(0, v, n) for n in lengths]
-
-
-def _hmmlearn_categorical(pi, a, b, **kw):
-    m = hl.CategoricalHMM(n_components=len(pi), n_features=b.shape[1], init_params="", **kw)
-    m.startprob_, m.transmat_, m.emissionprob_ = pi, a, b
-    return m
 
 
 @pytest.mark.parametrize("k, v, seed", [(2, 3, 0), (4, 6, 1), (7, 5, 2)])

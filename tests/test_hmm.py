@@ -24,6 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from references import gauss_loglik as _gauss_loglik
+from references import hmmlearn_categorical as _hmmlearn_categorical
+from references import hmmlearn_gaussian as _hmmlearn_gaussian
+from references import random_hmm as _random_hmm
 
 import probseq
 from probseq.core import SequenceModel
@@ -33,14 +37,6 @@ hmmlearn_hmm = pytest.importorskip("hmmlearn.hmm")
 
 
 # ------------------------------------------------------------------------ helpers
-def _random_hmm(rng: np.random.Generator, k: int, v: int):
-    """pi (K,), A (K, K), B (K, V) from Dirichlet draws (all entries > 0)."""
-    pi = rng.dirichlet(np.ones(k))
-    a = rng.dirichlet(np.ones(k), size=k)
-    b = rng.dirichlet(np.ones(v), size=k)
-    return pi, a, b
-
-
 def _ragged_tokens(rng, v, lengths):
     return [rng.integers(0, v, size=n) for n in lengths]
 
@@ -71,12 +67,6 @@ def _forward_np(pi, a, loglik):
     return steps.sum(), steps, pred
 
 
-def _gauss_loglik(x, means, scales):
-    """log N(x_t | mean_k, diag(scale_k^2)) for x (T, D): (T, K)."""
-    z = (x[:, None, :] - means[None]) / scales[None]
-    return np.sum(-0.5 * z**2 - np.log(scales)[None] - 0.5 * np.log(2 * np.pi), axis=-1)
-
-
 def _brute_force_log_prob(pi, a, b, xs):
     """log sum over all K**T paths of p(z, x), for every sequence in xs (N, T)."""
     k, t = a.shape[0], xs.shape[1]
@@ -86,24 +76,6 @@ def _brute_force_log_prob(pi, a, b, xs):
     emit = np.prod(b[paths[None, :, :], xs[:, None, :]], axis=2)  # (N, P)
     with np.errstate(divide="ignore"):
         return np.log(emit @ p_path)
-
-
-def _hmmlearn_categorical(pi, a, b):
-    m = hmmlearn_hmm.CategoricalHMM(
-        n_components=a.shape[0], n_features=b.shape[1], init_params="", params=""
-    )
-    m.startprob_, m.transmat_, m.emissionprob_ = pi, a, b
-    return m
-
-
-def _hmmlearn_gaussian(pi, a, means, scales):
-    m = hmmlearn_hmm.GaussianHMM(
-        n_components=a.shape[0], covariance_type="diag", init_params="", params=""
-    )
-    m.startprob_, m.transmat_ = pi, a
-    m.means_ = means
-    m.covars_ = scales**2  # hmmlearn's diagonal covars_ are variances
-    return m
 
 
 # Ragged lengths used throughout: includes a length-1 sequence and a long one.

@@ -23,6 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from references import gauss_loglik as _gauss_loglik
+from references import hmmlearn_categorical as _hmmlearn_categorical
+from references import hmmlearn_gaussian as _hmmlearn_gaussian
+from references import random_hmm as _random_hmm
 
 import probseq
 from probseq.families import hmm as hmm_module
@@ -38,25 +42,12 @@ hmmlearn_hmm = pytest.importorskip("hmmlearn.hmm")
 
 
 # ------------------------------------------------------------------------ helpers
-def _random_hmm(rng, k, v):
-    return (
-        rng.dirichlet(np.ones(k)),
-        rng.dirichlet(np.ones(k), size=k),
-        rng.dirichlet(np.ones(v), size=k),
-    )
-
-
 def _left_to_right_hmm():
     """K=3, V=3 with structural zeros in pi, A and B."""
     pi = np.array([1.0, 0.0, 0.0])
     a = np.array([[0.6, 0.4, 0.0], [0.0, 0.7, 0.3], [0.0, 0.0, 1.0]])
     b = np.array([[0.8, 0.2, 0.0], [0.0, 0.5, 0.5], [0.3, 0.0, 0.7]])
     return pi, a, b
-
-
-def _gauss_loglik(x, means, scales):
-    z = (x[:, None, :] - means[None]) / scales[None]
-    return np.sum(-0.5 * z**2 - np.log(scales)[None] - 0.5 * np.log(2 * np.pi), axis=-1)
 
 
 def _forward_np(pi, a, loglik):
@@ -90,22 +81,6 @@ def _brute_force(pi, a, loglik):
     np.add.at(counts, (paths[:, :-1].ravel(), paths[:, 1:].ravel()), np.repeat(post, t - 1))
     smoothed = np.stack([np.bincount(paths[:, s], post, minlength=k) for s in range(t)])
     return paths, post, counts, smoothed, m + np.log(w.sum())
-
-
-def _hmmlearn_categorical(pi, a, b):
-    m = hmmlearn_hmm.CategoricalHMM(
-        n_components=a.shape[0], n_features=b.shape[1], init_params="", params=""
-    )
-    m.startprob_, m.transmat_, m.emissionprob_ = pi, a, b
-    return m
-
-
-def _hmmlearn_gaussian(pi, a, means, scales):
-    m = hmmlearn_hmm.GaussianHMM(
-        n_components=a.shape[0], covariance_type="diag", init_params="", params=""
-    )
-    m.startprob_, m.transmat_, m.means_, m.covars_ = pi, a, means, scales**2
-    return m
 
 
 def _to_numpy(tree):
