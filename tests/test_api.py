@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from jax_logs import compiled_messages
 
 import probseq
 
@@ -76,19 +77,9 @@ def test_second_call_does_not_recompile():
     x = np.zeros((2, 6), int)
     probseq.log_prob(model, params, x)
     other = model.init(jax.random.key(1))
-    with jax.log_compiles(True):
-        import logging
-
-        records = []
-        handler = logging.Handler()
-        handler.emit = records.append
-        logger = logging.getLogger("jax")
-        logger.addHandler(handler)
-        try:
-            probseq.log_prob(model, other, x + 1)
-        finally:
-            logger.removeHandler(handler)
-    assert not [r for r in records if "Compiling" in r.getMessage()]
+    with compiled_messages() as compiled:
+        probseq.log_prob(model, other, x + 1)
+    assert not compiled
 
 
 @pytest.mark.parametrize("script", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)

@@ -8,13 +8,13 @@ count.
 """
 
 import itertools
-import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hmmlearn import hmm as hl
+from jax_logs import compiled_messages
 from references import hmmlearn_categorical as _hmmlearn_categorical
 from references import random_hmm as _random_hmm
 
@@ -226,6 +226,17 @@ def test_restarts_keep_the_best():
     assert multi.history["objective"][-1] >= single.history["objective"][-1] - 1e-9
 
 
+# A known 3-state, 5-symbol HMM with distinct emissions (recovery and SGD-vs-EM tests).
+THREE_STATE_A = np.array([[0.90, 0.05, 0.05], [0.10, 0.85, 0.05], [0.05, 0.15, 0.80]])
+THREE_STATE_B = np.array(
+    [
+        [0.60, 0.20, 0.10, 0.05, 0.05],
+        [0.05, 0.10, 0.70, 0.10, 0.05],
+        [0.05, 0.05, 0.10, 0.20, 0.60],
+    ]
+)
+
+
 def _match_states(est, true):
     """Best permutation of estimated states onto true ones (by transition error)."""
     k = true.shape[0]
@@ -235,14 +246,7 @@ def _match_states(est, true):
 
 
 def test_recovers_a_known_three_state_hmm():
-    a = np.array([[0.90, 0.05, 0.05], [0.10, 0.85, 0.05], [0.05, 0.15, 0.80]])
-    b = np.array(
-        [
-            [0.60, 0.20, 0.10, 0.05, 0.05],
-            [0.05, 0.10, 0.70, 0.10, 0.05],
-            [0.05, 0.05, 0.10, 0.20, 0.60],
-        ]
-    )
+    a, b = THREE_STATE_A, THREE_STATE_B
     model = probseq.CategoricalHMM(3, 5)
     truth = model.init(
         jax.random.key(0),
@@ -274,17 +278,8 @@ def test_second_fit_does_not_recompile():
     rng = np.random.default_rng(0)
     xs = rng.integers(0, 4, (5, 40))
     fit_em(model, model.init(jax.random.key(0), dtype=jnp.float64), xs, num_iters=3)
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("jax")
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            fit_em(model, model.init(jax.random.key(1), dtype=jnp.float64), xs + 0, num_iters=3)
-    finally:
-        logger.removeHandler(handler)
-    compiled = [r.getMessage() for r in records if "Compiling" in r.getMessage()]
+    with compiled_messages() as compiled:
+        fit_em(model, model.init(jax.random.key(1), dtype=jnp.float64), xs + 0, num_iters=3)
     assert not [m for m in compiled if "_em_restarts" in m], compiled
 
 
@@ -361,14 +356,7 @@ def test_sgd_on_the_same_hmm_reaches_em_held_out_likelihood():
     """fit_sgd (Adam on the logits) vs fit_em on data from a known 3-state HMM:
     held-out log-likelihood per token within 1% (measured: 0.03%)."""
     with jax.enable_x64(False):
-        a = np.array([[0.90, 0.05, 0.05], [0.10, 0.85, 0.05], [0.05, 0.15, 0.80]])
-        b = np.array(
-            [
-                [0.60, 0.20, 0.10, 0.05, 0.05],
-                [0.05, 0.10, 0.70, 0.10, 0.05],
-                [0.05, 0.05, 0.10, 0.20, 0.60],
-            ]
-        )
+        a, b = THREE_STATE_A, THREE_STATE_B
         model = probseq.CategoricalHMM(3, 5)
         truth = model.init(
             jax.random.key(0),
