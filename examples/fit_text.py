@@ -96,6 +96,13 @@ def run(args) -> dict:
     return results
 
 
+# What tests/test_api.py runs: the whole script in a few seconds.
+TINY_ARGS = [
+    *("--families", "gru", "--hidden-size", "8", "--epochs", "1"),
+    *("--max-train-chars", "4096", "--bptt-length", "16", "--eval-rows", "64"),
+]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default="lstm,gru,mingru,lru")

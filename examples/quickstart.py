@@ -23,6 +23,10 @@ CASINO_TRANSITIONS = np.array([[0.95, 0.05], [0.10, 0.90]])
 CASINO_EMISSIONS = np.array([[1 / 6] * 6, [0.1, 0.1, 0.1, 0.1, 0.1, 0.5]])
 
 
+# What tests/test_api.py runs: the whole script in a few seconds.
+TINY_ARGS = ["--num-sequences", "2", "--num-timesteps", "10", "--hidden-size", "4"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-sequences", type=int, default=20)
