@@ -89,13 +89,16 @@ def _storable(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def save_checkpoint(directory, trees: dict[str, Any], metadata: dict) -> str:
+def save_checkpoint(
+    directory, trees: dict[str, Any], metadata: dict, *, filename: str = CHECKPOINT_FILE
+) -> str:
     """Atomically write ``trees`` (name -> pytree of arrays) and ``metadata``.
 
     Args:
-        directory: where ``checkpoint.npz`` goes (created if missing).
+        directory: where the file goes (created if missing).
         trees: the pytrees to store, by name.
         metadata: JSON-serializable facts (step, epoch, history, ...).
+        filename: the file's name in ``directory``.
 
     Returns:
         The path of the checkpoint file.
@@ -111,7 +114,7 @@ def save_checkpoint(directory, trees: dict[str, Any], metadata: dict) -> str:
             arrays[f"{name}/{i}"] = _storable(np.asarray(leaf))
     document = {"format_version": _FORMAT_VERSION, "trees": described, "metadata": metadata}
     arrays[_METADATA_KEY] = np.array(json.dumps(document))
-    path = os.path.join(directory, CHECKPOINT_FILE)
+    path = os.path.join(directory, filename)
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -148,9 +151,9 @@ def _read_document(npz, path) -> dict:
     return document
 
 
-def load_checkpoint(directory) -> Checkpoint | None:
-    """Read ``<directory>/checkpoint.npz``; None if there is none."""
-    path = os.path.join(directory, CHECKPOINT_FILE)
+def load_checkpoint(directory, *, filename: str = CHECKPOINT_FILE) -> Checkpoint | None:
+    """Read ``<directory>/<filename>``; None if there is none."""
+    path = os.path.join(directory, filename)
     if not os.path.exists(path):
         return None
     with np.load(path, allow_pickle=False) as npz:
