@@ -1,0 +1,303 @@
+"""The ``probseq`` command: fit, compare, sample and forecast from the shell.
+
+    probseq fit SPEC --data FILE --out DIR [--columns A,B] [--plot FILE.png]
+    probseq compare DIR... --data FILE [--part test] [--plot FILE.png]
+    probseq sample DIR --length N [--prefix TEXT] [--temperature T]
+    probseq forecast DIR --data FILE --horizon H [--plot FILE.png]
+    probseq demo
+
+``--data`` takes a text file (text models), a CSV file with a header row (series
+models), ``builtin:pydoc`` (English text that ships with Python) or
+``builtin:sunspots`` / ``builtin:nile`` / ... (series shipped by statsmodels).
+Bad input ends with one line ``probseq: error: ...`` on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+class _Usage(ValueError):
+    pass
+
+
+def _columns(arg):
+    if arg is None:
+        return None
+    names = [c.strip() for c in arg.split(",") if c.strip()]
+    return [int(c) if c.isdigit() else c for c in names]
+
+
+def _key(seed: int):
+    import jax
+
+    return jax.random.key(seed)
+
+
+def _save_plot(fig, path, echo) -> None:
+    from probseq import plots
+
+    plots.save_figure(fig, path)
+    echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_fit(args, echo) -> None:
+    from probseq import io, plots, spec, workflow
+
+    s = spec.load_spec(args.spec)
+    columns = _columns(args.columns)
+    if columns is None and s.kind == "series":
+        columns = s.data.get("columns")
+    source = workflow.read_source(s.kind, args.data, columns)
+    echo(f"fitting {s.source} ({s.model['family']}, {s.method}) on {source.origin}")
+    run = workflow.fit_spec(
+        s, source, progress=not args.quiet, checkpoint_dir=f"{args.out}/checkpoints"
+    )
+    io.save_run(run, args.out)
+    scores = ", ".join(
+        f"{part} {run.info[f'{part}_bits_per_symbol']:.3f}"
+        for part in ("valid", "test")
+        if f"{part}_bits_per_symbol" in run.info
+    )
+    unit = "bits/char" if s.kind == "text" else "bits/step"
+    echo(f"saved {args.out}: {run.model!r}; {scores} {unit} ({run.info['fit_seconds']:.1f} s)")
+    if args.plot:
+        _save_plot(plots.plot_learning_curves(run.history, title=repr(run.model)), args.plot, echo)
+
+
+def _load_runs(dirs):
+    from probseq import io
+
+    runs = {}
+    for d in dirs:
+        name = d.rstrip("/").rsplit("/", 1)[-1] or d
+        if name in runs:
+            name = d
+        runs[name] = io.load(d)
+    return runs
+
+
+def cmd_compare(args, echo) -> None:
+    from probseq import plots, workflow
+    from probseq.compare import compare
+
+    runs = _load_runs(args.runs)
+    first_name, first = next(iter(runs.items()))
+    for name, run in runs.items():
+        if run.kind != first.kind:
+            raise _Usage(f"{name} models {run.kind} data but {first_name} models {first.kind}.")
+        same = (
+            run.vocabulary == first.vocabulary
+            if run.kind == "text"
+            else (run.scaler == first.scaler and run.columns == first.columns)
+        )
+        if not same:
+            what = "character vocabulary" if run.kind == "text" else "columns or scaling"
+            raise _Usage(
+                f"{name} and {first_name} were fitted with a different {what}; compare runs "
+                "fitted on the same data file."
+            )
+    columns = _columns(args.columns)
+    if columns is None and first.kind == "series":
+        columns = list(first.columns) if not args.data.startswith("builtin:") else None
+    source = workflow.read_source(first.kind, args.data, columns)
+    split = workflow.prepare(first, source, args.part)
+    table = compare({n: (r.model, r.params) for n, r in runs.items()}, split.x, split.mask)
+    echo(f"held-out comparison on {source.origin} (part: {args.part})")
+    echo(str(table))
+    if args.plot:
+        _save_plot(plots.plot_comparison(table), args.plot, echo)
+
+
+def cmd_sample(args, echo) -> None:
+    from probseq import io
+    from probseq.core import sample
+
+    run = io.load(args.run)
+    prefix = None
+    if args.prefix is not None:
+        if run.kind != "text":
+            raise _Usage("--prefix takes text; for a series use `probseq forecast`.")
+        if not args.prefix:
+            raise _Usage("--prefix is empty; leave it out to sample from the start.")
+        prefix = run.encode(args.prefix)
+    xs = sample(
+        run.model,
+        run.params,
+        _key(args.seed),
+        args.length,
+        num_samples=args.num_samples,
+        prefix=prefix,
+        temperature=args.temperature,
+    )
+    xs = np.asarray(xs)
+    for i in range(args.num_samples):
+        if run.kind == "text":
+            echo(f"--- sample {i + 1}")
+            echo((args.prefix or "") + run.decode(xs[i]))
+        else:
+            values = run.decode(xs[i])
+            echo(f"--- sample {i + 1} ({', '.join(run.columns)})")
+            for row in values:
+                echo(",".join(f"{v:.6g}" for v in np.atleast_1d(row)))
+
+
+def cmd_forecast(args, echo) -> None:
+    from probseq import io, plots, workflow
+    from probseq.forecast import forecast
+
+    run = io.load(args.run)
+    columns = _columns(args.columns)
+    if columns is None and run.kind == "series" and not args.data.startswith("builtin:"):
+        columns = list(run.columns)
+    source = workflow.read_source(run.kind, args.data, columns)
+    history = workflow.encode(run, source)
+    fc = forecast(run.model, run.params, _key(args.seed), history, args.horizon, args.num_samples)
+    echo(f"forecast from {source.origin}: {len(history)} steps of history, horizon {args.horizon}")
+    if run.kind == "text":
+        top = np.argsort(fc.next_step_probs)[::-1][:5]
+        shown = ", ".join(f"{run.vocabulary.chars[i]!r} {fc.next_step_probs[i]:.3f}" for i in top)
+        echo(f"next character: {shown}")
+        for i in range(min(args.num_samples, 5)):
+            echo(f"--- continuation {i + 1}")
+            echo(run.decode(fc.samples[i]))
+        return
+    mean = run.decode(fc.mean)
+    bands = run.decode(fc.quantiles)
+    levels = fc.quantile_levels
+    for d, col in enumerate(run.columns):
+        echo(f"{col}: step, mean, " + ", ".join(f"q{q:g}" for q in levels))
+        for h in range(args.horizon):
+            cells = [f"{mean[h, d]:.6g}"] + [f"{bands[q, h, d]:.6g}" for q in range(len(levels))]
+            echo(f"{h + 1}, " + ", ".join(cells))
+    if args.plot:
+        from probseq.forecast import Forecast
+
+        shown = Forecast(
+            samples=run.decode(fc.samples),
+            mean=mean,
+            quantiles=bands,
+            quantile_levels=levels,
+            next_step_probs=None,
+            history_log_prob=fc.history_log_prob,
+            final_state=None,
+        )
+        fig = plots.plot_forecast(source.values, shown)
+        _save_plot(fig, args.plot, echo)
+
+
+def cmd_demo(args, echo) -> None:
+    from probseq import demo
+
+    demo.run_demo(
+        quick=args.quick, out=args.out, plot=args.plot, progress=not args.quiet, echo=echo
+    )
+
+
+# ------------------------------------------------------------------------ parser
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _temperature(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="probseq",
+        description="Fit, compare, sample and forecast probabilistic sequence models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("fit", help="fit a model spec (models/*.toml) to data")
+    p.add_argument("spec", help="a model spec, e.g. models/lstm_text.toml")
+    p.add_argument("--data", required=True, help="text/CSV file or builtin:NAME")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--columns", help="CSV columns, comma-separated names or indices")
+    p.add_argument("--plot", help="write the learning curves to this image file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("compare", help="held-out likelihood table of fitted runs")
+    p.add_argument("runs", nargs="+", metavar="DIR", help="run directories")
+    p.add_argument("--data", required=True, help="text/CSV file or builtin:NAME")
+    p.add_argument("--columns", help="CSV columns (default: the runs' own)")
+    p.add_argument(
+        "--part",
+        default="all",
+        choices=("all", "train", "valid", "test"),
+        help="score all of the data (default) or one part of the specs' split",
+    )
+    p.add_argument("--plot", help="write the comparison bar chart to this image file")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sample", help="draw sequences from a fitted run")
+    p.add_argument("run", metavar="DIR")
+    p.add_argument("--length", type=_positive_int, default=200)
+    p.add_argument("--prefix", help="text to continue (text runs)")
+    p.add_argument("--temperature", type=_temperature, default=1.0)
+    p.add_argument("--num-samples", type=_positive_int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("forecast", help="condition on data, then sample what follows")
+    p.add_argument("run", metavar="DIR")
+    p.add_argument("--data", required=True, help="the history: text/CSV file or builtin:NAME")
+    p.add_argument("--columns", help="CSV columns (default: the run's own)")
+    p.add_argument("--horizon", type=_positive_int, required=True)
+    p.add_argument("--num-samples", type=_positive_int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", help="write the forecast fan chart to this image file")
+    p.set_defaults(func=cmd_forecast)
+
+    p = sub.add_parser("demo", help="HMM vs LSTM vs LRU on built-in English text")
+    p.add_argument("--quick", action="store_true", help="a much smaller run (seconds)")
+    p.add_argument("--out", help="also save the three runs under this directory")
+    p.add_argument("--plot", help="write the comparison bar chart to this image file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``probseq`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def echo(line=""):
+        print(line, flush=True)
+
+    try:
+        args.func(args, echo)
+    except KeyboardInterrupt:
+        print("probseq: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ModuleNotFoundError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"probseq: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

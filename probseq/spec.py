@@ -1,0 +1,407 @@
+"""Model specifications: one model per TOML file, read by a strict loader.
+
+A spec names the data kind and how it is cut, the family and its sizes, and how
+to fit it. Sizes that come from the data (``vocab_size`` for text, ``obs_dim`` for
+series) are filled in when the model is built. Every table is checked against
+the keys it allows: a typo is an error that lists the allowed keys, never a
+silently ignored setting.
+
+Example ``models/lstm_text.toml``::
+
+    description = "LSTM for character-level text"
+    seed = 0
+
+    [data]
+    kind = "text"            # "text" (characters) or "series" (real values, CSV)
+    sequence_length = 256    # rows the data is cut into
+    split = [0.9, 0.05, 0.05]
+
+    [model]
+    family = "lstm"          # rnn, lstm, gru, mingru, lru, hmm
+    hidden_size = 256
+
+    [fit]
+    method = "sgd"           # "sgd" (every family) or "em" (hmm)
+    num_epochs = 3
+    batch_size = 32
+
+In Python::
+
+    >>> spec = parse_spec({"data": {"kind": "text"}, "model": {"family": "gru",
+    ...     "hidden_size": 8}, "fit": {"method": "sgd", "num_epochs": 1}})
+    >>> spec.build_model(vocab_size=5)
+    GRU(vocab_size=5, hidden_size=8)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from typing import Any
+
+import jax
+
+from probseq import heads as heads_lib
+from probseq.families import GRU, HMM, LRU, LSTM, RNN, MinGRU
+
+__all__ = ["Spec", "SpecError", "load_spec", "parse_spec", "spec_text", "FAMILIES", "HEADS"]
+
+
+class SpecError(ValueError):
+    """A model spec that cannot be used; the message names the file and the key."""
+
+
+FAMILIES = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "mingru": MinGRU, "lru": LRU, "hmm": HMM}
+HEADS = ("categorical", "normal", "mixture_normal", "poisson", "bernoulli")
+_KINDS = ("text", "series")
+
+# key -> (accepted Python types, check, description); the check gets the value.
+_POSITIVE_INT = ((int,), lambda v: v >= 1, "a positive integer")
+_NONNEG_INT = ((int,), lambda v: v >= 0, "an integer >= 0")
+_POSITIVE_NUMBER = ((int, float), lambda v: math.isfinite(v) and v > 0, "a positive number")
+_FRACTION = ((int, float), lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_BOOL = ((bool,), lambda v: True, "true or false")
+
+
+def _choice(*options):
+    return (str,), lambda v: v in options, "one of " + ", ".join(repr(o) for o in options)
+
+
+def _fractions(v):
+    return (
+        len(v) == 3
+        and all(isinstance(f, int | float) and not isinstance(f, bool) and f > 0 for f in v)
+        and sum(v) <= 1 + 1e-9
+    )
+
+
+def _names(v):
+    return len(v) > 0 and all(isinstance(c, str | int) and not isinstance(c, bool) for c in v)
+
+
+_TOP = {"description": ((str,), lambda v: True, "a string"), "seed": _NONNEG_INT}
+_DATA = {
+    "kind": _choice(*_KINDS),
+    "sequence_length": _POSITIVE_INT,
+    "split": (
+        (list,),
+        _fractions,
+        "[train, valid, test]: three positive fractions summing to at most 1",
+    ),
+    "columns": ((list,), _names, "a non-empty list of column names or 0-based indices"),
+    "standardize": _BOOL,
+}
+_RECURRENT = {
+    "family": _choice(*FAMILIES),
+    "hidden_size": _POSITIVE_INT,
+    "num_layers": _POSITIVE_INT,
+    "embed_size": _POSITIVE_INT,
+    "head": _choice(*HEADS),
+    "num_components": _POSITIVE_INT,
+}
+_MODEL = {
+    "rnn": _RECURRENT,
+    "lstm": _RECURRENT,
+    "gru": _RECURRENT,
+    "mingru": {**_RECURRENT, "scan": _choice("auto", "sequential", "parallel")},
+    "lru": {
+        **_RECURRENT,
+        "scan": _choice("auto", "sequential", "parallel"),
+        "state_size": _POSITIVE_INT,
+        "r_min": _FRACTION,
+        "r_max": _FRACTION,
+        "max_phase": _POSITIVE_NUMBER,
+    },
+    "hmm": {
+        "family": _choice(*FAMILIES),
+        "num_states": _POSITIVE_INT,
+        "head": _choice(*HEADS),
+        "num_components": _POSITIVE_INT,
+    },
+}
+_FIT = {
+    "sgd": {
+        "method": _choice("sgd", "em"),
+        "num_epochs": _POSITIVE_INT,
+        "batch_size": _POSITIVE_INT,
+        "learning_rate": _POSITIVE_NUMBER,
+        "max_grad_norm": _POSITIVE_NUMBER,
+        "bptt_length": _POSITIVE_INT,
+        "patience": _POSITIVE_INT,
+        "shuffle": _BOOL,
+        "steps_per_call": _POSITIVE_INT,
+    },
+    "em": {
+        "method": _choice("sgd", "em"),
+        "num_iters": _POSITIVE_INT,
+        "tol": ((int, float), lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+        "num_restarts": _POSITIVE_INT,
+        "prior": ((int, float), lambda v: math.isfinite(v) and v >= 1, "a number >= 1"),
+        "estep": _choice("auto", "autodiff", "forward_backward"),
+    },
+}
+_FIT_DEFAULTS = {"sgd": {"num_epochs": 1, "batch_size": 32}, "em": {"num_iters": 100}}
+_DATA_DEFAULTS = {"text": {"sequence_length": 256, "split": [0.9, 0.05, 0.05]}}
+_DATA_DEFAULTS["series"] = {"split": [0.8, 0.1, 0.1], "standardize": True}
+
+
+def _check_table(table, allowed: dict, where: str, source: str) -> dict:
+    if not isinstance(table, dict):
+        raise SpecError(f"{source}: {where} must be a table, got {type(table).__name__}.")
+    unknown = [k for k in table if k not in allowed]
+    if unknown:
+        raise SpecError(
+            f"{source}: unknown key {unknown[0]!r} in {where}; allowed keys: {', '.join(allowed)}."
+        )
+    for key, value in table.items():
+        types, check, described = allowed[key]
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok or not check(value):
+            raise SpecError(f"{source}: {where}.{key} must be {described}; got {value!r}.")
+    return dict(table)
+
+
+def _require(table: dict, key: str, where: str, source: str):
+    if key not in table:
+        raise SpecError(f"{source}: {where} needs the key {key!r}.")
+    return table[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A checked model specification (see the module docstring for the format).
+
+    Attributes:
+        data, model, fit: the three tables, with defaults filled in.
+        seed: seeds the parameter initialisation and the fit.
+        description: free text.
+        source: where the spec came from (a path or "<dict>"), for messages.
+    """
+
+    data: dict
+    model: dict
+    fit: dict
+    seed: int = 0
+    description: str = ""
+    source: str = "<dict>"
+
+    @property
+    def kind(self) -> str:
+        """ "text" or "series"."""
+        return self.data["kind"]
+
+    @property
+    def method(self) -> str:
+        """ "sgd" or "em"."""
+        return self.fit["method"]
+
+    def to_dict(self) -> dict:
+        """The spec as the nested dict :func:`parse_spec` reads back."""
+        out = {"seed": self.seed, "data": dict(self.data)}
+        if self.description:
+            out["description"] = self.description
+        out["model"], out["fit"] = dict(self.model), dict(self.fit)
+        return out
+
+    def replace(self, **tables) -> Spec:
+        """A new spec with keys of ``data=``, ``model=`` or ``fit=`` overridden (and
+        checked again), e.g. ``spec.replace(fit={"num_epochs": 1})``."""
+        d = self.to_dict()
+        for name, updates in tables.items():
+            if name not in ("data", "model", "fit"):
+                raise SpecError(f"replace() takes data=, model= or fit=; got {name}=.")
+            d[name] = {**d[name], **updates}
+        return parse_spec(d, source=self.source)
+
+    def build_model(self, *, vocab_size: int | None = None, obs_dim: int | None = None):
+        """The model this spec describes, sized for the data.
+
+        Args:
+            vocab_size: number of symbols (text data).
+            obs_dim: dimension of each observation (series data).
+        """
+        m = dict(self.model)
+        family = FAMILIES[m.pop("family")]
+        head_name = m.pop("head")
+        num_components = m.pop("num_components", None)
+        if head_name == "categorical":
+            if vocab_size is None:
+                raise SpecError(f"{self.source}: a categorical head needs vocab_size.")
+            head = heads_lib.CategoricalHead(vocab_size)
+        else:
+            if obs_dim is None:
+                raise SpecError(f"{self.source}: a {head_name} head needs obs_dim.")
+            if head_name == "mixture_normal":
+                extra = {} if num_components is None else {"num_components": num_components}
+                head = heads_lib.MixtureNormalHead(obs_dim, **extra)
+            else:
+                head = {
+                    "normal": heads_lib.NormalHead,
+                    "poisson": heads_lib.PoissonHead,
+                    "bernoulli": heads_lib.BernoulliHead,
+                }[head_name](obs_dim)
+        if family is HMM:
+            return HMM(num_states=m.pop("num_states"), head=head)
+        if head_name == "categorical":
+            return family(vocab_size=vocab_size, **m)
+        if head_name == "normal":
+            return family(obs_dim=obs_dim, **m)
+        return family(head=head, **m)
+
+    def init_params(self, model):
+        """Random starting parameters from ``seed``."""
+        return model.init(jax.random.fold_in(jax.random.key(self.seed), 0))
+
+    def fit_model(self, model, params, train, valid=None, *, progress=True, checkpoint_dir=None):
+        """Fit ``model`` from ``params`` as the [fit] table says.
+
+        Args:
+            train, valid: :class:`probseq.data.Split` (x, mask) pairs; ``valid`` is
+                used for early stopping by SGD (EM ignores it).
+            progress: show progress bars.
+            checkpoint_dir: SGD checkpoints (a killed fit resumes from them).
+
+        Returns:
+            :class:`probseq.FitResult`.
+        """
+        from probseq.fit import fit_em, fit_sgd
+
+        f = dict(self.fit)
+        method = f.pop("method")
+        if method == "em":
+            prior = f.pop("prior", None)
+            if prior is not None:
+                prior = {"initial": prior, "transition": prior}
+                if self.model["head"] == "categorical":
+                    prior["emission"] = self.fit["prior"]
+            key = jax.random.fold_in(jax.random.key(self.seed), 1)
+            return fit_em(
+                model, params, train.x, mask=train.mask, prior=prior, key=key,
+                progress=progress, **f,
+            )  # fmt: skip
+        kwargs = {}
+        if valid is not None:
+            kwargs = {"valid_data": valid.x, "valid_mask": valid.mask}
+        return fit_sgd(
+            model, params, train.x, mask=train.mask,
+            key=jax.random.fold_in(jax.random.key(self.seed), 2),
+            progress=progress, checkpoint_dir=checkpoint_dir, **kwargs, **f,
+        )  # fmt: skip
+
+
+def parse_spec(d: dict, *, source: str = "<dict>") -> Spec:
+    """Check a spec given as nested dicts (as ``tomllib`` reads it) and fill defaults.
+
+    Raises:
+        SpecError: an unknown key (the message lists the allowed ones), a missing
+            required key, a value of the wrong type or range, or an inconsistent
+            combination (e.g. EM for an LSTM, a categorical head on series data).
+    """
+    if not isinstance(d, dict):
+        raise SpecError(f"{source}: a spec is a table of tables, got {type(d).__name__}.")
+    allowed_top = {**_TOP, "data": None, "model": None, "fit": None}
+    unknown = [k for k in d if k not in allowed_top]
+    if unknown:
+        raise SpecError(
+            f"{source}: unknown key {unknown[0]!r} at the top level; allowed keys: "
+            f"{', '.join(allowed_top)}."
+        )
+    top = _check_table({k: v for k, v in d.items() if k in _TOP}, _TOP, "the top level", source)
+    for name in ("data", "model", "fit"):
+        _require(d, name, "the spec", source)
+
+    data = _check_table(d["data"], _DATA, "[data]", source)
+    kind = _require(data, "kind", "[data]", source)
+    if kind == "text":
+        for key in ("columns", "standardize"):
+            if key in data:
+                raise SpecError(f"{source}: [data].{key} applies to kind = 'series' only.")
+    data = {**_DATA_DEFAULTS[kind], **data}
+
+    if not isinstance(d["model"], dict):
+        raise SpecError(f"{source}: [model] must be a table.")
+    family = _require(d["model"], "family", "[model]", source)
+    if family not in FAMILIES:
+        raise SpecError(
+            f"{source}: [model].family must be one of {', '.join(FAMILIES)}; got {family!r}."
+        )
+    model = _check_table(d["model"], _MODEL[family], f"[model] (family {family!r})", source)
+    model.setdefault("head", "categorical" if kind == "text" else "normal")
+    if kind == "text" and model["head"] != "categorical":
+        raise SpecError(f"{source}: text data needs head = 'categorical'; got {model['head']!r}.")
+    if kind == "series" and model["head"] == "categorical":
+        raise SpecError(f"{source}: series data needs a real-valued head, not 'categorical'.")
+    if "num_components" in model and model["head"] != "mixture_normal":
+        raise SpecError(f"{source}: [model].num_components needs head = 'mixture_normal'.")
+    if family == "hmm":
+        _require(model, "num_states", "[model] (family 'hmm')", source)
+        if model["head"] == "mixture_normal":
+            raise SpecError(f"{source}: an hmm takes head 'categorical', 'normal', 'poisson' "
+                            "or 'bernoulli'.")  # fmt: skip
+
+    if not isinstance(d["fit"], dict):
+        raise SpecError(f"{source}: [fit] must be a table.")
+    method = _require(d["fit"], "method", "[fit]", source)
+    if method not in _FIT:
+        raise SpecError(f"{source}: [fit].method must be 'sgd' or 'em'; got {method!r}.")
+    fit = _check_table(d["fit"], _FIT[method], f"[fit] (method {method!r})", source)
+    if method == "em" and family != "hmm":
+        raise SpecError(f"{source}: method = 'em' fits family = 'hmm' only; use 'sgd'.")
+    fit = {**_FIT_DEFAULTS[method], **fit}
+    return Spec(
+        data=data,
+        model=model,
+        fit=fit,
+        seed=top.get("seed", 0),
+        description=top.get("description", ""),
+        source=source,
+    )
+
+
+def load_spec(path) -> Spec:
+    """Read and check a TOML spec file.
+
+    Raises:
+        SpecError: a missing or unreadable file, invalid TOML (with its line), or
+            any problem :func:`parse_spec` reports; the message names the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise SpecError(f"{path}: no such spec file.")
+    try:
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML ({e}).") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read the spec ({e}).") from None
+    return parse_spec(d, source=path)
+
+
+def spec_text(spec: Spec) -> str:
+    """The spec as TOML text (what a run directory stores; :func:`load_spec` reads it)."""
+    lines = []
+    if spec.description:
+        lines.append(f"description = {_toml_value(spec.description)}")
+    lines.append(f"seed = {spec.seed}")
+    for name in ("data", "model", "fit"):
+        lines.append(f"\n[{name}]")
+        table: dict[str, Any] = getattr(spec, name)
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")

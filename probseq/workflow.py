@@ -1,0 +1,214 @@
+"""From a spec and a data source to a fitted, saved, comparable run.
+
+What the command line does, as Python functions:
+
+* :func:`read_source` reads a text file, a CSV file or a built-in data set
+  (``builtin:pydoc`` text; ``builtin:sunspots``, ``builtin:nile``, ... series);
+* :func:`fit_spec` splits the data as the spec says, builds the model, fits it and
+  scores the test part, returning a :class:`probseq.io.Run`;
+* :func:`prepare` encodes new data the way a run was trained (its vocabulary or
+  standardisation) and cuts it into scored sequences.
+
+Example:
+    >>> from probseq import spec, workflow
+    >>> s = spec.load_spec("models/gru_text.toml")                # doctest: +SKIP
+    >>> run = workflow.fit_spec(s, workflow.read_source("text", "builtin:pydoc"))
+    ...                                                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from probseq import data as data_lib
+from probseq.io import Run
+from probseq.spec import Spec
+
+__all__ = ["Source", "read_source", "fit_spec", "prepare", "encode", "PARTS"]
+
+PARTS = ("all", "train", "valid", "test")
+BUILTIN = "builtin:"
+
+
+class Source(NamedTuple):
+    """Data read for a spec kind: ``text`` (str) or ``values`` (T, D) with column
+    ``names``; ``origin`` says where it came from (for messages)."""
+
+    kind: str
+    text: str | None = None
+    values: np.ndarray | None = None
+    names: tuple[str, ...] | None = None
+    origin: str = ""
+
+
+def read_source(kind: str, location, columns=None) -> Source:
+    """Read data of ``kind`` ("text" or "series") from a file or a built-in set.
+
+    Args:
+        kind: what the model expects.
+        location: a path (a text file for "text", a CSV file with a header row for
+            "series"), or ``builtin:pydoc`` (English text that ships with Python),
+            ``builtin:<name>`` for a statsmodels series (see
+            :func:`probseq.data.series_names`).
+        columns: CSV columns to use (names or indices; None: every numeric column).
+
+    Raises:
+        ValueError: a missing, empty or malformed file, an unknown column or
+            built-in name (the message says which).
+    """
+    location = os.fspath(location)
+    if location.startswith(BUILTIN):
+        name = location[len(BUILTIN) :]
+        if kind == "text":
+            if name != "pydoc":
+                raise ValueError(f"built-in text is 'builtin:pydoc'; got {location!r}.")
+            return Source("text", text=data_lib.pydoc_text(), origin=location)
+        if name not in data_lib.series_names():
+            raise ValueError(
+                f"unknown built-in series {name!r}; available: "
+                + ", ".join(BUILTIN + n for n in data_lib.series_names())
+                + "."
+            )
+        s = data_lib.series(name)
+        values = s.values if s.values.ndim == 2 else s.values[:, None]
+        names = (
+            (name,) if values.shape[1] == 1 else tuple(f"{name}{i}" for i in range(values.shape[1]))
+        )
+        if columns is not None:
+            raise ValueError("--columns applies to CSV files, not to built-in series.")
+        return Source("series", values=values, names=names, origin=location)
+    if kind == "text":
+        return Source("text", text=data_lib.read_text(location), origin=location)
+    table = data_lib.read_csv(location, columns)
+    return Source("series", values=table.values, names=tuple(table.names), origin=location)
+
+
+def _splits(spec: Spec, source_or_encoded, *, vocabulary=None) -> data_lib.DataSplits:
+    """The spec's train/valid/test parts: text (with ``vocabulary``, or one built from
+    the text) or an already-encoded real series (T, D)."""
+    length = spec.data.get("sequence_length")
+    fractions = tuple(spec.data["split"])
+    if spec.kind == "text":
+        return data_lib.text_splits(
+            source_or_encoded, sequence_length=length, fractions=fractions, vocabulary=vocabulary
+        )
+    return data_lib.series_splits(
+        source_or_encoded, sequence_length=length, fractions=fractions, standardize=False
+    )
+
+
+def _as_float32(split: data_lib.Split) -> data_lib.Split:
+    return split._replace(x=np.asarray(split.x, np.float32)) if split.x.dtype.kind == "f" else split
+
+
+def _check_kind(spec: Spec, source: Source) -> None:
+    if spec.kind != source.kind:
+        raise ValueError(f"{spec.source} models {spec.kind} data; {source.origin} was read as "
+                         f"{source.kind}.")  # fmt: skip
+
+
+def fit_spec(
+    spec: Spec, source: Source, *, progress: bool = True, checkpoint_dir=None, verbose=print
+) -> Run:
+    """Fit the model of ``spec`` to ``source``: split, encode, fit, score the test part.
+
+    Text is encoded with a character vocabulary built from the whole source; a series
+    is standardised with the mean and scale of its training part (when the spec
+    says ``standardize = true``). The run's ``info`` holds the test and validation
+    scores (``test_log_lik`` per symbol, ``test_bits_per_symbol``) and the time.
+    """
+    _check_kind(spec, source)
+    start = time.perf_counter()
+    if spec.kind == "text":
+        splits = _splits(spec, source.text)
+        model = spec.build_model(vocab_size=splits.vocabulary.vocab_size)
+    else:
+        splits = data_lib.series_splits(
+            source.values,
+            sequence_length=spec.data.get("sequence_length"),
+            fractions=tuple(spec.data["split"]),
+            standardize=spec.data.get("standardize", True),
+        )
+        model = spec.build_model(obs_dim=splits.train.x.shape[-1])
+    parts = {n: _as_float32(getattr(splits, n)) for n in ("train", "valid", "test")}
+    params = spec.init_params(model)
+    fit = spec.fit_model(
+        model,
+        params,
+        parts["train"],
+        parts["valid"],
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+    )
+    info = {
+        "source": source.origin,
+        "num_train_symbols": int(parts["train"].mask.sum()),
+        "fit_seconds": round(time.perf_counter() - start, 3),
+        "stopped": fit.info.get("stopped", "converged" if fit.info.get("converged") else None),
+    }
+    from probseq.core import log_prob
+
+    for part in ("valid", "test"):
+        total = float(np.sum(log_prob(model, fit.params, parts[part].x, parts[part].mask)))
+        per = total / int(parts[part].mask.sum())
+        info[f"{part}_log_lik"] = per
+        info[f"{part}_bits_per_symbol"] = -per / math.log(2)
+    return Run(
+        model=model,
+        params=fit.params,
+        spec=spec,
+        vocabulary=splits.vocabulary,
+        scaler=splits.scaler,
+        columns=None if spec.kind == "text" else source.names,
+        history=dict(fit.history),
+        info=info,
+    )
+
+
+def prepare(run: Run, source: Source, part: str = "all") -> data_lib.Split:
+    """``source`` encoded as ``run`` was trained (vocabulary / standardisation) and cut
+    into the run's sequence length; ``part`` picks the spec's train/valid/test part
+    of it, or "all".
+
+    Raises:
+        ValueError: a character outside the run's vocabulary, a series with another
+            number of columns, or an unknown part.
+    """
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {', '.join(PARTS)}; got {part!r}.")
+    encoded = encode(run, source)
+    if part == "all":
+        return _as_float32(data_lib.cut_rows(encoded, run.spec.data.get("sequence_length")))
+    if run.kind == "text":
+        splits = _splits(run.spec, source.text, vocabulary=run.vocabulary)
+    else:
+        splits = _splits(run.spec, encoded)
+    return _as_float32(getattr(splits, part))
+
+
+def encode(run: Run, source: Source) -> np.ndarray:
+    """All of ``source`` encoded as ``run`` was trained: (T,) ids for text, (T, D)
+    float32 standardised values for a series.
+
+    Raises:
+        ValueError: a character outside the run's vocabulary, or a series with
+            another number of columns.
+    """
+    _check_kind(run.spec, source)
+    if run.kind == "text":
+        try:
+            return run.vocabulary.encode(source.text)
+        except ValueError as e:
+            raise ValueError(f"{source.origin}: {e}") from None
+    if source.values.shape[1] != run.obs_dim:
+        raise ValueError(
+            f"{source.origin} has {source.values.shape[1]} column(s) "
+            f"({', '.join(source.names)}); the run models {run.obs_dim} "
+            f"({', '.join(run.columns)})."
+        )
+    return np.asarray(run.encode(source.values), np.float32)

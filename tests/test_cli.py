@@ -1,0 +1,216 @@
+"""The ``probseq`` command: fit / compare / sample / forecast on a user's text file and
+CSV, the demo, and one clear error line (exit status 1) for bad input."""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import probseq
+from probseq import cli, io
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _spec(tmp_path, name, body):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(body)
+    return str(path)
+
+
+TEXT_GRU = """
+seed = 1
+[data]
+kind = "text"
+sequence_length = 64
+[model]
+family = "gru"
+hidden_size = 16
+[fit]
+method = "sgd"
+num_epochs = 1
+batch_size = 8
+"""
+TEXT_HMM = """
+[data]
+kind = "text"
+sequence_length = 64
+[model]
+family = "hmm"
+num_states = 4
+[fit]
+method = "em"
+num_iters = 3
+"""
+SERIES_HMM = """
+[data]
+kind = "series"
+columns = ["flow"]
+[model]
+family = "hmm"
+num_states = 2
+head = "normal"
+[fit]
+method = "em"
+num_iters = 5
+"""
+SERIES_LSTM = """
+[data]
+kind = "series"
+[model]
+family = "lstm"
+hidden_size = 8
+head = "normal"
+[fit]
+method = "sgd"
+num_epochs = 3
+batch_size = 1
+"""
+
+
+def _run(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text(probseq.data.pydoc_text()[:4000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def csv_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    t = np.arange(150)
+    flow = 100 + 10 * np.sin(t / 8) + rng.normal(size=t.size)
+    temp = 20 + rng.normal(size=t.size)
+    path = tmp_path_factory.mktemp("data") / "river.csv"
+    rows = zip(t, flow, temp, strict=True)
+    lines = ["day,flow,temp"] + [f"{d},{f:.4f},{c:.4f}" for d, f, c in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_text_workflow_fit_compare_sample_forecast(tmp_path, text_file, capsys):
+    gru = _spec(tmp_path, "gru", TEXT_GRU)
+    hmm = _spec(tmp_path, "hmm", TEXT_HMM)
+    for spec, out in ((gru, "gru"), (hmm, "hmm")):
+        code, stdout, err = _run(
+            ["fit", spec, "--data", text_file, "--out", tmp_path / out, "--quiet"], capsys
+        )
+        assert code == 0, err
+        assert "bits/char" in stdout and (tmp_path / out / "run.json").exists()
+    code, stdout, err = _run(
+        ["compare", tmp_path / "gru", tmp_path / "hmm", "--data", text_file, "--part", "test",
+         "--plot", tmp_path / "cmp.png"], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "gru" in stdout and "hmm" in stdout and (tmp_path / "cmp.png").stat().st_size > 0
+    code, stdout, err = _run(
+        ["sample", tmp_path / "gru", "--length", "30", "--prefix", "The ", "--num-samples", "2",
+         "--temperature", "0.5"], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    samples = [part.split("\n", 1)[1][:-1] for part in stdout.split("--- sample ")[1:]]
+    assert len(samples) == 2 and all(s.startswith("The ") and len(s) == 34 for s in samples)
+    code, stdout, err = _run(
+        ["forecast", tmp_path / "hmm", "--data", text_file, "--horizon", "10",
+         "--num-samples", "3"], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "next character:" in stdout
+
+
+def test_series_workflow_on_a_users_csv(tmp_path, csv_file, capsys):
+    hmm = _spec(tmp_path, "ghmm", SERIES_HMM)
+    lstm = _spec(tmp_path, "lstm", SERIES_LSTM)
+    code, _, err = _run(["fit", hmm, "--data", csv_file, "--out", tmp_path / "ghmm",
+                         "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = _run(
+        ["fit", lstm, "--data", csv_file, "--columns", "flow", "--out", tmp_path / "lstm",
+         "--quiet", "--plot", tmp_path / "curves.png"], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    run = io.load(tmp_path / "ghmm")
+    assert run.columns == ("flow",) and run.scaler is not None
+    code, stdout, err = _run(
+        ["compare", tmp_path / "ghmm", tmp_path / "lstm", "--data", csv_file], capsys
+    )
+    assert code == 0, err
+    assert "nats/step" in stdout
+    code, stdout, err = _run(
+        ["forecast", tmp_path / "ghmm", "--data", csv_file, "--horizon", "5", "--num-samples",
+         "400", "--plot", tmp_path / "fan.png"], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    rows = [line for line in stdout.splitlines() if line[:1].isdigit()]
+    assert len(rows) == 5
+    mean = np.array([float(r.split(",")[1]) for r in rows])
+    assert np.all((mean > 70) & (mean < 130)), mean  # original units, not standardised
+    code, stdout, err = _run(["sample", tmp_path / "lstm", "--length", "4"], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fit", "{spec}", "--data", "{tmp}/missing.txt", "--out", "{tmp}/o"], "missing.txt"),
+        (["fit", "{spec}", "--data", "{tmp}/empty.txt", "--out", "{tmp}/o"], "empty"),
+        (["fit", "{badspec}", "--data", "{text}", "--out", "{tmp}/o"], "unknown key 'hiden_size'"),
+        (["fit", "{tmp}/nospec.toml", "--data", "{text}", "--out", "{tmp}/o"], "no such spec"),
+        (["fit", "{series}", "--data", "{csv}", "--columns", "flw", "--out", "{tmp}/o"], "flw"),
+        (["compare", "{tmp}/norun", "--data", "{text}"], "no such run directory"),
+        (["sample", "{tmp}", "--length", "3"], "not a complete probseq run"),
+    ],
+)
+def test_bad_input_gives_one_clear_line_and_status_1(
+    argv, message, tmp_path, text_file, csv_file, capsys
+):
+    (tmp_path / "empty.txt").write_text("")
+    fill = {
+        "spec": _spec(tmp_path, "gru", TEXT_GRU),
+        "badspec": _spec(tmp_path, "bad", TEXT_GRU.replace("hidden_size", "hiden_size")),
+        "series": _spec(tmp_path, "s", SERIES_HMM),
+        "tmp": str(tmp_path),
+        "text": str(text_file),
+        "csv": str(csv_file),
+    }
+    code, out, err = _run([a.format(**fill) for a in argv], capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("probseq: error: "), err
+    assert message in lines[0]
+    assert "Traceback" not in err
+
+
+def test_text_outside_the_vocabulary_is_reported(tmp_path, text_file, capsys):
+    spec = _spec(tmp_path, "gru", TEXT_GRU)
+    assert (
+        _run(["fit", spec, "--data", text_file, "--out", tmp_path / "r", "--quiet"], capsys)[0] == 0
+    )
+    other = tmp_path / "other.txt"
+    other.write_text("naïve ☃ text\n", encoding="utf-8")
+    code, _, err = _run(["compare", tmp_path / "r", "--data", other], capsys)
+    assert code == 1 and "not in the vocabulary" in err
+
+
+def test_demo_quick(capsys):
+    code, out, err = _run(["demo", "--quick", "--quiet"], capsys)
+    assert code == 0, err
+    for name in ("hmm", "lstm", "lru"):
+        assert f"[{name}]" in out
+    assert "bits" in out
+
+
+def test_console_script_is_installed():
+    script = pathlib.Path(sys.executable).parent / "probseq"
+    for argv in ([str(script)], [sys.executable, "-m", "probseq.cli"]):
+        proc = subprocess.run([*argv, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "fit" in proc.stdout and "forecast" in proc.stdout
