@@ -7,7 +7,8 @@ score, filter and sample every one of them.
 Importing probseq changes no global JAX setting and builds nothing.
 """
 
-from probseq import data, heads, hmm_inference, scan
+from probseq import data, heads, hmm_inference, plots, scan, spec
+from probseq.compare import Comparison, compare
 from probseq.core import (
     ScoreResult,
     SequenceModel,
@@ -17,6 +18,7 @@ from probseq.core import (
     step_log_probs,
 )
 from probseq.data import pad_sequences
+from probseq.distribution import SequenceDistribution
 from probseq.families import (
     GRU,
     HMM,
@@ -30,6 +32,9 @@ from probseq.families import (
     RecurrentState,
 )
 from probseq.fit import DirichletPrior, FitResult, NonFiniteLossError, fit_em, fit_sgd
+from probseq.forecast import Forecast, forecast
+from probseq.inference_data import to_inference_data
+from probseq.io import Run, load, save_run
 
 __version__ = "0.1.0"
 
@@ -56,8 +61,19 @@ __all__ = [
     "fit_em",
     "FitResult",
     "DirichletPrior",
+    "forecast",
+    "Forecast",
+    "compare",
+    "Comparison",
+    "SequenceDistribution",
+    "to_inference_data",
+    "load",
+    "save_run",
+    "Run",
     "data",
     "heads",
     "hmm_inference",
+    "plots",
     "scan",
+    "spec",
 ]

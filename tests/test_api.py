@@ -42,6 +42,17 @@ def test_public_names_are_pinned():
             "fit_em",
             "FitResult",
             "DirichletPrior",
+            "forecast",
+            "Forecast",
+            "compare",
+            "Comparison",
+            "SequenceDistribution",
+            "to_inference_data",
+            "load",
+            "save_run",
+            "Run",
+            "plots",
+            "spec",
         ]
     )
     for name in probseq.__all__:

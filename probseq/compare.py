@@ -1,0 +1,305 @@
+r"""Held-out likelihood tables: several models scored on the same sequences.
+
+For each model :func:`compare` computes the per-sequence log-likelihoods
+:math:`\ell_{m,i} = \log p_m(x^{(i)})` with one :func:`probseq.score` call and
+reports the total, the per-symbol cross-entropy in nats and bits, the perplexity
+(token data), and the paired difference to the best model
+
+.. math::  \Delta_m = \sum_i d_i, \quad d_i = \ell_{\mathrm{best}, i} - \ell_{m, i},
+           \qquad \mathrm{SE}(\Delta_m) = \sqrt{n \, \mathrm{Var}(d)}
+
+(ddof 0, as ``arviz.compare`` computes ``dse``). The pairing matters: two models
+scored on the same sequences share most of their per-sequence variation, so the
+SE of the difference is far smaller than either total's SE. Sequences must be
+independent for that SE to mean anything (for one long series, cut it into
+held-out chunks and read the SE as a rough guide only).
+
+Example:
+    >>> import jax, probseq
+    >>> from probseq.compare import compare
+    >>> hmm = probseq.CategoricalHMM(2, 4)
+    >>> gru = probseq.GRU(vocab_size=4, hidden_size=8)
+    >>> x = probseq.sample(hmm, hmm.init(jax.random.key(0)), jax.random.key(1), 30,
+    ...                    num_samples=5)
+    >>> table = compare({"hmm": (hmm, hmm.init(jax.random.key(0))),
+    ...                  "gru": (gru, gru.init(jax.random.key(2)))}, x)
+    >>> table.best.name
+    'hmm'
+    >>> print(table)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from probseq import validation
+from probseq.core import SequenceModel, score
+from probseq.distribution import step_support
+
+__all__ = ["Comparison", "ComparisonRow", "compare"]
+
+_LN2 = math.log(2.0)
+
+
+class ComparisonRow(NamedTuple):
+    """One model's line of a :class:`Comparison` (log-likelihoods in nats).
+
+    name: the key the model was given under.
+    rank: 0 for the best model (highest log-likelihood), then 1, 2, ... (as arviz).
+    log_likelihood: total log-likelihood of all sequences.
+    num_sequences: number of sequences scored.
+    num_symbols: number of valid (unmasked) steps scored.
+    nats_per_symbol: -log_likelihood / num_symbols (per step for real-valued data).
+    bits_per_symbol: nats_per_symbol / ln 2.
+    perplexity: exp(nats_per_symbol) for token data; NaN for real-valued data.
+    elpd_diff: log_likelihood of the best model minus this one's (>= 0; 0 for the best).
+    dse: standard error of elpd_diff over sequences, sqrt(n * var(d_i)) as in
+        ``arviz.compare``; 0 for the best, NaN with fewer than 2 sequences.
+    diff_bits_per_symbol: elpd_diff / (num_symbols * ln 2).
+    se_bits_per_symbol: dse / (num_symbols * ln 2).
+    """
+
+    name: str
+    rank: int
+    log_likelihood: float
+    num_sequences: int
+    num_symbols: int
+    nats_per_symbol: float
+    bits_per_symbol: float
+    perplexity: float
+    elpd_diff: float
+    dse: float
+    diff_bits_per_symbol: float
+    se_bits_per_symbol: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """The result of :func:`compare`.
+
+    Attributes:
+        rows: one :class:`ComparisonRow` per model, best first.
+        kind: ``"tokens"`` (categorical data: probabilities, perplexity) or ``"real"``
+            (densities: nats per step, no perplexity).
+        pointwise: model name -> per-sequence log-likelihoods (NumPy float64, (B,)).
+
+    Example:
+        >>> table["gru"].bits_per_symbol  # doctest: +SKIP
+        1.94...
+        >>> table.to_dataframe()  # needs pandas  # doctest: +SKIP
+    """
+
+    rows: tuple[ComparisonRow, ...]
+    kind: str
+    pointwise: dict[str, np.ndarray]
+
+    @property
+    def best(self) -> ComparisonRow:
+        """The row of the model with the highest held-out log-likelihood."""
+        return self.rows[0]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Model names, best first."""
+        return tuple(r.name for r in self.rows)
+
+    def __getitem__(self, name: str) -> ComparisonRow:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(f"no model named {name!r} in this comparison; models: {list(self.names)}")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def to_dict(self) -> dict[str, list]:
+        """Column name -> list of values (best first), for plotting and JSON.
+
+        Every :class:`ComparisonRow` field is a column; ``perplexity`` holds NaN for
+        real-valued data (``json.dumps`` writes it as ``NaN``).
+        """
+        return {field: [getattr(r, field) for r in self.rows] for field in ComparisonRow._fields}
+
+    def to_dataframe(self):
+        """A pandas DataFrame indexed by model name, best first (needs pandas)."""
+        try:
+            import pandas as pd
+        except ModuleNotFoundError as e:
+            raise ModuleNotFoundError(
+                "Comparison.to_dataframe needs pandas, which is not installed; "
+                "`pip install pandas`, or use Comparison.to_dict() instead."
+            ) from e
+        columns = self.to_dict()
+        return pd.DataFrame(columns).set_index("name")
+
+    def __str__(self) -> str:
+        unit = "symbol" if self.kind == "tokens" else "step"
+        first = self.rows[0]
+        header = [
+            ("rank", lambda r: f"{r.rank}"),
+            ("model", lambda r: r.name),
+            ("log_lik", lambda r: f"{r.log_likelihood:.2f}"),
+            (f"nats/{unit}", lambda r: f"{r.nats_per_symbol:.4f}"),
+            (f"bits/{unit}", lambda r: f"{r.bits_per_symbol:.4f}"),
+        ]
+        if self.kind == "tokens":
+            header.append(("perplexity", lambda r: f"{r.perplexity:.3f}"))
+        header += [
+            ("elpd_diff", lambda r: f"{r.elpd_diff:.2f}"),
+            ("dse", lambda r: f"{r.dse:.2f}"),
+            (f"diff bits/{unit}", lambda r: f"{r.diff_bits_per_symbol:.4f}"),
+            (f"se bits/{unit}", lambda r: f"{r.se_bits_per_symbol:.4f}"),
+        ]
+        cells = [[title for title, _ in header]]
+        cells += [[fmt(r) for _, fmt in header] for r in self.rows]
+        widths = [max(len(row[j]) for row in cells) for j in range(len(header))]
+        lines = [
+            f"held-out log-likelihood (nats) of {first.num_sequences} sequences, "
+            f"{first.num_symbols} {unit}s ({self.kind});",
+            "elpd_diff and dse: paired over sequences, relative to the best model",
+        ]
+        for row in cells:
+            # The model name is left-aligned, numbers right-aligned.
+            parts = [
+                c.ljust(w) if j == 1 else c.rjust(w)
+                for j, (c, w) in enumerate(zip(row, widths, strict=True))
+            ]
+            lines.append("  ".join(parts).rstrip())
+        return "\n".join(lines)
+
+
+def _perplexity(nats: float) -> float:
+    with np.errstate(over="ignore"):  # a hopeless model: inf, not OverflowError
+        return float(np.exp(np.float64(nats)))
+
+
+def _is_discrete(head) -> bool:
+    """Whether the head's emission is a probability mass function (vs a density)."""
+    return bool(step_support(head).is_discrete)
+
+
+def _check_models(models) -> list[tuple[str, SequenceModel, object]]:
+    if not isinstance(models, Mapping):
+        raise ValueError(
+            "models must be a dict {name: (model, params)}; got "
+            f"{type(models).__name__}. Example: compare({{'hmm': (hmm, params)}}, x)."
+        )
+    if not models:
+        raise ValueError("models is an empty dict; give at least one {name: (model, params)}.")
+    entries = []
+    for name, entry in models.items():
+        if not isinstance(entry, tuple | list) or len(entry) != 2:
+            raise ValueError(
+                f"models[{name!r}] must be a (model, params) pair; got {type(entry).__name__}."
+            )
+        model, params = entry
+        if not isinstance(model, SequenceModel):
+            raise ValueError(
+                f"models[{name!r}][0] must be a probseq model; got {type(model).__name__}."
+            )
+        entries.append((str(name), model, params))
+    # Likelihoods are comparable only on the same data under the same base measure:
+    # the same event shape, and all probabilities or all densities.
+    ref_name, ref_model, _ = entries[0]
+    ref = (ref_model.head.is_token, ref_model.head.event_shape, _is_discrete(ref_model.head))
+    for name, model, _ in entries[1:]:
+        got = (model.head.is_token, model.head.event_shape, _is_discrete(model.head))
+        if got != ref:
+
+            def what(t):
+                kind = "tokens" if t[0] else ("discrete" if t[2] else "real-valued")
+                return f"{kind} observations of shape {t[1]}"
+
+            raise ValueError(
+                f"model {name!r} ({model!r}) models {what(got)}, but model {ref_name!r} "
+                f"({ref_model!r}) models {what(ref)}: their log-likelihoods are not comparable. "
+                "Compare models of the same kind of data."
+            )
+    return entries
+
+
+def compare(models, data, mask=None, *, inputs=None) -> Comparison:
+    """Score several models on the same held-out sequences and rank them.
+
+    Args:
+        models: a dict ``{name: (model, params)}``; every model must model the same
+            kind of observation (tokens, or real vectors of one size).
+        data: anything :func:`probseq.score` accepts: one sequence, a padded batch
+            with ``mask``, or a list of unequal-length sequences.
+        mask: optional (B, T) boolean prefix mask for a padded batch.
+        inputs: per-step conditioning inputs, passed to every model.
+
+    Returns:
+        A :class:`Comparison`: rows best first (highest total log-likelihood), with
+        ``elpd_diff`` and its paired standard error ``dse`` computed from the
+        per-sequence differences exactly as ``arviz.compare`` does. With fewer than
+        2 sequences the SE is NaN (for every model but the best, whose difference to
+        itself is exactly 0).
+
+    Raises:
+        ValueError: empty ``models``, models of different kinds of data, or data that
+            some model cannot score (the message names the model).
+
+    Example:
+        >>> table = compare({"hmm": (hmm, p_hmm), "gru": (gru, p_gru)}, test_seqs)  # doctest: +SKIP
+        >>> print(table)  # doctest: +SKIP
+    """
+    entries = _check_models(models)
+    pointwise, num_symbols, kind = {}, None, None
+    for name, model, params in entries:
+        try:
+            if num_symbols is None:
+                # Validated once for the lengths; score validates again (cheap, NumPy).
+                batch = validation.prepare_batch(model, data, mask, inputs)
+                num_symbols = int(np.asarray(batch.mask).sum())
+                kind = "tokens" if model.head.is_token else "real"
+            lp = score(model, params, data, mask, inputs=inputs).log_prob
+        except ValueError as e:
+            raise ValueError(f"model {name!r} ({model!r}) cannot score the data: {e}") from None
+        pointwise[name] = np.atleast_1d(np.asarray(jax.device_get(lp), np.float64))
+
+    totals = {name: float(ll.sum()) for name, ll in pointwise.items()}
+    # Stable: ties keep the order the models were given in.
+    order = sorted(totals, key=lambda n: -totals[n])
+    best = pointwise[order[0]]
+    num_sequences = best.shape[0]
+    rows = []
+    for rank, name in enumerate(order):
+        ll = totals[name]
+        nats = -ll / num_symbols
+        # Paired difference to the best model over sequences. The standard error is
+        # arviz's `dse` (arviz-devs/arviz, arviz/stats/stats.py, `compare`, 0.x:
+        # `diff = min_ic_i_val - res[ic_i]; d_std_err = np.sqrt(len(diff) * np.var(diff))`),
+        # i.e. sqrt(n * var(d)) with np.var's default ddof=0.
+        d = best - pointwise[name]
+        if rank == 0:
+            diff, dse = 0.0, 0.0
+        else:
+            diff = float(d.sum())
+            dse = float(np.sqrt(d.size * np.var(d))) if num_sequences >= 2 else math.nan
+        rows.append(
+            ComparisonRow(
+                name=name,
+                rank=rank,
+                log_likelihood=ll,
+                num_sequences=num_sequences,
+                num_symbols=num_symbols,
+                nats_per_symbol=nats,
+                bits_per_symbol=nats / _LN2,
+                perplexity=_perplexity(nats) if kind == "tokens" else math.nan,
+                elpd_diff=diff,
+                dse=dse,
+                diff_bits_per_symbol=diff / (num_symbols * _LN2),
+                se_bits_per_symbol=dse / (num_symbols * _LN2),
+            )
+        )
+    return Comparison(rows=tuple(rows), kind=kind, pointwise=pointwise)
