@@ -27,8 +27,11 @@ def run(args):
 
     key = jax.random.key(args.seed)
     hmm = probseq.CategoricalHMM(num_states=args.num_states, vocab_size=vocab.vocab_size)
+    # Dirichlet pseudo-counts of 0.01 (MAP): a character unseen in training keeps a
+    # small probability instead of zero (an infinite loss on held-out text).
+    prior = probseq.DirichletPrior(initial=1.01, transition=1.01, emission=1.01)
     fits = {
-        "hmm": (hmm, probseq.fit_em(hmm, hmm.init(key), train.x, mask=train.mask,
+        "hmm": (hmm, probseq.fit_em(hmm, hmm.init(key), train.x, mask=train.mask, prior=prior,
                                     num_iters=args.em_iters, progress=args.progress)),
     }  # fmt: skip
     for name, family in (("lstm", probseq.LSTM), ("lru", probseq.LRU)):

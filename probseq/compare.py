@@ -285,7 +285,12 @@ def compare(models, data, mask=None, *, inputs=None) -> Comparison:
             diff, dse = 0.0, 0.0
         else:
             diff = float(d.sum())
-            dse = float(np.sqrt(d.size * np.var(d))) if num_sequences >= 2 else math.nan
+            if num_sequences < 2:
+                dse = math.nan
+            elif not np.isfinite(d).all():  # a sequence impossible under this model
+                dse = math.inf
+            else:
+                dse = float(np.sqrt(d.size * np.var(d)))
         rows.append(
             ComparisonRow(
                 name=name,

@@ -31,7 +31,9 @@ DEMO_SPECS = {
             "description": "categorical HMM, 32 states, EM",
             "data": _DATA,
             "model": {"family": "hmm", "num_states": 32},
-            "fit": {"method": "em", "num_iters": 60, "tol": 1e-4},
+            # prior: Dirichlet pseudo-counts of 0.01, so a character unseen in training
+            # keeps a small probability (maximum likelihood would give it zero)
+            "fit": {"method": "em", "num_iters": 60, "tol": 1e-4, "prior": 1.01},
         },
         {"model": {"num_states": 8}, "fit": {"num_iters": 5}},
     ),
