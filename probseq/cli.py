@@ -109,7 +109,8 @@ def cmd_compare(args, echo) -> None:
         columns = list(first.columns) if not args.data.startswith("builtin:") else None
     source = workflow.read_source(first.kind, args.data, columns)
     split = workflow.prepare(first, source, args.part)
-    table = compare({n: (r.model, r.params) for n, r in runs.items()}, split.x, split.mask)
+    models = {n: (r.model, r.params) for n, r in runs.items()}
+    table = compare(models, split.x, split.mask, progress=not args.quiet)
     echo(f"held-out comparison on {source.origin} (part: {args.part})")
     echo(str(table))
     if args.plot:
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score all of the data (default) or one part of the specs' split",
     )
     p.add_argument("--plot", help="write the comparison bar chart to this image file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sample", help="draw sequences from a fitted run")

@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from probseq import validation
 from probseq.core import SequenceModel, score
@@ -227,7 +228,7 @@ def _check_models(models) -> list[tuple[str, SequenceModel, object]]:
     return entries
 
 
-def compare(models, data, mask=None, *, inputs=None) -> Comparison:
+def compare(models, data, mask=None, *, inputs=None, progress: bool = False) -> Comparison:
     """Score several models on the same held-out sequences and rank them.
 
     Args:
@@ -237,6 +238,7 @@ def compare(models, data, mask=None, *, inputs=None) -> Comparison:
             with ``mask``, or a list of unequal-length sequences.
         mask: optional (B, T) boolean prefix mask for a padded batch.
         inputs: per-step conditioning inputs, passed to every model.
+        progress: show a tqdm progress bar over the models (on stderr).
 
     Returns:
         A :class:`Comparison`: rows best first (highest total log-likelihood), with
@@ -255,7 +257,9 @@ def compare(models, data, mask=None, *, inputs=None) -> Comparison:
     """
     entries = _check_models(models)
     pointwise, num_symbols, kind = {}, None, None
-    for name, model, params in entries:
+    bar = tqdm(entries, desc="scoring", unit="model", disable=not progress, leave=False)
+    for name, model, params in bar:
+        bar.set_postfix_str(name)
         try:
             if num_symbols is None:
                 # Validated once for the lengths; score validates again (cheap, NumPy).
