@@ -1,12 +1,14 @@
 """One EM iteration for a categorical HMM: probseq vs dynamax vs hmmlearn.
 
     python benchmarks/em.py [--workloads small medium largeK long] [--repeats 3]
+                            [--estep auto|forward_backward|chunked|autodiff]
 
 Same data, same starting parameters, float32 for the JAX engines (their default),
 float64 for hmmlearn (its only mode). Times are seconds per EM iteration, warm:
 
 * probseq: the extra time of one more iteration, (t(1 + n) - t(1)) / n with
-  ``fit_em(..., tol=0)``, warm (its compiled step is cached across calls); the fixed
+  ``fit_em(..., tol=0, estep=--estep)`` ("auto": the time-chunked smoother for K <= 64
+  and T >= 128, else the sequential one), warm (its compiled step is cached across calls); the fixed
   per-call cost (validation, setup) and the first call's compile are shown apart.
 * dynamax: its EM step (vmapped ``e_step`` then ``m_step``, exactly as its
   ``fit_em`` builds it) jitted once and timed warm; ``fit_em`` itself builds and
@@ -63,11 +65,14 @@ def _per_iteration(run, extra, repeats):
     return per_iter, max(one - per_iter, 0.0)
 
 
-def bench_probseq(pi, a, em, x, repeats, extra):
+def bench_probseq(pi, a, em, x, repeats, extra, estep="auto"):
     k, v = em.shape
     model = probseq.CategoricalHMM(k, v)
     params = model.init(jax.random.key(0), initial_probs=pi, transition_matrix=a, emission_probs=em)
-    run = lambda n: probseq.fit_em(model, params, x, num_iters=n, tol=0.0).params  # noqa: E731
+
+    def run(n):
+        return probseq.fit_em(model, params, x, num_iters=n, tol=0.0, estep=estep).params
+
     first = _timed(lambda: run(1))
     per_iter, overhead = _per_iteration(run, extra, repeats)
     return per_iter, first - per_iter - overhead, overhead
@@ -135,6 +140,9 @@ def main(argv=None):
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip", nargs="*", default=[], choices=["dynamax", "hmmlearn"])
+    parser.add_argument(
+        "--estep", default="auto", choices=["auto", "forward_backward", "chunked", "autodiff"]
+    )
     args = parser.parse_args(argv)
     print(
         f"{platform.machine()}, {jax.device_count()}x {jax.devices()[0].device_kind}, "
@@ -153,7 +161,7 @@ def main(argv=None):
         w = WORKLOADS[name]
         pi, a, em, x = _problem(**w)
         extra = 1 if name == "long" else 4
-        ours, ours_compile, ours_call = bench_probseq(pi, a, em, x, args.repeats, extra)
+        ours, ours_compile, ours_call = bench_probseq(pi, a, em, x, args.repeats, extra, args.estep)
         dyn, dyn_compile = (np.nan, np.nan)
         if "dynamax" not in args.skip:
             try:

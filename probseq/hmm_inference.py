@@ -31,6 +31,7 @@ of them is counted. So a padded sequence gives exactly what the sequence alone g
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -44,6 +45,10 @@ __all__ = [
     "hmm_filter",
     "hmm_masked_filter",
     "hmm_smoother",
+    "hmm_smoother_batch",
+    "hmm_smoother_chunked",
+    "default_chunk_size",
+    "chunking_pays",
     "hmm_viterbi",
     "hmm_posterior_sample",
     "hmm_backward_sample",
@@ -149,16 +154,26 @@ def _shifted_likelihoods(log_likelihoods: jax.Array) -> tuple[jax.Array, jax.Arr
     return jnp.exp(log_likelihoods - m[..., None]), m
 
 
-def _sum_of_outer_products(p: jax.Array, q: jax.Array, chunk: int = 256) -> jax.Array:
-    """sum_t p_t q_t^T for (T, K) arrays: matrix products over chunks of ``chunk``
-    steps, then a pairwise sum over chunks, so float32 counts over 1e6 steps keep
-    ~1e-7 relative accuracy (a running float32 sum loses ~1e-4)."""
-    t, k = p.shape
+def _sum_of_outer_products(p: jax.Array, q: jax.Array) -> jax.Array:
+    """sum_t p_t q_t^T for (..., T, K) arrays, per leading index: (..., K, K).
+
+    Products over chunks of steps, then a pairwise sum over chunks, so float32 counts
+    over 1e6 steps keep ~1e-7 relative accuracy (a running float32 sum loses ~1e-4).
+    For K <= 16 the outer products of 64-step chunks are summed by broadcasting (4x
+    faster than a batched matrix product at K=8 on CPU); for larger K, matrix products
+    over chunks of 256 steps."""
+    *batch, t, k = p.shape
+    chunk = 64 if k <= 16 else 256
     n = -(-t // chunk) if t else 1
-    pad = n * chunk - t
-    p = jnp.pad(p, ((0, pad), (0, 0))).reshape(n, chunk, k)
-    q = jnp.pad(q, ((0, pad), (0, 0))).reshape(n, chunk, q.shape[-1])
-    return pairwise_sum(jnp.einsum("nti,ntj->ijn", p, q), axis=-1)
+    pad = [(0, 0)] * len(batch) + [(0, n * chunk - t), (0, 0)]
+    # Batch and chunks on one leading axis: XLA compiles the 3-d forms much better.
+    p = jnp.pad(p, pad).reshape((-1, chunk, k))
+    q = jnp.pad(q, pad).reshape((-1, chunk, q.shape[-1]))
+    if k <= 16:
+        outer = jnp.sum(p[:, :, :, None] * q[:, :, None, :], axis=1)  # (B * n, K, K)
+    else:
+        outer = jnp.einsum("nti,ntj->nij", p, q)
+    return pairwise_sum(outer.reshape((*batch, n) + outer.shape[1:]), axis=-3)
 
 
 def _log(p: jax.Array) -> jax.Array:
@@ -248,9 +263,34 @@ def hmm_smoother(
         >>> pi = jnp.array([0.5, 0.5]); A = jnp.array([[0.9, 0.1], [0.2, 0.8]])
         >>> ll = jnp.log(jnp.array([[0.5, 0.1], [0.5, 0.1], [0.1, 0.9]]))
         >>> post = hmm_smoother(pi, A, ll)
-        >>> post.smoothed_probs.shape, float(post.expected_transitions.sum())
+        >>> post.smoothed_probs.shape, round(float(post.expected_transitions.sum()), 5)
         ((3, 2), 2.0)
     """
+    post = _posterior(
+        initial_probs,
+        jnp.asarray(transition_matrix),
+        *(z[None] for z in _messages(initial_probs, transition_matrix, log_likelihoods, mask)),
+    )
+    return jax.tree.map(lambda z: z[0], post)
+
+
+def hmm_smoother_batch(
+    initial_probs: jax.Array,
+    transition_matrix: jax.Array,
+    log_likelihoods: jax.Array,
+    mask: jax.Array,
+) -> HMMPosterior:
+    """``jax.vmap(hmm_smoother)`` over a batch (B, T, K) with masks (B, T), the loops
+    vmapped and the rest (posteriors, counts) written for the batch: the same values,
+    about twice as fast for long sequences on CPU."""
+    a = jnp.asarray(transition_matrix)
+    msgs = jax.vmap(_messages, in_axes=(None, None, 0, 0))(initial_probs, a, log_likelihoods, mask)
+    return _posterior(initial_probs, a, *msgs)
+
+
+def _messages(initial_probs, transition_matrix, log_likelihoods, mask):
+    """The two loops of :func:`hmm_smoother` for one sequence: (shifted likelihoods,
+    shifts, mask, normalizers, filtered probabilities, backward messages)."""
     log_likelihoods = jnp.asarray(log_likelihoods)
     valid = _prefix_mask(log_likelihoods, mask)
     a = jnp.asarray(transition_matrix)
@@ -259,8 +299,6 @@ def hmm_smoother(
     c, filtered = _forward(initial_probs, a, lik)
     dtype = filtered.dtype
     num_states = a.shape[-1]
-    zero = jnp.zeros((), dtype)
-    log_c = jnp.where(valid, jnp.log(c) + shift, zero)
 
     def step(beta_next, inputs):
         lik_next, has_next = inputs
@@ -271,23 +309,296 @@ def hmm_smoother(
     _, betas = jax.lax.scan(
         step, jnp.ones((num_states,), dtype), (lik[1:], valid[1:]), reverse=True
     )
-    # xi_t = alpha_t(i) A_ij v_{t+1}(j) / Z_t with v = lik * beta and Z_t = alpha_t . (A v):
-    # the sum over t is A * (alpha^T W), one contraction over time outside the loop.
     betas = jnp.concatenate([betas, jnp.ones((1, num_states), dtype)])
-    alpha = filtered[:-1]
-    v = lik[1:] * betas[1:]
-    z = jnp.sum(alpha * (v @ a.T), axis=-1, keepdims=True)
-    w = jnp.where(valid[1:, None] & (z > 0), v / jnp.where(z > 0, z, jnp.ones((), dtype)), 0.0)
-    counts = a * _sum_of_outer_products(alpha, w)
-    smoothed = jax.vmap(_safe_normalize)(filtered * betas)
-    keep = valid[:, None]
+    return lik, shift, valid, c, filtered, betas
+
+
+def _posterior(initial_probs, a, lik, shift, valid, c, filtered, betas) -> HMMPosterior:
+    """The smoother's outputs from the forward normalizers c (B, T), filtered
+    probabilities (B, T, K) and backward messages (B, T, K) (any positive scale per
+    step) of a batch: everything after the two loops, shared by the sequential and the
+    chunked smoothers (written for a batch axis: under vmap the roll and the chunked
+    contraction cost XLA twice as much)."""
+    dtype = filtered.dtype
+    zero = jnp.zeros((), dtype)
+    log_c = jnp.where(valid, jnp.log(c) + shift, zero)
+    # xi_t = alpha_t(i) A_ij v_{t+1}(j) / Z_t with v = lik * beta and Z_t = alpha_t . (A v):
+    # the sum over t is A * (P^T V) with p_t = alpha_t / Z_t, one contraction over time
+    # outside the loop. v_{t+1} is rolled back to step t once, so every other array is
+    # used unshifted (misaligned [1:] slices cost XLA a copy each).
+    has_next = jnp.roll(valid, -1, axis=-1).at[:, -1].set(False)
+    v_next = jnp.roll(lik * betas, -1, axis=-2)
+    # (A fused multiply-and-sum over the last axis is ~10x slower on XLA CPU than this.)
+    z = jnp.einsum("btk,btk->bt", filtered, v_next @ a.T)[..., None]
+    ok = has_next[..., None] & (z > 0)
+    p = jnp.where(ok, filtered / jnp.where(z > 0, z, jnp.ones((), dtype)), zero)
+    counts = a * _sum_of_outer_products(p, v_next)
+    prod = filtered * betas
+    total = jnp.sum(prod, axis=-1, keepdims=True)
+    smoothed = prod / jnp.where(total > 0, total, jnp.ones((), dtype))
+    predicted = jnp.concatenate(
+        [jnp.broadcast_to(initial_probs, filtered[:, :1].shape), filtered[:, :-1] @ a], axis=1
+    )
+    keep = valid[..., None]
     return HMMPosterior(
         pairwise_sum(log_c),
         jnp.where(keep, filtered, zero),
-        jnp.where(keep, _predicted(initial_probs, a, filtered), zero),
+        jnp.where(keep, predicted, zero),
         jnp.where(keep, smoothed, zero),
         counts,
     )
+
+
+# ----------------------------------------------------------- chunked smoother
+def default_chunk_size(num_steps: int, num_sequences: int, num_states: int) -> int:
+    """The chunk length L :func:`hmm_smoother_chunked` uses when none is given.
+
+    A sweep costs L sequential steps of fixed loop overhead plus the vector work over
+    all B * T / L chunk rows; the fix-up after it costs ~F more steps over all rows (F:
+    the steps a filter takes to forget its start to float precision, ~30-40 on the
+    benchmark models). Balancing the two gives L ~ sqrt(F * B * T * K^2 * work /
+    overhead), ~sqrt(B * T * K^2 / 30) on the 2-core CPU (benchmarks/RESULTS.md);
+    at most T / 4 (at least four chunks) and at least 32 steps."""
+    work = num_sequences * num_steps * max(num_states, 2) ** 2
+    return int(max(32, min(round(math.sqrt(work / 30)), -(-num_steps // 4))))
+
+
+def chunking_pays(num_steps: int, num_states: int) -> bool:
+    """Whether :func:`hmm_smoother_chunked` beats the sequential smoother ("auto").
+
+    Measured (2-core CPU, one EM iteration, benchmarks/RESULTS.md): chunks pay where the
+    fixed cost of a sequential step dominates its vector work: K=4 (about 2x) and K=8 at
+    T=1e6 (about 1.7x), a little at K=32, B=64, T=1000; at K=256 each step is a real
+    matrix product and the fix-up's extra work loses (0.8x)."""
+    return num_states <= 64 and num_steps >= 128
+
+
+def _rel_close(x: jax.Array, y: jax.Array, tol) -> jax.Array:
+    """Rows (..., K) of x and y equal to relative tolerance ``tol`` in every entry
+    (entries equal to 0 in both count as equal). An entrywise relative bound is a
+    bound in Hilbert's projective metric, in which Bayes' rule is an isometry and a
+    stochastic matrix a contraction: messages this close stay this close."""
+    return jnp.all(jnp.abs(x - y) <= tol * jnp.maximum(jnp.abs(x), jnp.abs(y)), axis=-1)
+
+
+def _chunked_recursion(step, boundary, guess, exit_map, num_chunks, length, reverse, tol, extra):
+    """All chunks of a normalized recursion at once, then fixed-point fix-ups.
+
+    The rows (R = B * C) are chunks of ``length`` steps; row r's entering message is
+    ``exit_map`` of its neighbour's last message (r - 1 forward, r + 1 backward), or
+    ``boundary`` (R, K) on the rows whose chunk starts a sequence (``is_edge``).
+
+    step(carry (R, K), j) -> (message (R, K), scalar (R,) or None, next carry).
+
+    1. One sweep of all rows from ``guess`` (exact on the edge rows), storing the
+       messages (R, L, K) and scalars (R, L).
+    2. While some row's entering message differs from the one it was run with (by more
+       than ``tol``, relative): rerun those rows from their new entering message, step
+       by step, overwriting the stored values, and stop a row as soon as its new message
+       equals the stored one (the two trajectories have merged; from there on the
+       stored values are the new ones). At most C - 1 fix-ups: after fix-up n the
+       first n + 1 chunks of every sequence are exact, by induction. A filter forgets
+       its start geometrically, so one fix-up of a few dozen steps is the usual case;
+       a nearly reducible chain takes more steps and fix-ups, never a wrong answer.
+    """
+    edge, boundary = boundary
+    rows, k = guess.shape
+    dtype = guess.dtype
+    order = (lambda i: length - 1 - i) if reverse else (lambda i: i)
+    shift = -1 if reverse else 1
+    last = 0 if reverse else length - 1
+
+    def entering(msgs):
+        ex = exit_map(jax.lax.dynamic_index_in_dim(msgs, last, axis=1, keepdims=False))
+        return jnp.where(edge[:, None], boundary, jnp.roll(ex, shift, axis=0))
+
+    def sweep(i, state):
+        carry, msgs, scal = state
+        j = order(i)
+        m, sc, carry = step(carry, j)
+        msgs = jax.lax.dynamic_update_index_in_dim(msgs, m, j, axis=1)
+        if extra:
+            scal = jax.lax.dynamic_update_index_in_dim(scal, sc, j, axis=1)
+        return carry, msgs, scal
+
+    msgs = jnp.zeros((rows, length, k), dtype)
+    scal = jnp.zeros((rows, length if extra else 0), dtype)
+    start = jnp.where(edge[:, None], boundary, guess)
+    _, msgs, scal = jax.lax.fori_loop(0, length, sweep, (start, msgs, scal))
+
+    def fix_cond(state):
+        n, enter, msgs, _ = state
+        return (n < num_chunks) & jnp.any(~_rel_close(entering(msgs), enter, tol))
+
+    def fix_body(state):
+        n, enter, msgs, scal = state
+        new = entering(msgs)
+        active = ~_rel_close(new, enter, tol)
+
+        def row_cond(s):
+            i, _, active, _, _ = s
+            return (i < length) & jnp.any(active)
+
+        def row_body(s):
+            i, carry, active, msgs, scal = s
+            j = order(i)
+            m, sc, carry = step(carry, j)
+            old = jax.lax.dynamic_index_in_dim(msgs, j, axis=1, keepdims=False)
+            merged = _rel_close(m, old, tol)
+            # The message written depends on `merged`, so XLA reads the old one before it
+            # overwrites it in place (otherwise it copies the whole buffer every step).
+            write = active & ~merged
+            msgs = jax.lax.dynamic_update_index_in_dim(
+                msgs, jnp.where(write[:, None], m, old), j, axis=1
+            )
+            if extra:
+                # A merged message can follow a different normalizer: write it when active.
+                old_sc = jax.lax.dynamic_index_in_dim(scal, j, axis=1, keepdims=False)
+                scal = jax.lax.dynamic_update_index_in_dim(
+                    scal, jnp.where(active, sc, old_sc), j, axis=1
+                )
+            return i + 1, carry, write, msgs, scal
+
+        _, _, _, msgs, scal = jax.lax.while_loop(row_cond, row_body, (0, new, active, msgs, scal))
+        return n + 1, new, msgs, scal
+
+    n, _, msgs, scal = jax.lax.while_loop(fix_cond, fix_body, (1, start, msgs, scal))
+    return msgs, scal, n
+
+
+def hmm_smoother_chunked(
+    initial_probs: jax.Array,
+    transition_matrix: jax.Array,
+    log_likelihoods: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    chunk_size: int | None = None,
+    tol: float | None = None,
+) -> HMMPosterior:
+    r""":func:`hmm_smoother` of a batch, with time cut into chunks run in parallel.
+
+    Each sequence is cut into C chunks of L steps (the last one padded). The forward
+    message entering chunk c is the one leaving chunk c - 1, so all chunks are
+    filtered at once from guessed entering messages (the initial distribution for the
+    first chunk, uniform for the others), and then every chunk whose entering message
+    was wrong is rerun from the right one until its messages merge with the stored
+    ones (see ``_chunked_recursion``); repeated until no entering message changes. The
+    backward messages follow by the same scheme in reverse (a chunk that ends a
+    sequence is exact at once), and the posteriors, transition counts and
+    log-likelihood by the same contraction as :func:`hmm_smoother`.
+
+    The result is exact: the fix-ups stop only when every entering message equals
+    (to ``tol``, relative, per entry) the one leaving the chunk before, and at most
+    C - 1 rounds are run (after round n the first n + 1 chunks are exact whatever the
+    model). HMM filters forget their start geometrically (a contraction in Hilbert's
+    projective metric when A has positive entries), so the usual cost is one sweep of
+    L steps over B * C rows plus a few dozen steps of fix-up, instead of T sequential
+    steps; a sticky, nearly reducible chain needs more rounds, and costs up to T steps.
+
+    Args:
+        initial_probs: (K,) p(z_1).
+        transition_matrix: (K, K).
+        log_likelihoods: (B, T, K) (any number of leading batch axes, or none).
+        mask: (B, T) prefix masks, or None.
+        chunk_size: L; None picks :func:`default_chunk_size`. L >= T runs the
+            sequential recursion (one chunk).
+        tol: relative tolerance of the merge test (default 8 float eps of the dtype).
+
+    Returns:
+        An :class:`HMMPosterior` with the leading batch axes (``expected_transitions``
+        per sequence), equal to ``jax.vmap(hmm_smoother)`` to rounding.
+
+    Example:
+        >>> pi = jnp.array([0.5, 0.5]); A = jnp.array([[0.9, 0.1], [0.2, 0.8]])
+        >>> ll = jnp.log(jnp.array([[[0.5, 0.1], [0.5, 0.1], [0.1, 0.9]]] * 2))
+        >>> post = hmm_smoother_chunked(pi, A, ll, chunk_size=2)
+        >>> post.smoothed_probs.shape, post.expected_transitions.shape
+        ((2, 3, 2), (2, 2, 2))
+    """
+    log_likelihoods = jnp.asarray(log_likelihoods)
+    *batch, num_steps, k = log_likelihoods.shape
+    valid = jnp.broadcast_to(
+        jnp.ones(log_likelihoods.shape[:-1], bool) if mask is None else jnp.asarray(mask, bool),
+        log_likelihoods.shape[:-1],
+    )
+    ll = log_likelihoods.reshape((-1, num_steps, k))
+    valid = valid.reshape((-1, num_steps))
+    b = ll.shape[0]
+    a = jnp.asarray(transition_matrix)
+    pi = jnp.asarray(initial_probs)
+    length = default_chunk_size(num_steps, b, k) if chunk_size is None else max(int(chunk_size), 1)
+    length = min(length, max(num_steps, 1))
+    num_chunks = -(-num_steps // length) if num_steps else 1
+    pad = num_chunks * length - num_steps
+    ll = jnp.where(valid[..., None], ll, jnp.zeros((), ll.dtype))
+    lik, shift = _shifted_likelihoods(ll)
+    dtype = lik.dtype
+    if tol is None:
+        tol = 8 * float(jnp.finfo(dtype).eps)
+    rows = b * num_chunks
+    # Chunk layout (R, L, K), R = B * C: a free reshape of the padded (B, C * L, K).
+    lik_r = jnp.pad(lik, ((0, 0), (0, pad), (0, 0)), constant_values=1.0).reshape(rows, length, k)
+    valid_r = jnp.pad(valid, ((0, 0), (0, pad))).reshape(rows, length)
+    chunk = jnp.arange(rows) % num_chunks
+    uniform = jnp.full((rows, k), 1.0 / k, dtype)
+
+    def forward(pred, j):
+        w = pred * jax.lax.dynamic_index_in_dim(lik_r, j, axis=1, keepdims=False)
+        c = jnp.sum(w, axis=-1)
+        f = w / jnp.where(c > 0, c, jnp.ones((), dtype))[:, None]
+        return f, c, f @ a
+
+    filtered, c, _ = _chunked_recursion(
+        forward,
+        (chunk == 0, jnp.broadcast_to(pi, (rows, k)).astype(dtype)),
+        uniform,
+        lambda f: f @ a,
+        num_chunks,
+        length,
+        False,
+        tol,
+        True,
+    )
+
+    # Backward: beta_t from beta_{t+1}, with the likelihood and validity of step t + 1
+    # (in the next row at the end of a chunk; never across sequences).
+    last_chunk = chunk == num_chunks - 1
+    next_lik = jnp.roll(lik_r[:, 0], -1, axis=0)
+    next_valid = jnp.roll(valid_r[:, 0], -1, axis=0) & ~last_chunk
+    ones = jnp.ones((rows, k), dtype)
+
+    def backward(beta_next, j):
+        inner = j < length - 1
+        jn = jnp.minimum(j + 1, length - 1)
+        lik_next = jnp.where(
+            inner, jax.lax.dynamic_index_in_dim(lik_r, jn, axis=1, keepdims=False), next_lik
+        )
+        has_next = jnp.where(
+            inner, jax.lax.dynamic_index_in_dim(valid_r, jn, axis=1, keepdims=False), next_valid
+        )
+        u = (lik_next * beta_next) @ a.T
+        s = jnp.sum(u, axis=-1, keepdims=True)
+        beta = u / jnp.where(s > 0, s, jnp.ones((), dtype))
+        beta = jnp.where(has_next[:, None], beta, ones)
+        return beta, None, beta
+
+    betas, _, _ = _chunked_recursion(
+        backward,
+        (last_chunk, ones),
+        ones,
+        lambda beta: beta,
+        num_chunks,
+        length,
+        True,
+        tol,
+        False,
+    )
+
+    def unchunk(z):
+        return z.reshape((b, num_chunks * length) + z.shape[2:])[:, :num_steps]
+
+    post = _posterior(pi, a, lik, shift, valid, unchunk(c), unchunk(filtered), unchunk(betas))
+    return jax.tree.map(lambda z: z.reshape(tuple(batch) + z.shape[1:]), post)
 
 
 def hmm_viterbi(

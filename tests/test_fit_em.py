@@ -20,6 +20,7 @@ from references import random_hmm as _random_hmm
 
 import probseq
 from probseq.fit import DirichletPrior, expected_statistics, fit_em
+from probseq.fit import em as emmod
 
 
 @pytest.fixture(autouse=True)
@@ -386,3 +387,45 @@ def test_sgd_on_the_same_hmm_reaches_em_held_out_likelihood():
         }
         assert abs(per_token["sgd"] - per_token["em"]) < 0.01 * abs(per_token["em"]), per_token
         assert per_token["em"] > per_token["truth"] - 0.005, per_token
+
+
+def test_chunked_estep_equals_hmmlearn_and_forward_backward():
+    """Sequences long enough for "auto" to cut them into time chunks (T >= 128): the
+    chunked E-step's statistics and ten EM iterations equal hmmlearn's and the
+    sequential smoother's; restarts (one E-step per restart, lax.map) too."""
+    rng = np.random.default_rng(9)
+    k, v = 4, 6
+    pi, a, b = _random_hmm(rng, k, v)
+    lengths = [300, 129, 7, 450]
+    xs = _ragged(rng, v, lengths)
+    model = probseq.CategoricalHMM(k, v)
+    params = model.init(
+        jax.random.key(0),
+        initial_probs=pi,
+        transition_matrix=a,
+        emission_probs=b,
+        dtype=jnp.float64,
+    )
+    assert emmod._resolve_estep("auto", len(xs), max(lengths), k) == "chunked"
+    chunked = expected_statistics(model, params, xs, estep="chunked")
+    fb = expected_statistics(model, params, xs, estep="forward_backward")
+    for got, ref in zip(chunked, fb, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-10, atol=1e-12)
+    ref_stats, ref_ll = _hmmlearn_categorical(pi, a, b)._do_estep(
+        np.concatenate(xs)[:, None], lengths
+    )
+    np.testing.assert_allclose(float(chunked.log_likelihood), ref_ll, rtol=1e-10)
+    np.testing.assert_allclose(chunked.transition_counts, ref_stats["trans"], rtol=1e-8)
+    fit = fit_em(model, params, xs, num_iters=10, tol=0.0)  # "auto": chunked
+    ref = _hmmlearn_categorical(pi, a, b, params="ste", n_iter=10, tol=0.0)
+    ref.fit(np.concatenate(xs)[:, None], lengths)
+    np.testing.assert_allclose(fit.history["log_likelihood"], ref.monitor_.history, rtol=1e-9)
+    assert (np.diff(fit.history["log_likelihood"]) >= -1e-9).all()
+    got = [np.asarray(p) for p in model.probabilities(fit.params)]
+    for g, r in zip(got, (ref.startprob_, ref.transmat_, ref.emissionprob_), strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-10)
+    multi = fit_em(model, params, xs, num_iters=3, tol=0.0, num_restarts=2, key=jax.random.key(1))
+    single = fit_em(model, params, xs, num_iters=3, tol=0.0, estep="forward_backward")
+    np.testing.assert_allclose(
+        multi.info["restart_objectives"][0], single.history["objective"][-1], rtol=1e-10
+    )

@@ -13,6 +13,9 @@ Tolerances (reason in one line each):
 * sampling frequencies: 4 standard errors sqrt(p (1 - p) / N) per path.
 * float32 vs float64 transition counts over 100,000 steps: 1e-6 relative -- the
   compensated sum measures ~1e-7; a plain float32 running sum is ~3e-6 off.
+* chunked vs sequential smoother: float64 1e-10 relative, float32 1e-5 relative -- the
+  fix-ups stop when messages agree to 8 ulps (relative, per entry), which bounds the
+  difference (Hilbert-metric contraction); the rest is rounding order.
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ from references import random_hmm as _random_hmm
 import probseq
 from probseq.families import hmm as hmm_module
 from probseq.hmm_inference import (
+    default_chunk_size,
     hmm_filter,
     hmm_masked_filter,
     hmm_posterior_sample,
     hmm_smoother,
+    hmm_smoother_batch,
+    hmm_smoother_chunked,
     hmm_viterbi,
 )
 
@@ -416,3 +422,127 @@ def test_bad_input_raises_value_error():
         g.smoother(g.init(key), np.array([[0.0, 1.0], [np.nan, 0.0]]))
     with pytest.raises(ValueError, match="params"):
         g.filter(params, np.zeros((3, 2)))
+
+
+# ------------------------------------------------- 8. chunked smoother == sequential
+_chunked = jax.jit(hmm_smoother_chunked, static_argnames="chunk_size")
+_sequential = jax.jit(jax.vmap(hmm_smoother, in_axes=(None, None, 0, 0)))
+
+
+def _sequential_batch(pi, a, ll, mask):
+    return _to_numpy(_sequential(pi, a, ll, mask))
+
+
+def _assert_posteriors_close(got, ref, rtol, atol):
+    for name, g, r in zip(ref._fields, got, ref, strict=True):
+        np.testing.assert_allclose(g, r, rtol=rtol, atol=atol, err_msg=name)
+
+
+def _chunk_case(rng, k, b, t, sticky=0.0, ragged=True):
+    pi, a, _ = _random_hmm(rng, k, 2)
+    a = (1 - sticky) * a + sticky * np.eye(k)
+    ll = rng.normal(scale=2.0, size=(b, t, k))
+    lengths = rng.integers(1, t + 1, size=b) if ragged else np.full(b, t)
+    lengths[0] = t
+    mask = np.arange(t)[None] < lengths[:, None]
+    ll[~mask] = np.nan  # padding holds garbage: none of it may leak
+    return pi, a, ll, mask
+
+
+CHUNK_CASES = {
+    # (K, B, T, chunk size, stickiness): T not a multiple of L, T < L, K=1, L=1.
+    "K4-ragged-L7": (4, 5, 100, 7, 0.0),
+    "K3-T<L": (3, 3, 20, 64, 0.0),
+    "K1": (1, 3, 50, 8, 0.0),
+    "K5-L1": (5, 2, 30, 1, 0.0),
+    "K8-T1000-L37": (8, 3, 1000, 37, 0.0),
+    "K6-default-L": (6, 4, 3000, None, 0.0),
+    # Nearly reducible: the filter forgets its start over ~1000s of steps, so the
+    # fix-ups run whole chunks and many rounds; still the same answer.
+    "K3-sticky": (3, 4, 1200, 16, 0.9995),
+}
+
+
+@pytest.mark.parametrize("case", list(CHUNK_CASES))
+def test_chunked_smoother_equals_sequential_float64(case):
+    k, b, t, chunk, sticky = CHUNK_CASES[case]
+    pi, a, ll, mask = _chunk_case(np.random.default_rng(len(case)), k, b, t, sticky)
+    with jax.enable_x64(True):
+        args = (jnp.asarray(pi), jnp.asarray(a), jnp.asarray(ll), jnp.asarray(mask))
+        ref = _sequential_batch(*args)
+        got = _to_numpy(_chunked(*args, chunk_size=chunk))
+        batch = _to_numpy(jax.jit(hmm_smoother_batch)(*args))
+    assert got.smoothed_probs.shape == (b, t, k) and got.expected_transitions.shape == (b, k, k)
+    assert not any(np.isnan(z).any() for z in got)
+    _assert_posteriors_close(got, ref, rtol=1e-10, atol=1e-12)
+    _assert_posteriors_close(batch, ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(got.expected_transitions.sum((1, 2)), mask.sum(1) - 1, rtol=1e-10)
+    assert np.all(got.smoothed_probs[~mask] == 0)
+
+
+def test_chunked_smoother_float32_and_single_sequence():
+    rng = np.random.default_rng(12)
+    pi, a, ll, mask = _chunk_case(rng, 8, 3, 5000, ragged=True)
+    f32 = [np.float32(z) for z in (pi, a)] + [np.float32(ll), mask]
+    with jax.enable_x64(True):
+        ref = _sequential_batch(*(jnp.asarray(z) for z in (pi, a, ll, mask)))
+    got = _to_numpy(_chunked(*f32, chunk_size=100))
+    assert got.smoothed_probs.dtype == np.float32
+    np.testing.assert_allclose(got.marginal_loglik, ref.marginal_loglik, rtol=1e-5)
+    np.testing.assert_allclose(got.smoothed_probs, ref.smoothed_probs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got.expected_transitions, ref.expected_transitions, rtol=1e-5, atol=1e-4
+    )
+    # No batch axis: one (T, K) sequence, as hmm_smoother takes.
+    one = _to_numpy(_chunked(f32[0], f32[1], f32[2][0], chunk_size=64))
+    np.testing.assert_allclose(one.marginal_loglik, ref.marginal_loglik[0], rtol=1e-5)
+    assert one.smoothed_probs.shape == (5000, 8)
+
+
+def test_chunked_smoother_brute_force_and_impossible_sequence():
+    """Structural zeros (left-to-right chain) and a sequence that becomes impossible in
+    its second chunk: -inf, zeros afterwards, never NaN, as the sequential kernel."""
+    pi, a, _ = _left_to_right_hmm()
+    x = [0, 1, 1, 2, 2]
+    ll = _log_b_of(x)
+    _, _, counts, smoothed, log_z = _brute_force(pi, a, ll)
+    with jax.enable_x64(True):
+        res = _to_numpy(_chunked(pi, a, jnp.asarray(ll), chunk_size=2))
+        bad = _log_b_of([0, 2, 0, 1, 0, 0])
+        got = _to_numpy(_chunked(pi, a, jnp.asarray(bad), chunk_size=2))
+        ref = _to_numpy(hmm_smoother(pi, a, jnp.asarray(bad)))
+    np.testing.assert_allclose(res.marginal_loglik, log_z, rtol=1e-12)
+    np.testing.assert_allclose(res.smoothed_probs, smoothed, atol=1e-12)
+    np.testing.assert_allclose(res.expected_transitions, counts, atol=1e-12)
+    assert got.marginal_loglik == -np.inf
+    for leaf in got:
+        assert not np.isnan(leaf).any()
+    _assert_posteriors_close(got, ref, rtol=1e-12, atol=1e-14)
+
+
+def test_default_chunk_size_bounds():
+    assert default_chunk_size(1000, 10, 4) == 73
+    assert default_chunk_size(1000, 64, 32) == 250  # at most T / 4
+    assert default_chunk_size(100, 1, 2) == 32  # at least 32
+    assert default_chunk_size(1_000_000, 1, 8) == 1461
+
+
+def test_model_smoother_uses_chunks_for_long_sequences():
+    """HMM.smoother picks the chunked kernel for T >= 128, K <= 64: same values."""
+    rng = np.random.default_rng(13)
+    pi, a, b = _random_hmm(rng, 3, 4)
+    seqs = [rng.integers(0, 4, size=n) for n in (300, 129, 1)]
+    hmm = probseq.CategoricalHMM(num_states=3, vocab_size=4)
+    with jax.enable_x64(True):
+        params = hmm.init(
+            jax.random.key(0),
+            initial_probs=pi,
+            transition_matrix=a,
+            emission_probs=b,
+            dtype=jnp.float64,
+        )
+        smoothed = np.asarray(hmm.smoother(params, seqs))
+    ref = _hmmlearn_categorical(pi, a, b)
+    for i, s in enumerate(seqs):
+        np.testing.assert_allclose(smoothed[i, : len(s)], ref.predict_proba(s[:, None]), atol=1e-8)
+        assert np.all(smoothed[i, len(s) :] == 0)

@@ -33,11 +33,13 @@ from probseq import validation
 from probseq.core import SequenceModel, as_batch
 from probseq.heads import CategoricalHead, Head, NormalHead
 from probseq.hmm_inference import (
+    chunking_pays,
     condition_on,
     hmm_backward_sample,
     hmm_filter,
     hmm_masked_filter,
-    hmm_smoother,
+    hmm_smoother_batch,
+    hmm_smoother_chunked,
     hmm_viterbi,
 )
 
@@ -256,7 +258,10 @@ def _filter_kernel(model, params, x, mask):
 @functools.partial(jax.jit, static_argnums=0)
 def _smoother_kernel(model, params, x, mask):
     pi, a, ll = _batch_inputs(model, params, x)
-    return _over_batch(hmm_smoother)(pi, a, ll, mask).smoothed_probs
+    # Long sequences with few states: all time chunks at once, fixed up until exact.
+    chunked = chunking_pays(x.shape[1], model.num_states)
+    smoother = hmm_smoother_chunked if chunked else hmm_smoother_batch
+    return smoother(pi, a, ll, mask).smoothed_probs
 
 
 @functools.partial(jax.jit, static_argnums=0)

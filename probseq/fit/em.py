@@ -44,7 +44,12 @@ from probseq.core import as_batch
 from probseq.families.hmm import HMM, HMMParams
 from probseq.fit.result import FitResult
 from probseq.heads import Head
-from probseq.hmm_inference import hmm_filter, hmm_smoother
+from probseq.hmm_inference import (
+    chunking_pays,
+    hmm_filter,
+    hmm_smoother_batch,
+    hmm_smoother_chunked,
+)
 from probseq.scan import pairwise_sum
 from probseq.validation import check_key
 
@@ -88,35 +93,42 @@ def _log_marginal(log_pi, log_a, log_likelihoods, mask):
     return jnp.sum(jax.vmap(one)(log_likelihoods, mask))
 
 
-ESTEPS = ("auto", "autodiff", "forward_backward")
+ESTEPS = ("auto", "autodiff", "forward_backward", "chunked")
 
 
 def _statistics(model: HMM, params: HMMParams, x, mask, estep: str) -> HMMStatistics:
     log_pi = jax.nn.log_softmax(params.initial_logits)
     log_a = jax.nn.log_softmax(params.transition_logits, axis=-1)
     ll = jax.vmap(lambda xs: model.emission_log_likelihoods(params, xs))(x)
-    if _resolve_estep(estep) == "autodiff":
+    estep = _resolve_estep(estep, x.shape[0], x.shape[1], model.num_states)
+    if estep == "autodiff":
         value, (n_init, n_trans, gamma) = jax.value_and_grad(_log_marginal, argnums=(0, 1, 2))(
             log_pi, log_a, ll, mask
         )
         return HMMStatistics(value, n_init, n_trans, gamma)
-    post = jax.vmap(hmm_smoother, in_axes=(None, None, 0, 0))(
-        jnp.exp(log_pi), jnp.exp(log_a), ll, mask
-    )
+    if estep == "chunked":
+        post = hmm_smoother_chunked(jnp.exp(log_pi), jnp.exp(log_a), ll, mask)
+    else:
+        post = hmm_smoother_batch(jnp.exp(log_pi), jnp.exp(log_a), ll, mask)
     return HMMStatistics(
-        jnp.sum(post.marginal_loglik),
+        pairwise_sum(post.marginal_loglik),
         jnp.sum(post.smoothed_probs[:, 0], axis=0),
-        jnp.sum(post.expected_transitions, axis=0),
+        pairwise_sum(jnp.moveaxis(post.expected_transitions, 0, -1)),
         post.smoothed_probs,
     )
 
 
-def _resolve_estep(estep: str) -> str:
-    # Measured on the 2-core CPU (benchmarks/RESULTS.md): the forward-backward pass, whose
-    # transition counts are one contraction over time, is faster than reverse mode through
-    # the filter at K=4 and K=256 and even at K=32, so "auto" picks it. Not yet measured
-    # on GPU.
-    return "forward_backward" if estep == "auto" else estep
+def _resolve_estep(estep: str, num_sequences: int, num_steps: int, num_states: int) -> str:
+    """The E-step "auto" picks, by size (measured on the 2-core CPU, see
+    benchmarks/RESULTS.md): the time-chunked forward-backward where chunks pay off
+    (long sequences, few states), else the sequential forward-backward, whose transition
+    counts are one contraction over time and which beats reverse mode through the
+    filter at K=4, 32 and 256. Not yet measured on GPU."""
+    if estep != "auto":
+        return estep
+    if chunking_pays(num_steps, num_states):
+        return "chunked"
+    return "forward_backward"
 
 
 def _check_estep(estep):
@@ -140,7 +152,10 @@ def expected_statistics(
         data: one sequence, a batch, or a list of ragged sequences (as ``log_prob``).
         mask: optional (B, T) prefix mask.
         estep: "autodiff" (gradient of log p(x) through the forward filter),
-            "forward_backward" (the classic smoother), or "auto" (the faster).
+            "forward_backward" (the classic smoother), "chunked" (the same smoother
+            with time cut into chunks run in parallel and fixed up until exact,
+            :func:`probseq.hmm_inference.hmm_smoother_chunked`), or "auto" (the
+            faster by size: "chunked" for K <= 64 and T >= 128).
     """
     _check_hmm(model)
     _check_estep(estep)
@@ -190,9 +205,21 @@ def _em_update(model: HMM, params: HMMParams, x, mask, prior: DirichletPrior, es
 @functools.partial(jax.jit, static_argnums=(0, 6))
 def _em_restarts(model, params, x, mask, prior, done, estep):
     """One iteration for a stack of restarts (leading axis R); finished ones stay put."""
-    new, loglik, logprior = jax.vmap(lambda p: _em_update(model, p, x, mask, prior, estep))(params)
+    update = functools.partial(_em_update, model, x=x, mask=mask, prior=prior, estep=estep)
+    if done.shape[0] == 1:
+        # One start (the usual case): no batching, so the chunked E-step's while loops
+        # stay unbatched (a batched while loop selects over its whole carry every step).
+        new, loglik, logprior = jax.tree.map(lambda a: jnp.asarray(a)[None], update(_first(params)))
+    elif _resolve_estep(estep, x.shape[0], x.shape[1], model.num_states) == "chunked":
+        new, loglik, logprior = jax.lax.map(update, params)
+    else:
+        new, loglik, logprior = jax.vmap(update)(params)
     keep = lambda old, upd: jnp.where(done.reshape((-1,) + (1,) * (upd.ndim - 1)), old, upd)  # noqa: E731
     return jax.tree.map(keep, params, new), loglik, logprior
+
+
+def _first(tree):
+    return jax.tree.map(lambda a: a[0], tree)
 
 
 def _check_hmm(model):
@@ -285,8 +312,11 @@ def fit_em(
             ``num_restarts - 1`` random draws of ``model.init``; keep the best.
         key: PRNG key for the random restarts (required when num_restarts > 1).
         estep: how expected statistics are computed: "autodiff" (jax.grad of log p(x)
-            through the forward filter), "forward_backward" (the smoother kernel), or
-            "auto" (the faster one; both agree to rounding, see the tests).
+            through the forward filter), "forward_backward" (the smoother kernel),
+            "chunked" (the smoother over time chunks in parallel, fixed up until exact;
+            :func:`probseq.hmm_inference.hmm_smoother_chunked`), or "auto" (the faster
+            by size: "chunked" for K <= 64 and T >= 128, else "forward_backward"); all
+            agree to rounding, see the tests.
         progress: show a tqdm progress bar.
 
     Returns:
