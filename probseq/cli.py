@@ -4,6 +4,7 @@
     probseq compare DIR... --data FILE [--part test] [--plot FILE.png]
     probseq sample DIR --length N [--prefix TEXT] [--temperature T]
     probseq forecast DIR --data FILE --horizon H [--plot FILE.png]
+    probseq states DIR --data FILE [--plot FILE.png]      (HMM runs)
     probseq demo
 
 ``--data`` takes a text file (text models), a CSV file with a header row (series
@@ -99,9 +100,13 @@ def cmd_compare(args, echo) -> None:
             else (run.scaler == first.scaler and run.columns == first.columns)
         )
         if not same:
-            what = "character vocabulary" if run.kind == "text" else "columns or scaling"
+            what = (
+                "a different character vocabulary"
+                if run.kind == "text"
+                else "different columns or scaling"
+            )
             raise _Usage(
-                f"{name} and {first_name} were fitted with a different {what}; compare runs "
+                f"{name} and {first_name} were fitted with {what}; compare runs "
                 "fitted on the same data file."
             )
     columns = _columns(args.columns)
@@ -194,6 +199,29 @@ def cmd_forecast(args, echo) -> None:
         _save_plot(fig, args.plot, echo)
 
 
+def cmd_states(args, echo) -> None:
+    from probseq import io, plots, workflow
+    from probseq.families import HMM
+
+    run = io.load(args.run)
+    if not isinstance(run.model, HMM):
+        raise _Usage(f"{args.run} holds {run.model!r}; `probseq states` needs an HMM run.")
+    columns = _columns(args.columns)
+    if columns is None and run.kind == "series" and not args.data.startswith("builtin:"):
+        columns = list(run.columns)
+    source = workflow.read_source(run.kind, args.data, columns)
+    x = workflow.encode(run, source)[: args.length]
+    probs = np.asarray(run.model.smoother(run.params, x))
+    path = np.asarray(run.model.most_likely_states(run.params, x))
+    echo(f"{len(x)} steps of {source.origin} under {run.model!r}")
+    echo("state, mean smoothed probability, share of the Viterbi path")
+    for k in np.argsort(-probs.mean(axis=0)):
+        echo(f"{k}, {probs[:, k].mean():.4f}, {np.mean(path == k):.4f}")
+    if args.plot:
+        shown = run.decode(x) if run.kind == "series" else x
+        _save_plot(plots.plot_state_posteriors(probs, observations=shown), args.plot, echo)
+
+
 def cmd_demo(args, echo) -> None:
     from probseq import demo
 
@@ -271,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", help="write the forecast fan chart to this image file")
     p.set_defaults(func=cmd_forecast)
+
+    p = sub.add_parser("states", help="HMM state posteriors over data (smoothed, Viterbi)")
+    p.add_argument("run", metavar="DIR", help="a run directory of an HMM")
+    p.add_argument("--data", required=True, help="text/CSV file or builtin:NAME")
+    p.add_argument("--columns", help="CSV columns (default: the run's own)")
+    p.add_argument("--length", type=_positive_int, default=500, help="first N steps")
+    p.add_argument("--plot", help="write the smoothed state posteriors to this image file")
+    p.set_defaults(func=cmd_states)
 
     p = sub.add_parser("demo", help="HMM vs LSTM vs LRU on built-in English text")
     p.add_argument("--quick", action="store_true", help="a much smaller run (seconds)")

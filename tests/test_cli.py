@@ -124,6 +124,16 @@ def test_text_workflow_fit_compare_sample_forecast(tmp_path, text_file, capsys):
     )  # fmt: skip
     assert code == 0, err
     assert "next character:" in stdout
+    code, stdout, err = _run(
+        ["states", tmp_path / "hmm", "--data", text_file, "--length", "200",
+         "--plot", tmp_path / "states.png"], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    shares = [float(line.split(", ")[2]) for line in stdout.splitlines()[2:6]]
+    assert len(shares) == 4 and abs(sum(shares) - 1) < 1e-6
+    assert (tmp_path / "states.png").stat().st_size > 0
+    code, _, err = _run(["states", tmp_path / "gru", "--data", text_file], capsys)
+    assert code == 1 and "needs an HMM run" in err
 
 
 def test_series_workflow_on_a_users_csv(tmp_path, csv_file, capsys):
