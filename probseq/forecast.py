@@ -63,8 +63,10 @@ class Forecast(NamedTuple):
 
 def _check_levels(quantiles) -> tuple[float, ...]:
     try:
+        if isinstance(quantiles, str):
+            raise TypeError
         levels = tuple(float(q) for q in quantiles)
-    except TypeError:
+    except (TypeError, ValueError):
         raise ValueError(f"quantiles must be a sequence of numbers, got {quantiles!r}") from None
     if not levels or any(not (0.0 < q < 1.0) or not math.isfinite(q) for q in levels):
         raise ValueError(f"quantiles must be numbers strictly between 0 and 1, got {quantiles!r}")
