@@ -222,6 +222,40 @@ def _first(tree):
     return jax.tree.map(lambda a: a[0], tree)
 
 
+#: EM iterations per compiled call: the host checks progress (and updates the bar)
+#: between calls, not between iterations, so an iteration costs no host round trip.
+ITERS_PER_CALL = 8
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _em_iterations(model, params, x, mask, prior, estep, state, num_active, tol):
+    """Up to ITERS_PER_CALL iterations on the device, stopping (the rest are no-ops)
+    after ``num_active`` or once every restart has converged.
+
+    state: (done (R,) bool, prev objective (R,), has_prev () bool) carried across calls.
+    Returns the new params and state and, per iteration, (log-likelihood (R,),
+    objective (R,), ran () bool)."""
+
+    def iteration(carry, i):
+        params, (done, prev, has_prev) = carry
+        ran = (i < num_active) & ~jnp.all(done)
+
+        def run(params):
+            new, loglik, logprior = _em_restarts(model, params, x, mask, prior, done, estep)
+            objective = loglik + logprior
+            converged = has_prev & (jnp.abs(objective - prev) <= tol * jnp.abs(prev))
+            return new, (done | converged, objective, jnp.ones((), bool)), loglik
+
+        def skip(params):
+            return params, (done, prev, has_prev), jnp.zeros_like(prev)
+
+        new, new_state, loglik = jax.lax.cond(ran, run, skip, params)
+        return (new, new_state), (loglik, new_state[1], ran)
+
+    (params, state), out = jax.lax.scan(iteration, (params, state), jnp.arange(ITERS_PER_CALL))
+    return params, state, out
+
+
 def _check_hmm(model):
     if not isinstance(model, HMM):
         raise ValueError(
@@ -345,29 +379,29 @@ def fit_em(
         model.init(jax.random.fold_in(key, r), dtype=dtype) for r in range(1, num_restarts)
     ]
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *starts)
-    done = jnp.zeros((num_restarts,), bool)
+    state = (  # done, previous objective, whether there is one
+        jnp.zeros((num_restarts,), bool),
+        jnp.zeros((num_restarts,), dtype),
+        jnp.zeros((), bool),
+    )
     loglik_hist, objective_hist = [], []
-    converged = np.zeros(num_restarts, bool)
     bar = _progress_bar(num_iters, progress)
-    for _ in range(num_iters):
-        stacked_new, loglik, logprior = _em_restarts(
-            model, stacked, batch.x, batch.mask, prior, done, estep
+    while len(loglik_hist) < num_iters:
+        remaining = num_iters - len(loglik_hist)
+        stacked, state, (loglik, objective, ran) = _em_iterations(
+            model, stacked, batch.x, batch.mask, prior, estep, state, remaining, tol
         )
-        loglik, objective = np.asarray(loglik), np.asarray(loglik + logprior)
-        if objective_hist:
-            prev = objective_hist[-1]
-            converged |= np.abs(objective - prev) <= tol * np.abs(prev)
-        loglik_hist.append(loglik)
-        objective_hist.append(objective)
-        stacked = stacked_new
-        done = jnp.asarray(converged)
+        ran = np.asarray(ran)
+        loglik_hist.extend(np.asarray(loglik)[ran])
+        objective_hist.extend(np.asarray(objective)[ran])
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(log_likelihood=f"{loglik.max():.4f}")
-        if converged.all():
+            bar.update(int(ran.sum()))
+            bar.set_postfix(log_likelihood=f"{loglik_hist[-1].max():.4f}")
+        if not ran.all():  # every restart converged (or num_iters reached)
             break
     if bar is not None:
         bar.close()
+    converged = np.asarray(state[0])
 
     loglik_hist = np.stack(loglik_hist)  # (iters, R)
     objective_hist = np.stack(objective_hist)
@@ -376,7 +410,8 @@ def fit_em(
     ran = np.full(num_restarts, len(loglik_hist))
     for r in np.flatnonzero(converged):
         prev, cur = objective_hist[:-1, r], objective_hist[1:, r]
-        ran[r] = int(np.flatnonzero(np.abs(cur - prev) <= tol * np.abs(prev))[0]) + 2
+        hits = np.flatnonzero(np.abs(cur - prev) <= tol * np.abs(prev))
+        ran[r] = int(hits[0]) + 2 if hits.size else len(loglik_hist)
     finals = objective_hist[ran - 1, np.arange(num_restarts)]
     best = int(np.argmax(np.where(np.isfinite(finals), finals, -np.inf)))
     best_params = jax.tree.map(lambda a: a[best], stacked)
