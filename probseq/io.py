@@ -38,7 +38,6 @@ from probseq.spec import Spec, SpecError, load_spec, spec_text
 __all__ = ["Run", "save_run", "load", "RunError"]
 
 FORMAT_VERSION = 1
-FILES = ("spec.toml", "params.npz", "data.json", "history.json", "run.json")
 
 
 class RunError(ValueError):
@@ -131,6 +130,17 @@ def _json_safe(value):
 
 
 _SKIP = object()
+
+
+def _array(values: list) -> np.ndarray:
+    """A history list back as an array ("nan"/"inf" strings back to floats)."""
+    a = np.asarray(values)
+    if a.dtype.kind in "US":
+        try:
+            return a.astype(np.float64)
+        except ValueError:
+            pass
+    return a
 
 
 def _write_atomic(directory: str, name: str, text: str) -> None:
@@ -247,7 +257,7 @@ def load(directory) -> Run:
         raise RunError(f"{params_path} is corrupt or does not fit the spec ({e}).") from None
     params = jax.tree.map(jax.numpy.asarray, params)
     hist = _read_json(os.path.join(directory, "history.json"))
-    history = {k: np.asarray(v) for k, v in hist.get("history", {}).items() if isinstance(v, list)}
+    history = {k: _array(v) for k, v in hist.get("history", {}).items() if isinstance(v, list)}
     return Run(
         model=model,
         params=params,

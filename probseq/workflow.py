@@ -112,9 +112,7 @@ def _check_kind(spec: Spec, source: Source) -> None:
                          f"{source.kind}.")  # fmt: skip
 
 
-def fit_spec(
-    spec: Spec, source: Source, *, progress: bool = True, checkpoint_dir=None, verbose=print
-) -> Run:
+def fit_spec(spec: Spec, source: Source, *, progress: bool = True, checkpoint_dir=None) -> Run:
     """Fit the model of ``spec`` to ``source``: split, encode, fit, score the test part.
 
     Text is encoded with a character vocabulary built from the whole source; a series
