@@ -1,15 +1,16 @@
 """One EM iteration for a categorical HMM: probseq vs dynamax vs hmmlearn.
 
     python benchmarks/em.py [--workloads small medium largeK long] [--repeats 3]
-                            [--estep auto|forward_backward|chunked|autodiff]
+                            [--estep auto|forward_backward|chunked|autodiff] [--extra 4]
 
 Same data, same starting parameters, float32 for the JAX engines (their default),
 float64 for hmmlearn (its only mode). Times are seconds per EM iteration, warm:
 
 * probseq: the extra time of one more iteration, (t(1 + n) - t(1)) / n with
-  ``fit_em(..., tol=0, estep=--estep)`` ("auto": the time-chunked smoother for K <= 64
-  and T >= 128, else the sequential one), warm (its compiled step is cached across calls); the fixed
-  per-call cost (validation, setup) and the first call's compile are shown apart.
+  n = --extra (default 4) and ``fit_em(..., tol=0, estep=--estep)`` ("auto": the
+  time-chunked smoother for K <= 64 and T >= 128, else the sequential one), warm (its
+  compiled step is cached across calls); the fixed per-call cost (validation, setup)
+  and the first call's compile are shown apart.
 * dynamax: its EM step (vmapped ``e_step`` then ``m_step``, exactly as its
   ``fit_em`` builds it) jitted once and timed warm; ``fit_em`` itself builds and
   compiles that step anew on every call, a cost shown separately.
@@ -141,6 +142,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip", nargs="*", default=[], choices=["dynamax", "hmmlearn"])
     parser.add_argument(
+        "--extra",
+        type=int,
+        default=4,
+        help="extra iterations timed against a 1-iteration fit (per-iteration = the "
+        "difference / extra); 1 is too noisy on long, where one fit call costs ~1 s",
+    )
+    parser.add_argument(
         "--estep", default="auto", choices=["auto", "forward_backward", "chunked", "autodiff"]
     )
     args = parser.parse_args(argv)
@@ -160,7 +168,7 @@ def main(argv=None):
     for name in args.workloads:
         w = WORKLOADS[name]
         pi, a, em, x = _problem(**w)
-        extra = 1 if name == "long" else 4
+        extra = args.extra
         ours, ours_compile, ours_call = bench_probseq(pi, a, em, x, args.repeats, extra, args.estep)
         dyn, dyn_compile = (np.nan, np.nan)
         if "dynamax" not in args.skip:

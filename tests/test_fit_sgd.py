@@ -152,6 +152,7 @@ def test_ragged_partial_batch_tbptt_counts_every_token_once_and_compiles_once(bp
     params = model.init(jax.random.key(0))
     x = _tokens(rng, 5, [2, 11, 5, 3, 9, 1, 7])
     valid = _tokens(rng, 5, [4, 8, 6])
+    probseq.fit.sgd.clear_compiled_cache()  # the other parametrization compiled these
     with _CompileLog() as log:
         res = fit_sgd(
             model,
@@ -180,6 +181,51 @@ def test_ragged_partial_batch_tbptt_counts_every_token_once_and_compiles_once(bp
     assert log.count("_evaluate") == 1
     assert sum(m.startswith("epoch ") for m in log.messages) == 4
     assert log.compiled_after_first_epoch() == []
+
+
+def test_second_fit_reuses_the_compiled_steps_and_gives_the_same_result():
+    """A second fit_sgd with the same model, optimizer and shapes compiles nothing (the
+    default optimizer counts as the same when its settings are), and gives exactly
+    what a fit compiled from scratch gives; other shapes or another model compile."""
+    from probseq.fit import sgd
+
+    rng = np.random.default_rng(2)
+    model = probseq.GRU(vocab_size=5, hidden_size=6)
+    x = rng.integers(0, 5, size=(6, 9))
+    valid = rng.integers(0, 5, size=(2, 9))
+
+    def fit(params, key, data=x, m=model):
+        return fit_sgd(
+            m,
+            params,
+            data,
+            key=jax.random.key(key),
+            num_epochs=2,
+            batch_size=3,
+            learning_rate=0.03,
+            valid_data=valid,
+            progress=False,
+        )
+
+    sgd.clear_compiled_cache()
+    fit(model.init(jax.random.key(0)), 1)
+    with _CompileLog() as log:
+        again = fit(model.init(jax.random.key(5)), 7)  # other values, same shapes
+    assert log.count("_train_chunk") == log.count("_evaluate") == 0
+    assert again.info["compile_time_s"] == 0.0
+    sgd.clear_compiled_cache()
+    with _CompileLog() as log:
+        fresh = fit(model.init(jax.random.key(5)), 7)
+    assert log.count("_train_chunk") == log.count("_evaluate") == 1
+    _allclose_trees(again.params, fresh.params, atol=0)
+    with _CompileLog() as log:
+        fit(model.init(jax.random.key(5)), 7, data=x[:, :5])  # another length
+        fit(
+            probseq.GRU(vocab_size=5, hidden_size=7).init(jax.random.key(0)),
+            1,
+            m=probseq.GRU(vocab_size=5, hidden_size=7),
+        )
+    assert log.count("_train_chunk") == 2
 
 
 def test_invalid_arguments_raise_before_any_compilation():

@@ -19,10 +19,12 @@ How a fit runs:
   a row whose sequence has ended has an all-False mask in later windows and keeps
   its state. Windows past the longest row of a batch are not run.
 * **Compilation.** One compiled function runs ``steps_per_call`` optimizer steps as
-  a ``lax.scan``. It is lowered and compiled once per call of ``fit_sgd``, on first
-  use, and the executable is reused by every epoch: it cannot retrace (shapes never
-  change: batches are padded, and the last call of an epoch runs no-op steps behind
-  ``lax.cond``). Validation is a second compiled function over full sequences (no
+  a ``lax.scan``. It is lowered and compiled on first use, and the executable is
+  reused by every epoch: it cannot retrace (shapes never change: batches are padded,
+  and the last call of an epoch runs no-op steps behind ``lax.cond``). The last few
+  executables are kept across calls: a second ``fit_sgd`` with the same model, the
+  same optimizer object (or the default one with the same settings) and the same
+  shapes compiles nothing. Validation is a second compiled function over full sequences (no
   truncation). The progress bar, checkpoints and early stopping act between calls.
 * **Non-finite steps.** A step whose loss, gradient or update holds NaN or inf is
   skipped: parameters and optimizer state stay as they were, the step is counted in
@@ -275,23 +277,91 @@ def _make_evaluate(model):
     return _evaluate
 
 
+def _signature(args) -> tuple:
+    """What a compiled executable is specialised to: tree structure, and each leaf's
+    shape, dtype, weak type and placement."""
+    leaves, treedef = jax.tree.flatten(args)
+    return (treedef,) + tuple(
+        (
+            np.shape(a),
+            np.dtype(a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype),
+            bool(getattr(a, "weak_type", False)),
+            getattr(a, "sharding", None),
+        )
+        for a in leaves
+    )
+
+
+class _ExecutableCache:
+    """The last few compiled executables of fit_sgd, kept across calls.
+
+    A second ``fit_sgd`` with the same model, optimizer object and shapes runs the
+    executable the first one compiled (as ``fit_em`` does). Bounded, so a long session
+    fitting many models does not keep every executable alive.
+    """
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._entries: dict = {}
+
+    def get(self, key):
+        if key is None or key not in self._entries:
+            return None
+        self._entries[key] = self._entries.pop(key)  # most recently used last
+        return self._entries[key]
+
+    def put(self, key, compiled):
+        if key is None:
+            return
+        self._entries[key] = compiled
+        while len(self._entries) > self.size:
+            self._entries.pop(next(iter(self._entries)))
+
+    def clear(self):
+        self._entries.clear()
+
+
+_EXECUTABLES = _ExecutableCache()
+# default optimizers by (learning_rate, max_grad_norm), built on first use
+_DEFAULT_OPTIMIZERS: dict = {}
+
+
+def clear_compiled_cache() -> None:
+    """Drop the compiled train and validation steps kept across fit_sgd calls."""
+    _EXECUTABLES.clear()
+    _DEFAULT_OPTIMIZERS.clear()
+
+
 class _AheadOfTime:
-    """``jax.jit(fn)`` compiled on the first call for exactly those argument types.
+    """``jax.jit(make())`` compiled on the first call for exactly those argument types.
 
     Later calls run the compiled executable: they can never retrace (arguments of
     another shape or dtype raise instead), and the compile time is measured apart.
+    ``cache_key`` (hashable; None: no reuse) identifies the function across fit_sgd
+    calls: the executable is taken from, and left in, the cross-call cache.
     """
 
-    def __init__(self, fn):
-        self._jit = jax.jit(fn)
+    def __init__(self, make, cache_key=None):
+        self._make = make
+        self._cache_key = cache_key
         self._compiled = None
         self.compile_time_s = 0.0
 
     def __call__(self, *args):
         if self._compiled is None:
-            start = time.perf_counter()
-            self._compiled = self._jit.lower(*args).compile()
-            self.compile_time_s = time.perf_counter() - start
+            key = None
+            if self._cache_key is not None:
+                key = (self._cache_key, _signature(args))
+                try:
+                    hash(key)
+                except TypeError:  # an unhashable optimizer or model: compile per call
+                    key = None
+            self._compiled = _EXECUTABLES.get(key)
+            if self._compiled is None:
+                start = time.perf_counter()
+                self._compiled = jax.jit(self._make()).lower(*args).compile()
+                self.compile_time_s = time.perf_counter() - start
+                _EXECUTABLES.put(key, self._compiled)
         return self._compiled(*args)
 
 
@@ -388,7 +458,18 @@ def _resolve_optimizer(optimizer, learning_rate, max_grad_norm):
         if not callable(learning_rate):  # an optax schedule is fine too
             _check_positive_number("learning_rate", learning_rate)
         _check_positive_number("max_grad_norm", max_grad_norm)
-        return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate))
+        key = (learning_rate, max_grad_norm)
+        try:
+            hash(key)
+        except TypeError:  # e.g. a jax array as learning rate: built for this call only
+            return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate))
+        if key not in _DEFAULT_OPTIMIZERS:  # the same object again: its step is cached
+            _DEFAULT_OPTIMIZERS[key] = optax.chain(
+                optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate)
+            )
+            while len(_DEFAULT_OPTIMIZERS) > _EXECUTABLES.size:
+                _DEFAULT_OPTIMIZERS.pop(next(iter(_DEFAULT_OPTIMIZERS)))
+        return _DEFAULT_OPTIMIZERS[key]
     if learning_rate is not None or max_grad_norm is not None:
         raise ValueError(
             "learning_rate= and max_grad_norm= configure the default optimizer; with "
@@ -494,7 +575,8 @@ def fit_sgd(
         key: PRNG key for the shuffles (epoch e uses ``fold_in(key, e)``).
         num_epochs: passes over the training data.
         batch_size: sequences per step (at most the number of sequences is used).
-        optimizer: any optax ``GradientTransformation``. Default, built per call:
+        optimizer: any optax ``GradientTransformation``. Default, built on first use
+            and reused by later calls with the same settings:
             ``optax.chain(optax.clip_by_global_norm(max_grad_norm),
             optax.adam(learning_rate))``.
         learning_rate: Adam's step size for the default optimizer (default 1e-3).
@@ -630,8 +712,11 @@ def fit_sgd(
     )
 
     # ---- compiled once, on first use (a finished fit resumed compiles nothing)
-    train_chunk = _AheadOfTime(_make_train_chunk(model, optimizer, max_nonfinite_steps))
-    evaluate = _AheadOfTime(_make_evaluate(model))
+    train_chunk = _AheadOfTime(
+        lambda: _make_train_chunk(model, optimizer, max_nonfinite_steps),
+        ("train", model, optimizer, max_nonfinite_steps),
+    )
+    evaluate = _AheadOfTime(lambda: _make_evaluate(model), ("evaluate", model))
 
     def valid_log_lik(p):
         totals = np.asarray(evaluate(p, valid_x, valid_m, valid_u), np.float64)
