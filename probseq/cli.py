@@ -51,6 +51,7 @@ def _save_plot(fig, path, echo) -> None:
 # ---------------------------------------------------------------------- commands
 def cmd_fit(args, echo) -> None:
     from probseq import io, plots, spec, workflow
+    from probseq.fit.sgd import CheckpointMismatchError
 
     s = spec.load_spec(args.spec)
     columns = _columns(args.columns)
@@ -58,9 +59,15 @@ def cmd_fit(args, echo) -> None:
         columns = s.data.get("columns")
     source = workflow.read_source(s.kind, args.data, columns)
     echo(f"fitting {s.source} ({s.model['family']}, {s.method}) on {source.origin}")
-    run = workflow.fit_spec(
-        s, source, progress=not args.quiet, checkpoint_dir=f"{args.out}/checkpoints"
-    )
+    checkpoints = f"{args.out}/checkpoints"
+    try:
+        run = workflow.fit_spec(s, source, progress=not args.quiet, checkpoint_dir=checkpoints)
+    except CheckpointMismatchError as e:
+        raise ValueError(
+            f"{args.out} holds an unfinished or finished fit of another model, data or "
+            f"settings ({checkpoints}); fit into another --out, or delete {checkpoints} "
+            f"to start afresh. ({e})"
+        ) from None
     io.save_run(run, args.out)
     scores = ", ".join(
         f"{part} {run.info[f'{part}_bits_per_symbol']:.3f}"

@@ -211,6 +211,23 @@ def test_text_outside_the_vocabulary_is_reported(tmp_path, text_file, capsys):
     assert code == 1 and "not in the vocabulary" in err
 
 
+def test_fit_into_an_out_of_another_fit_says_what_to_do(tmp_path, text_file, capsys):
+    """Re-running the same fit into its --out resumes (and is done at once); another
+    spec into that --out stops before any work with one line naming the way out."""
+    spec = _spec(tmp_path, "gru", TEXT_GRU)
+    argv = ["fit", spec, "--data", text_file, "--out", tmp_path / "r", "--quiet"]
+    assert _run(argv, capsys)[0] == 0
+    before = (tmp_path / "r" / "params.npz").read_bytes()
+    assert _run(argv, capsys)[0] == 0
+    assert (tmp_path / "r" / "params.npz").read_bytes() == before
+    other = _spec(tmp_path, "gru12", TEXT_GRU.replace("hidden_size = 16", "hidden_size = 12"))
+    code, _, err = _run(["fit", other] + argv[2:], capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("probseq: error: ")
+    assert "fit into another --out" in lines[0] and "its model differs" in lines[0]
+    assert (tmp_path / "r" / "params.npz").read_bytes() == before
+
+
 def test_demo_quick(capsys):
     code, out, err = _run(["demo", "--quick", "--quiet"], capsys)
     assert code == 0, err

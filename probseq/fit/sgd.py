@@ -94,6 +94,11 @@ PyTree = Any
 _log = logging.getLogger(__name__)
 
 
+class CheckpointMismatchError(ValueError):
+    """The checkpoint in ``checkpoint_dir`` is of another fit (model, data, key or
+    settings differ), so ``fit_sgd`` will not resume from it. Nothing was changed."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """``fit_sgd`` met ``max_nonfinite_steps`` consecutive NaN/inf steps and stopped.
 
@@ -609,7 +614,8 @@ def fit_sgd(
 
     Raises:
         ValueError: invalid arguments or data (before any compilation), or a
-            checkpoint in ``checkpoint_dir`` that does not match this fit.
+            checkpoint in ``checkpoint_dir`` that does not match this fit
+            (:class:`CheckpointMismatchError`, a ValueError).
         NonFiniteLossError: ``max_nonfinite_steps`` consecutive non-finite steps;
             carries ``.params`` (last good) and ``.result``.
 
@@ -882,7 +888,7 @@ def _check_fingerprint(ckpt: checkpoint.Checkpoint, fingerprint: dict) -> None:
             got, want = stored.get(name), fingerprint[name]
             if name in ("data", "valid_data"):
                 got, want = _short(got), _short(want)
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"cannot resume from {ckpt.path}: its {label} differs from this call's "
                 f"({json.dumps(got)} there, {json.dumps(want)} now). Resume with the same "
                 "model, data, key and settings, or use another checkpoint_dir (or delete "
