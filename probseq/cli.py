@@ -101,28 +101,25 @@ def cmd_compare(args, echo) -> None:
     for name, run in runs.items():
         if run.kind != first.kind:
             raise _Usage(f"{name} models {run.kind} data but {first_name} models {first.kind}.")
-        same = (
-            run.vocabulary == first.vocabulary
-            if run.kind == "text"
-            else (run.scaler == first.scaler and run.columns == first.columns)
-        )
-        if not same:
-            what = (
-                "a different character vocabulary"
-                if run.kind == "text"
-                else "different columns or scaling"
-            )
+        if run.kind == "series" and list(run.columns) != list(first.columns):
             raise _Usage(
-                f"{name} and {first_name} were fitted with {what}; compare runs "
-                "fitted on the same data file."
+                f"{name} models the column(s) {', '.join(run.columns)} but {first_name} "
+                f"models {', '.join(first.columns)}; compare runs of the same columns."
             )
     columns = _columns(args.columns)
     if columns is None and first.kind == "series":
         columns = list(first.columns) if not args.data.startswith("builtin:") else None
     source = workflow.read_source(first.kind, args.data, columns)
-    split = workflow.prepare(first, source, args.part)
+    # Each run sees the data in its own encoding (vocabulary, standardisation), cut
+    # the same way (the first run's spec); densities are mapped back to the data's units.
+    views = {n: workflow.prepare(r, source, args.part, layout=first.spec) for n, r in runs.items()}
     models = {n: (r.model, r.params) for n, r in runs.items()}
-    table = compare(models, split.x, split.mask, progress=not args.quiet)
+    table = compare(
+        models,
+        views,
+        log_det_jacobians={n: r.log_det_jacobian() for n, r in runs.items()},
+        progress=not args.quiet,
+    )
     echo(f"held-out comparison on {source.origin} (part: {args.part})")
     echo(str(table))
     if args.plot:

@@ -228,16 +228,57 @@ def _check_models(models) -> list[tuple[str, SequenceModel, object]]:
     return entries
 
 
-def compare(models, data, mask=None, *, inputs=None, progress: bool = False) -> Comparison:
+def _views(entries, data, mask):
+    """{name: (data, mask)}: every model's own view of the held-out sequences."""
+    if not isinstance(data, Mapping):
+        return {name: (data, mask) for name, _, _ in entries}
+    if mask is not None:
+        raise ValueError(
+            "with data given per model (a dict), give each model's mask in its entry "
+            "(a probseq.data.Split, with .x and .mask), not as mask=."
+        )
+    names = [name for name, _, _ in entries]
+    if sorted(map(str, data)) != sorted(names):
+        raise ValueError(
+            f"data given per model must have exactly the models' names as keys: models "
+            f"{names}, data {sorted(map(str, data))}."
+        )
+    views = {}
+    for key, view in data.items():
+        if hasattr(view, "x") and hasattr(view, "mask"):
+            views[str(key)] = (view.x, view.mask)
+        else:
+            views[str(key)] = (view, None)
+    return views
+
+
+def compare(
+    models,
+    data,
+    mask=None,
+    *,
+    inputs=None,
+    log_det_jacobians=None,
+    progress: bool = False,
+) -> Comparison:
     """Score several models on the same held-out sequences and rank them.
 
     Args:
         models: a dict ``{name: (model, params)}``; every model must model the same
             kind of observation (tokens, or real vectors of one size).
         data: anything :func:`probseq.score` accepts: one sequence, a padded batch
-            with ``mask``, or a list of unequal-length sequences.
+            with ``mask``, or a list of unequal-length sequences. Or a dict
+            ``{name: data}`` giving each model its own encoding of the *same*
+            sequences (e.g. models fitted with different vocabularies or
+            standardisations): each value is data as above or a
+            :class:`probseq.data.Split` (``.x``, ``.mask``); every view must have
+            the same number of sequences and of valid steps in each.
         mask: optional (B, T) boolean prefix mask for a padded batch.
         inputs: per-step conditioning inputs, passed to every model.
+        log_det_jacobians: optional ``{name: float}``, log|det J| per step of the map
+            from the original data to that model's view (for a standardised series,
+            ``Standardizer.log_abs_det_jacobian``); subtracted once per valid step,
+            so every model's density is in the original units. Missing names: 0.
         progress: show a tqdm progress bar over the models (on stderr).
 
     Returns:
@@ -248,28 +289,43 @@ def compare(models, data, mask=None, *, inputs=None, progress: bool = False) -> 
         itself is exactly 0).
 
     Raises:
-        ValueError: empty ``models``, models of different kinds of data, or data that
-            some model cannot score (the message names the model).
+        ValueError: empty ``models``, models of different kinds of data, data that
+            some model cannot score (the message names the model), or per-model
+            views that are not the same sequences.
 
     Example:
         >>> table = compare({"hmm": (hmm, p_hmm), "gru": (gru, p_gru)}, test_seqs)  # doctest: +SKIP
         >>> print(table)  # doctest: +SKIP
     """
     entries = _check_models(models)
-    pointwise, num_symbols, kind = {}, None, None
+    views = _views(entries, data, mask)
+    jacobians = dict(log_det_jacobians or {})
+    unknown = sorted(set(map(str, jacobians)) - set(views))
+    if unknown:
+        raise ValueError(f"log_det_jacobians names no model: {unknown}.")
+    pointwise, lengths, kind = {}, None, None
     bar = tqdm(entries, desc="scoring", unit="model", disable=not progress, leave=False)
     for name, model, params in bar:
         bar.set_postfix_str(name)
+        x, m = views[name]
         try:
-            if num_symbols is None:
-                # Validated once for the lengths; score validates again (cheap, NumPy).
-                batch = validation.prepare_batch(model, data, mask, inputs)
-                num_symbols = int(np.asarray(batch.mask).sum())
-                kind = "tokens" if model.head.is_token else "real"
-            lp = score(model, params, data, mask, inputs=inputs).log_prob
+            # Validated here for the lengths; score validates again (cheap, NumPy).
+            batch = validation.prepare_batch(model, x, m, inputs)
+            lp = score(model, params, x, m, inputs=inputs).log_prob
         except ValueError as e:
             raise ValueError(f"model {name!r} ({model!r}) cannot score the data: {e}") from None
-        pointwise[name] = np.atleast_1d(np.asarray(jax.device_get(lp), np.float64))
+        steps = np.asarray(batch.mask).reshape(-1, np.shape(batch.mask)[-1]).sum(-1)
+        if lengths is None:
+            lengths, first, kind = steps, name, "tokens" if model.head.is_token else "real"
+        elif steps.shape != lengths.shape or (steps != lengths).any():
+            raise ValueError(
+                f"the data of model {name!r} is not the same sequences as model {first!r}'s: "
+                f"{steps.size} sequences of {int(steps.sum())} steps vs {lengths.size} of "
+                f"{int(lengths.sum())}."
+            )
+        ll = np.atleast_1d(np.asarray(jax.device_get(lp), np.float64))
+        pointwise[name] = ll - float(jacobians.get(name, 0.0)) * steps.reshape(ll.shape)
+    num_symbols = int(lengths.sum())
 
     totals = {name: float(ll.sum()) for name, ll in pointwise.items()}
     # Stable: ties keep the order the models were given in.

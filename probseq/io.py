@@ -95,6 +95,12 @@ class Run:
         x = np.asarray(x, dtype=np.float64)
         return x if self.scaler is None else self.scaler.inverse(x)
 
+    def log_det_jacobian(self) -> float:
+        """log|det J| per step of :meth:`encode` (nats): a density of the encoded data
+        minus this per step is the density in the original units (0 for text and
+        for a series that is not standardised)."""
+        return 0.0 if self.scaler is None else self.scaler.log_abs_det_jacobian
+
     @property
     def obs_dim(self) -> int | None:
         """Columns per step (series), else None."""

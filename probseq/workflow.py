@@ -118,7 +118,8 @@ def fit_spec(spec: Spec, source: Source, *, progress: bool = True, checkpoint_di
     Text is encoded with a character vocabulary built from the whole source; a series
     is standardised with the mean and scale of its training part (when the spec
     says ``standardize = true``). The run's ``info`` holds the test and validation
-    scores (``test_log_lik`` per symbol, ``test_bits_per_symbol``) and the time.
+    scores (``test_log_lik`` per symbol, ``test_bits_per_symbol``; for a series, in
+    the units of the data as read, not the standardised ones) and the time.
     """
     _check_kind(spec, source)
     start = time.perf_counter()
@@ -151,9 +152,11 @@ def fit_spec(spec: Spec, source: Source, *, progress: bool = True, checkpoint_di
     }
     from probseq.core import log_prob
 
+    # Scores in the data's own units: a standardised series' density is mapped back.
+    log_det = 0.0 if splits.scaler is None else splits.scaler.log_abs_det_jacobian
     for part in ("valid", "test"):
         total = float(np.sum(log_prob(model, fit.params, parts[part].x, parts[part].mask)))
-        per = total / int(parts[part].mask.sum())
+        per = total / int(parts[part].mask.sum()) - log_det
         info[f"{part}_log_lik"] = per
         info[f"{part}_bits_per_symbol"] = -per / math.log(2)
     return Run(
@@ -168,10 +171,14 @@ def fit_spec(spec: Spec, source: Source, *, progress: bool = True, checkpoint_di
     )
 
 
-def prepare(run: Run, source: Source, part: str = "all") -> data_lib.Split:
+def prepare(
+    run: Run, source: Source, part: str = "all", *, layout: Spec | None = None
+) -> data_lib.Split:
     """``source`` encoded as ``run`` was trained (vocabulary / standardisation) and cut
     into the run's sequence length; ``part`` picks the spec's train/valid/test part
-    of it, or "all".
+    of it, or "all". ``layout``: another spec whose sequence length and split
+    fractions cut the data instead (so that runs fitted with different specs score
+    the same sequences).
 
     Raises:
         ValueError: a character outside the run's vocabulary, a series with another
@@ -179,13 +186,14 @@ def prepare(run: Run, source: Source, part: str = "all") -> data_lib.Split:
     """
     if part not in PARTS:
         raise ValueError(f"part must be one of {', '.join(PARTS)}; got {part!r}.")
+    layout = run.spec if layout is None else layout
     encoded = encode(run, source)
     if part == "all":
-        return _as_float32(data_lib.cut_rows(encoded, run.spec.data.get("sequence_length")))
+        return _as_float32(data_lib.cut_rows(encoded, layout.data.get("sequence_length")))
     if run.kind == "text":
-        splits = _splits(run.spec, source.text, vocabulary=run.vocabulary)
+        splits = _splits(layout, source.text, vocabulary=run.vocabulary)
     else:
-        splits = _splits(run.spec, encoded)
+        splits = _splits(layout, encoded)
     return _as_float32(getattr(splits, part))
 
 

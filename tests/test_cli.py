@@ -168,6 +168,36 @@ def test_series_workflow_on_a_users_csv(tmp_path, csv_file, capsys):
     assert code == 0, err
 
 
+def test_compare_runs_fitted_with_and_without_standardisation(tmp_path, csv_file, capsys):
+    """Both runs are scored in the CSV's own units (the standardised run's density is
+    mapped back): compare's nats/step of each equals the test score its fit reported,
+    and the two Gaussian HMMs, fitted to convergence, land within 1 nat (a missing
+    log|det J| would put them log(sd of flow) ~ 2 nats apart)."""
+    converged = SERIES_HMM.replace("num_iters = 5", "num_iters = 100")
+    specs = {
+        "std": converged,
+        "raw": converged.replace('columns = ["flow"]', 'columns = ["flow"]\nstandardize = false'),
+    }
+    for name, text in specs.items():
+        argv = ["fit", _spec(tmp_path, name, text), "--data", csv_file, "--out", tmp_path / name]
+        assert _run(argv + ["--quiet"], capsys)[0] == 0
+    assert io.load(tmp_path / "raw").scaler is None
+    code, stdout, err = _run(
+        ["compare", tmp_path / "std", tmp_path / "raw", "--data", csv_file, "--part", "test",
+         "--quiet"], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    nats = {}
+    for line in stdout.splitlines():
+        cells = line.split()
+        if cells and cells[0].isdigit():
+            nats[cells[1]] = float(cells[3])
+    for name in specs:
+        reported = -io.load(tmp_path / name).info["test_log_lik"]
+        assert abs(nats[name] - reported) < 1e-3, (name, nats, reported)
+    assert abs(nats["std"] - nats["raw"]) < 1.0, nats  # 0.18 measured
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -183,6 +183,66 @@ def test_real_valued_data():
     assert "nats/step" in text and "perplexity" not in text
 
 
+def test_per_model_views_in_original_units():
+    with jax.enable_x64(True):
+        _check_views_in_original_units()
+
+
+def _check_views_in_original_units():
+    """The same Gaussian HMM on raw values and on standardised values (means and
+    scales mapped accordingly), with the standardisation's log|det J| given: every
+    per-sequence log-likelihood is the same, in the raw data's units. Likewise a
+    categorical HMM on relabelled symbols (another vocabulary) with its emissions
+    permuted."""
+    rng = np.random.default_rng(3)
+    pi, a = np.array([0.3, 0.7]), np.array([[0.8, 0.2], [0.3, 0.7]])
+    means, scales = rng.normal(size=(2, 2)) * 5 + 40, rng.uniform(1, 3, size=(2, 2))
+    seqs = [rng.normal(size=(n, 2)) * 4 + 40 for n in (6, 9, 4)]
+    shift, scale = np.array([41.0, 38.0]), np.array([4.0, 0.5])
+    hmm = probseq.GaussianHMM(2, 2)
+
+    def init(m, s):
+        return hmm.init(jax.random.key(0), initial_probs=pi, transition_matrix=a, means=m,
+                        scales=s, dtype=jnp.float64)  # fmt: skip
+
+    raw, std = init(means, scales), init((means - shift) / scale, scales / scale)
+    table = compare(
+        {"raw": (hmm, raw), "std": (hmm, std)},
+        {"raw": seqs, "std": [(x - shift) / scale for x in seqs]},
+        log_det_jacobians={"std": float(np.sum(np.log(scale)))},
+    )
+    np.testing.assert_allclose(table.pointwise["std"], table.pointwise["raw"], rtol=1e-12)
+    assert table["std"].num_symbols == 19
+
+    perm = np.array([2, 0, 3, 1])  # symbol s is written perm[s] in the other vocabulary
+    cat = probseq.CategoricalHMM(2, 4)
+    b = rng.dirichlet(np.ones(4), size=2)
+    b_other = np.empty_like(b)
+    b_other[:, perm] = b
+    tables = compare(
+        {"a": (cat, cat.init(jax.random.key(0), initial_probs=pi, transition_matrix=a,
+                             emission_probs=b)),
+         "b": (cat, cat.init(jax.random.key(0), initial_probs=pi, transition_matrix=a,
+                             emission_probs=b_other))},
+        {"a": SEQS, "b": probseq.data.Split(*probseq.data.pad_sequences([perm[x] for x in SEQS]))},
+    )  # fmt: skip
+    np.testing.assert_allclose(tables.pointwise["a"], tables.pointwise["b"], rtol=1e-6)
+
+
+def test_per_model_views_must_be_the_same_sequences(models):
+    gru = models["gru"]
+    with pytest.raises(ValueError, match="not the same sequences"):
+        compare({"x": gru, "y": gru}, {"x": SEQS, "y": SEQS[:3]})
+    with pytest.raises(ValueError, match="not the same sequences"):
+        compare({"x": gru, "y": gru}, {"x": SEQS, "y": [s[:-1] for s in SEQS]})
+    with pytest.raises(ValueError, match="exactly the models' names"):
+        compare({"x": gru, "y": gru}, {"x": SEQS, "z": SEQS})
+    with pytest.raises(ValueError, match="not as mask="):
+        compare({"x": gru}, {"x": SEQS}, mask=np.ones((4, 7), bool))
+    with pytest.raises(ValueError, match="names no model"):
+        compare({"x": gru}, SEQS, log_det_jacobians={"q": 1.0})
+
+
 def test_one_sequence_has_nan_standard_error(models):
     table = compare(models, SEQS[2])
     assert table.best.num_sequences == 1 and table.best.dse == 0.0
