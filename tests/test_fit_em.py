@@ -13,9 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hmmlearn import hmm as hl
 from jax_logs import compiled_messages
 from references import hmmlearn_categorical as _hmmlearn_categorical
+from references import hmmlearn_gaussian as _hmmlearn_gaussian
+from references import init_categorical64 as _init_categorical64
+from references import init_gaussian64 as _init_gaussian64
+from references import ragged_tokens as _ragged
 from references import random_hmm as _random_hmm
 
 import probseq
@@ -29,29 +32,43 @@ def x64():
         yield
 
 
-def _ragged(rng, v, lengths):
-    return [rng.integers(0, v, n) for n in lengths]
+def _random_problem(seed, k, v, lengths):
+    """A random K-state, V-symbol CategoricalHMM, float64 params set to it, ragged tokens."""
+    rng = np.random.default_rng(seed)
+    pi, a, b = _random_hmm(rng, k, v)
+    xs = _ragged(rng, v, lengths)
+    model = probseq.CategoricalHMM(k, v)
+    return (pi, a, b), xs, model, _init_categorical64(model, pi, a, b)
+
+
+def _emission_counts(gamma, xs, v):
+    """Expected emission counts (K, V) from posteriors gamma (N, T, K) of ragged tokens."""
+    counts = np.zeros((gamma.shape[-1], v))
+    for i, x in enumerate(xs):
+        np.add.at(counts.T, x, gamma[i, : len(x)])
+    return counts
+
+
+def _fit_ten_iterations_and_compare_with_hmmlearn(model, params, xs, lengths, pi, a, b):
+    """Ten EM iterations from params equal hmmlearn's from the same start; returns the fit."""
+    fit = fit_em(model, params, xs, num_iters=10, tol=0.0)
+    ref = _hmmlearn_categorical(pi, a, b, params="ste", n_iter=10, tol=0.0)
+    ref.fit(np.concatenate(xs)[:, None], lengths)
+    got = [np.asarray(p) for p in model.probabilities(fit.params)]
+    for g, r in zip(got, (ref.startprob_, ref.transmat_, ref.emissionprob_), strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(fit.history["log_likelihood"], ref.monitor_.history, rtol=1e-9)
+    assert (np.diff(fit.history["log_likelihood"]) >= -1e-9).all()
+    return fit
 
 
 @pytest.mark.parametrize("k, v, seed", [(2, 3, 0), (4, 6, 1), (7, 5, 2)])
 def test_autodiff_statistics_equal_hmmlearn_estep(k, v, seed):
-    rng = np.random.default_rng(seed)
-    pi, a, b = _random_hmm(rng, k, v)
     lengths = [1, 9, 40, 23]
-    xs = _ragged(rng, v, lengths)
-    model = probseq.CategoricalHMM(k, v)
-    params = model.init(
-        jax.random.key(0),
-        initial_probs=pi,
-        transition_matrix=a,
-        emission_probs=b,
-        dtype=jnp.float64,
-    )
+    (pi, a, b), xs, model, params = _random_problem(seed, k, v, lengths)
     stats = expected_statistics(model, params, xs)
     gamma = np.asarray(stats.posteriors)
-    counts = np.zeros((k, v))
-    for i, x in enumerate(xs):
-        np.add.at(counts.T, x, gamma[i, : len(x)])
+    counts = _emission_counts(gamma, xs, v)
     ref, ref_ll = _hmmlearn_categorical(pi, a, b)._do_estep(np.concatenate(xs)[:, None], lengths)
     np.testing.assert_allclose(float(stats.log_likelihood), ref_ll, rtol=1e-10)
     np.testing.assert_allclose(stats.initial_counts, ref["start"], rtol=1e-8, atol=1e-12)
@@ -69,13 +86,7 @@ def test_autodiff_statistics_equal_brute_force():
     b = np.array([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])
     x = np.array([0, 1, 1, 0, 1])
     model = probseq.CategoricalHMM(3, 2)
-    params = model.init(
-        jax.random.key(0),
-        initial_probs=pi,
-        transition_matrix=a,
-        emission_probs=b,
-        dtype=jnp.float64,
-    )
+    params = _init_categorical64(model, pi, a, b)
     stats = expected_statistics(model, params, x)
     trans, first, z_total = np.zeros((3, 3)), np.zeros(3), 0.0
     for path in itertools.product(range(3), repeat=len(x)):
@@ -93,27 +104,10 @@ def test_autodiff_statistics_equal_brute_force():
 
 @pytest.mark.parametrize("k, v, seed", [(3, 5, 0), (5, 8, 3)])
 def test_ten_iterations_equal_hmmlearn_fit(k, v, seed):
-    rng = np.random.default_rng(seed)
-    pi, a, b = _random_hmm(rng, k, v)
     lengths = [50, 80, 33, 7]
-    xs = _ragged(rng, v, lengths)
-    model = probseq.CategoricalHMM(k, v)
-    params = model.init(
-        jax.random.key(0),
-        initial_probs=pi,
-        transition_matrix=a,
-        emission_probs=b,
-        dtype=jnp.float64,
-    )
-    fit = fit_em(model, params, xs, num_iters=10, tol=0.0)
-    ref = _hmmlearn_categorical(pi, a, b, params="ste", n_iter=10, tol=0.0)
-    ref.fit(np.concatenate(xs)[:, None], lengths)
-    got = [np.asarray(p) for p in model.probabilities(fit.params)]
-    for g, r in zip(got, (ref.startprob_, ref.transmat_, ref.emissionprob_), strict=True):
-        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-10)
-    np.testing.assert_allclose(fit.history["log_likelihood"], ref.monitor_.history, rtol=1e-9)
+    (pi, a, b), xs, model, params = _random_problem(seed, k, v, lengths)
+    fit = _fit_ten_iterations_and_compare_with_hmmlearn(model, params, xs, lengths, pi, a, b)
     assert fit.info["num_iters"] == 10
-    assert (np.diff(fit.history["log_likelihood"]) >= -1e-9).all()
 
 
 def test_gaussian_em_equals_hmmlearn_maximum_likelihood():
@@ -124,27 +118,12 @@ def test_gaussian_em_equals_hmmlearn_maximum_likelihood():
     lengths = [60, 45, 90]
     xs = [rng.normal(size=(n, d)) * 1.5 for n in lengths]
     model = probseq.GaussianHMM(k, d)
-    params = model.init(
-        jax.random.key(0),
-        initial_probs=pi,
-        transition_matrix=a,
-        means=means,
-        scales=scales,
-        dtype=jnp.float64,
-    )
+    params = _init_gaussian64(model, pi, a, means, scales)
     fit = fit_em(model, params, xs, num_iters=8, tol=0.0)
     # hmmlearn without its default variance prior: pure maximum likelihood
-    ref = hl.GaussianHMM(
-        n_components=k,
-        covariance_type="diag",
-        init_params="",
-        params="stmc",
-        n_iter=8,
-        tol=0.0,
-        covars_prior=0.0,
-        covars_weight=0.0,
+    ref = _hmmlearn_gaussian(
+        pi, a, means, scales, params="stmc", n_iter=8, tol=0.0, covars_prior=0.0, covars_weight=0.0
     )
-    ref.startprob_, ref.transmat_, ref.means_, ref.covars_ = pi, a, means, scales**2
     ref.fit(np.concatenate(xs), lengths)
     got_pi, got_a, (got_mu, got_sd) = model.probabilities(fit.params)
     np.testing.assert_allclose(got_pi, ref.startprob_, rtol=1e-6, atol=1e-10)
@@ -164,10 +143,7 @@ def test_map_step_is_normalized_counts_plus_pseudocounts_and_objective_rises():
     xs = _ragged(rng, v, [30, 12, 25])
     prior = DirichletPrior(initial=2.0, transition=np.full((k, k), 1.5) + np.eye(k), emission=3.0)
     stats = expected_statistics(model, params, xs)
-    gamma = np.asarray(stats.posteriors)
-    counts = np.zeros((k, v))
-    for i, x in enumerate(xs):
-        np.add.at(counts.T, x, gamma[i, : len(x)])
+    counts = _emission_counts(np.asarray(stats.posteriors), xs, v)
     one = fit_em(model, params, xs, num_iters=1, prior=prior)
     expect_pi = np.asarray(stats.initial_counts) + 1.0
     expect_a = np.asarray(stats.transition_counts) + np.full((k, k), 0.5) + np.eye(k)
@@ -249,13 +225,7 @@ def _match_states(est, true):
 def test_recovers_a_known_three_state_hmm():
     a, b = THREE_STATE_A, THREE_STATE_B
     model = probseq.CategoricalHMM(3, 5)
-    truth = model.init(
-        jax.random.key(0),
-        initial_probs=np.full(3, 1 / 3),
-        transition_matrix=a,
-        emission_probs=b,
-        dtype=jnp.float64,
-    )
+    truth = _init_categorical64(model, np.full(3, 1 / 3), a, b)
     xs = probseq.sample(model, truth, jax.random.key(1), 500, num_samples=60)  # 30,000 steps
     fit = fit_em(
         model,
@@ -395,19 +365,9 @@ def test_chunked_estep_equals_hmmlearn_and_forward_backward():
     """Sequences long enough for "auto" to cut them into time chunks (T >= 128): the
     chunked E-step's statistics and ten EM iterations equal hmmlearn's and the
     sequential smoother's; restarts (one E-step per restart, lax.map) too."""
-    rng = np.random.default_rng(9)
     k, v = 4, 6
-    pi, a, b = _random_hmm(rng, k, v)
     lengths = [300, 129, 7, 450]
-    xs = _ragged(rng, v, lengths)
-    model = probseq.CategoricalHMM(k, v)
-    params = model.init(
-        jax.random.key(0),
-        initial_probs=pi,
-        transition_matrix=a,
-        emission_probs=b,
-        dtype=jnp.float64,
-    )
+    (pi, a, b), xs, model, params = _random_problem(9, k, v, lengths)
     assert emmod._resolve_estep("auto", len(xs), max(lengths), k) == "chunked"
     chunked = expected_statistics(model, params, xs, estep="chunked")
     fb = expected_statistics(model, params, xs, estep="forward_backward")
@@ -418,14 +378,8 @@ def test_chunked_estep_equals_hmmlearn_and_forward_backward():
     )
     np.testing.assert_allclose(float(chunked.log_likelihood), ref_ll, rtol=1e-10)
     np.testing.assert_allclose(chunked.transition_counts, ref_stats["trans"], rtol=1e-8)
-    fit = fit_em(model, params, xs, num_iters=10, tol=0.0)  # "auto": chunked
-    ref = _hmmlearn_categorical(pi, a, b, params="ste", n_iter=10, tol=0.0)
-    ref.fit(np.concatenate(xs)[:, None], lengths)
-    np.testing.assert_allclose(fit.history["log_likelihood"], ref.monitor_.history, rtol=1e-9)
-    assert (np.diff(fit.history["log_likelihood"]) >= -1e-9).all()
-    got = [np.asarray(p) for p in model.probabilities(fit.params)]
-    for g, r in zip(got, (ref.startprob_, ref.transmat_, ref.emissionprob_), strict=True):
-        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-10)
+    # fit_em's estep="auto" is chunked here
+    _fit_ten_iterations_and_compare_with_hmmlearn(model, params, xs, lengths, pi, a, b)
     multi = fit_em(model, params, xs, num_iters=3, tol=0.0, num_restarts=2, key=jax.random.key(1))
     single = fit_em(model, params, xs, num_iters=3, tol=0.0, estep="forward_backward")
     np.testing.assert_allclose(

@@ -2,7 +2,7 @@
 
 References: hmmlearn (categorical and diagonal-Gaussian ``score``), dynamax
 (``marginal_log_prob``), brute-force enumeration of all K**T state paths, and NumPy
-forward recursions written here in float64. Float64 checks run inside
+forward recursions in float64 (here and in references.py). Float64 checks run inside
 ``jax.enable_x64(True)``; nothing here changes a global JAX setting.
 
 Tolerances (reason in one line each):
@@ -24,9 +24,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from references import forward_np as _forward_np
 from references import gauss_loglik as _gauss_loglik
 from references import hmmlearn_categorical as _hmmlearn_categorical
 from references import hmmlearn_gaussian as _hmmlearn_gaussian
+from references import import_dynamax as _import_dynamax
+from references import init_categorical64 as _init_categorical64
+from references import init_gaussian64 as _init_gaussian64
+from references import left_to_right_hmm as _left_to_right_hmm
+from references import ragged_tokens as _ragged_tokens
+from references import random_gaussian_hmm as _random_gaussian_hmm
 from references import random_hmm as _random_hmm
 
 import probseq
@@ -37,34 +44,11 @@ hmmlearn_hmm = pytest.importorskip("hmmlearn.hmm")
 
 
 # ------------------------------------------------------------------------ helpers
-def _ragged_tokens(rng, v, lengths):
-    return [rng.integers(0, v, size=n) for n in lengths]
-
-
 def _softmax64(logits) -> np.ndarray:
     a = np.asarray(logits, np.float64)
     a = a - a.max(axis=-1, keepdims=True)
     e = np.exp(a)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def _forward_np(pi, a, loglik):
-    """Float64 scaled forward recursion written independently of probseq.
-
-    Returns (total, step log normalizers (T,), predictive messages (T+1, K)) where
-    predictive[t] = p(z_{t+1} | x_{1:t}) (row 0 is pi).
-    """
-    pi, a, loglik = (np.asarray(z, np.float64) for z in (pi, a, loglik))
-    pred = np.empty((loglik.shape[0] + 1, pi.shape[0]))
-    pred[0] = pi
-    steps = np.empty(loglik.shape[0])
-    for t, ll in enumerate(loglik):
-        m = ll.max()
-        w = pred[t] * np.exp(ll - m)
-        c = w.sum()
-        steps[t] = np.log(c) + m
-        pred[t + 1] = (w / c) @ a
-    return steps.sum(), steps, pred
 
 
 def _brute_force_log_prob(pi, a, b, xs):
@@ -103,13 +87,7 @@ def test_categorical_matches_hmmlearn_ragged(k, v):
     mask = np.arange(t_max)[None] < np.array(LENGTHS)[:, None]
 
     with jax.enable_x64(True):
-        params = hmm.init(
-            jax.random.key(0),
-            initial_probs=pi,
-            transition_matrix=a,
-            emission_probs=b,
-            dtype=jnp.float64,
-        )
+        params = _init_categorical64(hmm, pi, a, b)
         lp = np.asarray(probseq.log_prob(hmm, params, seqs))
         steps = np.asarray(probseq.step_log_probs(hmm, params, padded, mask))
         lp_masked = np.asarray(probseq.log_prob(hmm, params, padded, mask))
@@ -130,14 +108,6 @@ def test_categorical_matches_hmmlearn_ragged(k, v):
 
 
 # ------------------------------------------------------------- 2. brute force
-def _left_to_right_hmm():
-    """K=3, V=3 with structural zeros in pi, A and B (many impossible sequences)."""
-    pi = np.array([1.0, 0.0, 0.0])
-    a = np.array([[0.6, 0.4, 0.0], [0.0, 0.7, 0.3], [0.0, 0.0, 1.0]])
-    b = np.array([[0.8, 0.2, 0.0], [0.0, 0.5, 0.5], [0.3, 0.0, 0.7]])
-    return pi, a, b
-
-
 BRUTE_CASES = {
     "K2V2": lambda: _random_hmm(np.random.default_rng(7), 2, 2),
     "K3V3": lambda: _random_hmm(np.random.default_rng(8), 3, 3),
@@ -161,13 +131,7 @@ def test_categorical_matches_brute_force_enumeration(case):
     mask = np.arange(max_t)[None] < lengths[:, None]
     hmm = probseq.CategoricalHMM(num_states=k, vocab_size=v)
     with jax.enable_x64(True):
-        params = hmm.init(
-            jax.random.key(0),
-            initial_probs=pi,
-            transition_matrix=a,
-            emission_probs=b,
-            dtype=jnp.float64,
-        )
+        params = _init_categorical64(hmm, pi, a, b)
         lp = np.asarray(probseq.log_prob(hmm, params, x, mask))
     possible = np.isfinite(ref)
     if case == "K3V3-zeros":
@@ -186,12 +150,7 @@ def dynamax_hmm():
     """dynamax's HMM module. Importing dynamax runs
     ``jax.config.update('jax_default_matmul_precision', 'float32')`` (dynamax/__init__.py);
     the previous value is restored so the rest of the session is unaffected."""
-    before = jax.config.jax_default_matmul_precision
-    try:
-        mod = pytest.importorskip("dynamax.hidden_markov_model")
-    finally:
-        jax.config.update("jax_default_matmul_precision", before)
-    return mod
+    return _import_dynamax("dynamax.hidden_markov_model")
 
 
 @pytest.mark.parametrize("k,v", [(2, 3), (4, 6), (7, 3)], ids=lambda z: str(z))
@@ -210,13 +169,7 @@ def test_categorical_matches_dynamax_float64(dynamax_hmm, k, v):
         ref = np.array(
             [float(dyn.marginal_log_prob(dparams, jnp.asarray(s[:, None]))) for s in seqs]
         )
-        params = hmm.init(
-            jax.random.key(0),
-            initial_probs=pi,
-            transition_matrix=a,
-            emission_probs=b,
-            dtype=jnp.float64,
-        )
+        params = _init_categorical64(hmm, pi, a, b)
         lp = np.asarray(probseq.log_prob(hmm, params, seqs))
     np.testing.assert_allclose(lp, ref, rtol=1e-9)
 
@@ -225,24 +178,14 @@ def test_categorical_matches_dynamax_float64(dynamax_hmm, k, v):
 @pytest.mark.parametrize("k,d", [(2, 1), (3, 2), (5, 3)], ids=lambda z: str(z))
 def test_gaussian_matches_hmmlearn_ragged(k, d):
     rng = np.random.default_rng(400 + 10 * k + d)
-    pi = rng.dirichlet(np.ones(k))
-    a = rng.dirichlet(np.ones(k), size=k)
-    means = rng.normal(scale=3.0, size=(k, d))
-    scales = rng.uniform(0.3, 2.0, size=(k, d))
+    pi, a, means, scales = _random_gaussian_hmm(rng, k, d, 3.0, (0.3, 2.0))
     seqs = [rng.normal(scale=3.0, size=(n, d)) for n in LENGTHS]
     ref = _hmmlearn_gaussian(pi, a, means, scales)
     ref_each = np.array([ref.score(s) for s in seqs])
     ref_total = ref.score(np.concatenate(seqs), lengths=LENGTHS)
     hmm = probseq.GaussianHMM(num_states=k, obs_dim=d)
     with jax.enable_x64(True):
-        params = hmm.init(
-            jax.random.key(0),
-            initial_probs=pi,
-            transition_matrix=a,
-            means=means,
-            scales=scales,
-            dtype=jnp.float64,
-        )
+        params = _init_gaussian64(hmm, pi, a, means, scales)
         lp = np.asarray(probseq.log_prob(hmm, params, seqs))
     assert lp.dtype == np.float64
     np.testing.assert_allclose(lp, ref_each, rtol=1e-9)
@@ -262,13 +205,7 @@ def _categorical_case():
     xs = rng.integers(0, 5, size=60)
 
     def make():
-        return hmm.init(
-            jax.random.key(0),
-            initial_probs=pi,
-            transition_matrix=a,
-            emission_probs=b,
-            dtype=jnp.float64,
-        )
+        return _init_categorical64(hmm, pi, a, b)
 
     loglik = np.log(b[:, xs].T)
     return hmm, make, xs, pi, a, loglik
@@ -276,23 +213,13 @@ def _categorical_case():
 
 def _gaussian_case():
     rng = np.random.default_rng(501)
-    pi = rng.dirichlet(np.ones(3))
-    a = rng.dirichlet(np.ones(3), size=3)
-    means = rng.normal(scale=2.0, size=(3, 2))
-    scales = rng.uniform(0.5, 1.5, size=(3, 2))
+    pi, a, means, scales = _random_gaussian_hmm(rng, 3, 2, 2.0, (0.5, 1.5))
     xs = rng.normal(scale=2.0, size=(60, 2))
     xs[17] = [45.0, -60.0]  # far in every state's tail: exp(loglik) underflows unshifted
     hmm = probseq.GaussianHMM(num_states=3, obs_dim=2)
 
     def make():
-        return hmm.init(
-            jax.random.key(0),
-            initial_probs=pi,
-            transition_matrix=a,
-            means=means,
-            scales=scales,
-            dtype=jnp.float64,
-        )
+        return _init_gaussian64(hmm, pi, a, means, scales)
 
     return hmm, make, xs, pi, a, _gauss_loglik(xs, means, scales)
 
@@ -302,7 +229,7 @@ def _gaussian_case():
 )
 def test_generic_path_equals_fast_path_and_numpy_forward(case):
     hmm, make, xs, pi, a, loglik = case()
-    ref_total, ref_steps, ref_pred = _forward_np(pi, a, loglik)
+    ref_total, ref_steps, ref_pred, _ = _forward_np(pi, a, loglik)
     assert np.isfinite(ref_steps).all()
     with jax.enable_x64(True):
         params = make()
@@ -342,13 +269,7 @@ def test_categorical_init_probabilities_round_trip_keeps_structural_zeros():
     pi, a, b = _left_to_right_hmm()
     hmm = probseq.CategoricalHMM(num_states=3, vocab_size=3)
     with jax.enable_x64(True):
-        params = hmm.init(
-            jax.random.key(0),
-            initial_probs=pi,
-            transition_matrix=a,
-            emission_probs=b,
-            dtype=jnp.float64,
-        )
+        params = _init_categorical64(hmm, pi, a, b)
         got = [np.asarray(p) for p in hmm.probabilities(params)]
     for g, want in zip(got, (pi, a, b), strict=True):
         assert g.dtype == np.float64
@@ -364,14 +285,7 @@ def test_gaussian_init_probabilities_round_trip():
     scales = rng.uniform(0.1, 3.0, size=(3, 2))
     hmm = probseq.GaussianHMM(num_states=3, obs_dim=2)
     with jax.enable_x64(True):
-        params = hmm.init(
-            jax.random.key(0),
-            initial_probs=pi,
-            transition_matrix=a,
-            means=means,
-            scales=scales,
-            dtype=jnp.float64,
-        )
+        params = _init_gaussian64(hmm, pi, a, means, scales)
         got_pi, got_a, (got_means, got_scales) = (
             jax.tree.map(np.asarray, p) for p in hmm.probabilities(params)
         )
@@ -474,7 +388,7 @@ def test_long_sequence_float32_accuracy():
     # 20,000-step prefix, against hmmlearn (float64, compiled, ~0.3 s) and against
     # probseq in float64 on the whole sequence.
     n = 20_000
-    loop_total, _, _ = _forward_np(pi64, a64, np.log(b64[:, x[:n]].T))
+    loop_total = _forward_np(pi64, a64, np.log(b64[:, x[:n]].T)).total
     np.testing.assert_allclose(
         _tree_reference_log_prob(pi64, a64, b64, x[:n]), loop_total, rtol=1e-12
     )
@@ -482,13 +396,7 @@ def test_long_sequence_float32_accuracy():
         _hmmlearn_categorical(pi64, a64, b64).score(x[:, None]), ref, rtol=1e-9
     )
     with jax.enable_x64(True):
-        params64 = hmm.init(
-            jax.random.key(0),
-            initial_probs=pi64,
-            transition_matrix=a64,
-            emission_probs=b64,
-            dtype=jnp.float64,
-        )
+        params64 = _init_categorical64(hmm, pi64, a64, b64)
         lp64 = float(probseq.log_prob(hmm, params64, x))
     np.testing.assert_allclose(lp64, ref, rtol=1e-12)
 

@@ -2,7 +2,7 @@
 
 References: hmmlearn (``predict_proba``, ``decode``), dynamax (``hmm_smoother``),
 brute-force enumeration of all K**T state paths, and a float64 NumPy forward
-recursion written here. Float64 checks run inside ``jax.enable_x64(True)``; results
+recursion (references.py). Float64 checks run inside ``jax.enable_x64(True)``; results
 are converted to NumPy inside that block.
 
 Tolerances (reason in one line each):
@@ -26,9 +26,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from references import forward_np as _forward_np
 from references import gauss_loglik as _gauss_loglik
 from references import hmmlearn_categorical as _hmmlearn_categorical
 from references import hmmlearn_gaussian as _hmmlearn_gaussian
+from references import import_dynamax as _import_dynamax
+from references import init_categorical64 as _init_categorical64
+from references import init_gaussian64 as _init_gaussian64
+from references import left_to_right_hmm as _left_to_right_hmm
+from references import ragged_tokens as _ragged_tokens
+from references import random_gaussian_hmm as _random_gaussian_hmm
 from references import random_hmm as _random_hmm
 
 import probseq
@@ -48,24 +55,6 @@ hmmlearn_hmm = pytest.importorskip("hmmlearn.hmm")
 
 
 # ------------------------------------------------------------------------ helpers
-def _left_to_right_hmm():
-    """K=3, V=3 with structural zeros in pi, A and B."""
-    pi = np.array([1.0, 0.0, 0.0])
-    a = np.array([[0.6, 0.4, 0.0], [0.0, 0.7, 0.3], [0.0, 0.0, 1.0]])
-    b = np.array([[0.8, 0.2, 0.0], [0.0, 0.5, 0.5], [0.3, 0.0, 0.7]])
-    return pi, a, b
-
-
-def _forward_np(pi, a, loglik):
-    """Float64 filtered probabilities p(z_t | x_{1:t}) (T, K), written independently."""
-    pred, out = np.asarray(pi, np.float64), []
-    for ll in np.asarray(loglik, np.float64):
-        w = pred * np.exp(ll - ll.max())
-        out.append(w / w.sum())
-        pred = out[-1] @ a
-    return np.array(out)
-
-
 def _joint_log_prob(pi, a, loglik, z):
     """log p(x_{1:T}, z_{1:T}) of one path."""
     with np.errstate(divide="ignore"):
@@ -99,17 +88,11 @@ LENGTHS = [1, 9, 40]
 def _categorical_case(rng):
     k, v = 3, 4
     pi, a, b = _random_hmm(rng, k, v)
-    seqs = [rng.integers(0, v, size=n) for n in LENGTHS]
+    seqs = _ragged_tokens(rng, v, LENGTHS)
     hmm = probseq.CategoricalHMM(num_states=k, vocab_size=v)
 
     def make():
-        return hmm.init(
-            jax.random.key(0),
-            initial_probs=pi,
-            transition_matrix=a,
-            emission_probs=b,
-            dtype=jnp.float64,
-        )
+        return _init_categorical64(hmm, pi, a, b)
 
     lls = [np.log(b[:, s].T) for s in seqs]
     return hmm, make, seqs, pi, a, lls, _hmmlearn_categorical(pi, a, b), [s[:, None] for s in seqs]
@@ -117,23 +100,13 @@ def _categorical_case(rng):
 
 def _gaussian_case(rng):
     k, d = 3, 2
-    pi = rng.dirichlet(np.ones(k))
-    a = rng.dirichlet(np.ones(k), size=k)
-    means = rng.normal(scale=2.0, size=(k, d))
-    scales = rng.uniform(0.5, 1.5, size=(k, d))
+    pi, a, means, scales = _random_gaussian_hmm(rng, k, d, 2.0, (0.5, 1.5))
     seqs = [rng.normal(scale=2.0, size=(n, d)) for n in LENGTHS]
     seqs[2][17] = [45.0, -60.0]  # far in every state's tail: exp(loglik) underflows
     hmm = probseq.GaussianHMM(num_states=k, obs_dim=d)
 
     def make():
-        return hmm.init(
-            jax.random.key(0),
-            initial_probs=pi,
-            transition_matrix=a,
-            means=means,
-            scales=scales,
-            dtype=jnp.float64,
-        )
+        return _init_gaussian64(hmm, pi, a, means, scales)
 
     lls = [_gauss_loglik(s, means, scales) for s in seqs]
     return hmm, make, seqs, pi, a, lls, _hmmlearn_gaussian(pi, a, means, scales), seqs
@@ -144,12 +117,7 @@ def dynamax_inference():
     """dynamax's HMM inference module. Importing dynamax runs
     ``jax.config.update('jax_default_matmul_precision', 'float32')``; the previous
     value is restored so the rest of the session is unaffected."""
-    before = jax.config.jax_default_matmul_precision
-    try:
-        mod = pytest.importorskip("dynamax.hidden_markov_model.inference")
-    finally:
-        jax.config.update("jax_default_matmul_precision", before)
-    return mod
+    return _import_dynamax("dynamax.hidden_markov_model.inference")
 
 
 # ------------------------------------------------ 1. model methods vs references
@@ -179,7 +147,7 @@ def test_filter_smoother_viterbi_match_references(case):
     for i, (s, ll, rs) in enumerate(zip(seqs, lls, ref_seqs, strict=True)):
         n = len(s)
         np.testing.assert_allclose(smoothed[i, :n], ref.predict_proba(rs), atol=1e-8)
-        np.testing.assert_allclose(filtered[i, :n], _forward_np(pi, a, ll), atol=1e-8)
+        np.testing.assert_allclose(filtered[i, :n], _forward_np(pi, a, ll).filtered, atol=1e-8)
         ref_logp, ref_path = ref.decode(rs, algorithm="viterbi")
         np.testing.assert_array_equal(paths[i, :n], ref_path)
         np.testing.assert_allclose(_joint_log_prob(pi, a, ll, paths[i, :n]), ref_logp, rtol=1e-9)
@@ -206,7 +174,7 @@ def test_filter_kernel_is_hmm_filter():
     with jax.enable_x64(True):
         full = _to_numpy(hmm_filter(jnp.asarray(pi), jnp.asarray(a), jnp.asarray(ll)))
         masked = _to_numpy(hmm_masked_filter(pi, a, jnp.asarray(ll_pad), jnp.asarray(mask)))
-    np.testing.assert_allclose(full.filtered_probs, _forward_np(pi, a, ll), atol=1e-12)
+    np.testing.assert_allclose(full.filtered_probs, _forward_np(pi, a, ll).filtered, atol=1e-12)
     np.testing.assert_allclose(masked.filtered_probs[:12], full.filtered_probs, rtol=1e-14)
     np.testing.assert_allclose(masked.marginal_loglik, full.marginal_loglik, rtol=1e-14)
     assert np.all(masked.filtered_probs[12:] == 0) and np.all(masked.log_normalizers[12:] == 0)
@@ -323,13 +291,7 @@ def test_sample_states_structural_zeros_never_drawn():
     hmm = probseq.CategoricalHMM(num_states=3, vocab_size=3)
     n = 20_000
     with jax.enable_x64(True):
-        params = hmm.init(
-            jax.random.key(0),
-            initial_probs=pi,
-            transition_matrix=a,
-            emission_probs=b,
-            dtype=jnp.float64,
-        )
+        params = _init_categorical64(hmm, pi, a, b)
         draws = np.asarray(hmm.sample_states(params, jax.random.key(3), x, num_samples=n))
     assert draws.shape == (n, 4) and draws.dtype == np.int32
     freq = _path_frequencies(draws, paths)
@@ -343,7 +305,7 @@ def test_sample_states_shapes_padding_and_ragged():
     pi, a, b = _random_hmm(rng, 3, 4)
     hmm = probseq.CategoricalHMM(num_states=3, vocab_size=4)
     params = hmm.init(jax.random.key(0), initial_probs=pi, transition_matrix=a, emission_probs=b)
-    seqs = [rng.integers(0, 4, size=n) for n in (3, 6)]
+    seqs = _ragged_tokens(rng, 4, (3, 6))
     key = jax.random.key(9)
     z = np.asarray(hmm.sample_states(params, key, seqs, num_samples=5))
     assert z.shape == (5, 2, 6)
@@ -531,16 +493,10 @@ def test_model_smoother_uses_chunks_for_long_sequences():
     """HMM.smoother picks the chunked kernel for T >= 128, K <= 64: same values."""
     rng = np.random.default_rng(13)
     pi, a, b = _random_hmm(rng, 3, 4)
-    seqs = [rng.integers(0, 4, size=n) for n in (300, 129, 1)]
+    seqs = _ragged_tokens(rng, 4, (300, 129, 1))
     hmm = probseq.CategoricalHMM(num_states=3, vocab_size=4)
     with jax.enable_x64(True):
-        params = hmm.init(
-            jax.random.key(0),
-            initial_probs=pi,
-            transition_matrix=a,
-            emission_probs=b,
-            dtype=jnp.float64,
-        )
+        params = _init_categorical64(hmm, pi, a, b)
         smoothed = np.asarray(hmm.smoother(params, seqs))
     ref = _hmmlearn_categorical(pi, a, b)
     for i, s in enumerate(seqs):
