@@ -228,6 +228,20 @@ def test_second_fit_reuses_the_compiled_steps_and_gives_the_same_result():
     assert log.count("_train_chunk") == 2
 
 
+def test_bounded_cache_drops_the_least_recently_used_and_ignores_unhashable_keys():
+    from probseq.fit.sgd import _BoundedCache
+
+    cache = _BoundedCache(size=2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # "a" is now the most recent
+    cache.put("c", 3)
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, None, 3)
+    cache.put(["unhashable"], 4)
+    cache.put(None, 5)
+    assert cache.get(["unhashable"]) is None and cache.get(None) is None
+
+
 def test_invalid_arguments_raise_before_any_compilation():
     model = probseq.GRU(vocab_size=3, hidden_size=4)
     params = model.init(jax.random.key(0))

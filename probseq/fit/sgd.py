@@ -21,11 +21,12 @@ How a fit runs:
 * **Compilation.** One compiled function runs ``steps_per_call`` optimizer steps as
   a ``lax.scan``. It is lowered and compiled on first use, and the executable is
   reused by every epoch: it cannot retrace (shapes never change: batches are padded,
-  and the last call of an epoch runs no-op steps behind ``lax.cond``). The last few
+  and the last call of an epoch runs no-op steps behind ``lax.cond``). Validation is
+  a second compiled function over full sequences (no truncation). The last 8
   executables are kept across calls: a second ``fit_sgd`` with the same model, the
   same optimizer object (or the default one with the same settings) and the same
-  shapes compiles nothing. Validation is a second compiled function over full sequences (no
-  truncation). The progress bar, checkpoints and early stopping act between calls.
+  shapes compiles nothing. The progress bar, checkpoints and early stopping act
+  between calls.
 * **Non-finite steps.** A step whose loss, gradient or update holds NaN or inf is
   skipped: parameters and optimizer state stay as they were, the step is counted in
   ``history["skipped_steps"]``. After ``max_nonfinite_steps`` consecutive skipped
@@ -297,28 +298,29 @@ def _signature(args) -> tuple:
     )
 
 
-class _ExecutableCache:
-    """The last few compiled executables of fit_sgd, kept across calls.
-
-    A second ``fit_sgd`` with the same model, optimizer object and shapes runs the
-    executable the first one compiled (as ``fit_em`` does). Bounded, so a long session
-    fitting many models does not keep every executable alive.
-    """
+class _BoundedCache:
+    """The last ``size`` values by key (least recently used dropped first). A key that
+    is None or unhashable (e.g. an optimizer holding arrays) is never stored."""
 
     def __init__(self, size: int = 8):
         self.size = size
         self._entries: dict = {}
 
     def get(self, key):
-        if key is None or key not in self._entries:
+        try:
+            value = self._entries.pop(key)
+        except (KeyError, TypeError):
             return None
-        self._entries[key] = self._entries.pop(key)  # most recently used last
-        return self._entries[key]
+        self._entries[key] = value  # most recently used last
+        return value
 
-    def put(self, key, compiled):
+    def put(self, key, value):
         if key is None:
             return
-        self._entries[key] = compiled
+        try:
+            self._entries[key] = value
+        except TypeError:
+            return
         while len(self._entries) > self.size:
             self._entries.pop(next(iter(self._entries)))
 
@@ -326,9 +328,12 @@ class _ExecutableCache:
         self._entries.clear()
 
 
-_EXECUTABLES = _ExecutableCache()
-# default optimizers by (learning_rate, max_grad_norm), built on first use
-_DEFAULT_OPTIMIZERS: dict = {}
+# Kept across fit_sgd calls (as fit_em's compiled step is), bounded so that a long
+# session fitting many models does not keep every executable alive: the compiled train
+# and validation steps by (function, model, optimizer, argument signature), and the
+# default optimizers by (learning_rate, max_grad_norm), built on first use.
+_EXECUTABLES = _BoundedCache()
+_DEFAULT_OPTIMIZERS = _BoundedCache()
 
 
 def clear_compiled_cache() -> None:
@@ -354,13 +359,7 @@ class _AheadOfTime:
 
     def __call__(self, *args):
         if self._compiled is None:
-            key = None
-            if self._cache_key is not None:
-                key = (self._cache_key, _signature(args))
-                try:
-                    hash(key)
-                except TypeError:  # an unhashable optimizer or model: compile per call
-                    key = None
+            key = None if self._cache_key is None else (self._cache_key, _signature(args))
             self._compiled = _EXECUTABLES.get(key)
             if self._compiled is None:
                 start = time.perf_counter()
@@ -464,17 +463,13 @@ def _resolve_optimizer(optimizer, learning_rate, max_grad_norm):
             _check_positive_number("learning_rate", learning_rate)
         _check_positive_number("max_grad_norm", max_grad_norm)
         key = (learning_rate, max_grad_norm)
-        try:
-            hash(key)
-        except TypeError:  # e.g. a jax array as learning rate: built for this call only
-            return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate))
-        if key not in _DEFAULT_OPTIMIZERS:  # the same object again: its step is cached
-            _DEFAULT_OPTIMIZERS[key] = optax.chain(
+        default = _DEFAULT_OPTIMIZERS.get(key)  # the same object again: its step is cached
+        if default is None:
+            default = optax.chain(
                 optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate)
             )
-            while len(_DEFAULT_OPTIMIZERS) > _EXECUTABLES.size:
-                _DEFAULT_OPTIMIZERS.pop(next(iter(_DEFAULT_OPTIMIZERS)))
-        return _DEFAULT_OPTIMIZERS[key]
+            _DEFAULT_OPTIMIZERS.put(key, default)
+        return default
     if learning_rate is not None or max_grad_norm is not None:
         raise ValueError(
             "learning_rate= and max_grad_norm= configure the default optimizer; with "
