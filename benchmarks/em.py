@@ -168,8 +168,9 @@ def main(argv=None):
     for name in args.workloads:
         w = WORKLOADS[name]
         pi, a, em, x = _problem(**w)
-        extra = args.extra
-        ours, ours_compile, ours_call = bench_probseq(pi, a, em, x, args.repeats, extra, args.estep)
+        ours, ours_compile, ours_call = bench_probseq(
+            pi, a, em, x, args.repeats, args.extra, args.estep
+        )
         dyn, dyn_compile = (np.nan, np.nan)
         if "dynamax" not in args.skip:
             try:
@@ -179,7 +180,7 @@ def main(argv=None):
         nan2 = (np.nan, np.nan)
         hml = {"scaling": nan2, "log": nan2}
         if "hmmlearn" not in args.skip:
-            hml = bench_hmmlearn(pi, a, em, x, max(1, args.repeats - 1), extra)
+            hml = bench_hmmlearn(pi, a, em, x, max(1, args.repeats - 1), args.extra)
         best_anchor = np.nanmin([dyn, hml["scaling"][0], hml["log"][0]])
         shape = f"K{w['k']} V{w['v']} B{w['b']} T{w['t']}"
         print(
