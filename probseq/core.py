@@ -11,9 +11,10 @@ A family implements four pure functions (``init``, ``initial_state``, ``emission
 log-likelihoods, filtering and ancestral sampling.
 
 A family with a faster exact path may override ``trajectory`` (all states at once:
-a parallel scan, or hoisted input projections) or ``sequence_log_probs`` (states and
-per-step log-likelihoods together, e.g. the HMM's scaled forward pass). Tests check
-every override against the generic path.
+a parallel scan, or hoisted input projections), ``sequence_log_probs`` (states and
+per-step log-likelihoods together, e.g. the HMM's scaled forward pass) or
+``batch_sequence_log_probs`` (a whole batch at once, e.g. the HMM's chunked and
+parallel-in-time filters). Tests check every override against the generic path.
 
 Example:
     >>> import jax, probseq
@@ -99,6 +100,22 @@ class SequenceModel(abc.ABC):
 
         return jax.lax.scan(step, state, (xs, us))[1]
 
+    def batch_sequence_log_probs(self, params, states, xs, us=None) -> tuple[jax.Array, PyTree]:
+        """:meth:`sequence_log_probs` of a batch: log-likelihoods (B, T) and the states
+        after each step (B, T, ...). ``states``: (B, ...) starting states, or None for
+        ``initial_state(params)`` in every row; ``xs`` (B, T, ...); ``us`` (B, T, m) or
+        None. Padding is handled by the caller (rows hold valid values there).
+
+        Generic: ``sequence_log_probs`` vmapped over the batch. Override where a path
+        works on the whole batch at once (the HMM chooses its filter by batch size and
+        memory)."""
+
+        def one(h, x, u):
+            h = self.initial_state(params) if h is None else h
+            return self.sequence_log_probs(params, h, x, u)
+
+        return jax.vmap(one)(states, xs, us)
+
     def sequence_log_probs(self, params, state, xs, us=None) -> tuple[jax.Array, PyTree]:
         """Per-step log p(x_t | x_<t) (T,) and the states after each step.
 
@@ -148,16 +165,16 @@ def batch_step_log_probs(model, params, x, mask, inputs=None, initial_state=None
         (log_probs (B, T) with zeros where masked, final states (B, ...)).
     """
 
-    def one(xb, mb, ub, hb):
+    lps, after = model.batch_sequence_log_probs(params, initial_state, x, inputs)
+    lps = jnp.where(mask, lps, jnp.zeros((), lps.dtype))
+
+    def final_state(after_b, mb, hb):
         h0 = model.initial_state(params) if hb is None else hb
-        lps, after = model.sequence_log_probs(params, h0, xb, ub)
-        lps = jnp.where(mb, lps, jnp.zeros((), lps.dtype))
         n = jnp.sum(mb)
         last = jnp.maximum(n - 1, 0)
-        final = jax.tree.map(lambda hs, h: jnp.where(n > 0, hs[last], h), after, h0)
-        return lps, final
+        return jax.tree.map(lambda hs, h: jnp.where(n > 0, hs[last], h), after_b, h0)
 
-    return jax.vmap(one)(x, mask, inputs, initial_state)
+    return lps, jax.vmap(final_state)(after, mask, initial_state)
 
 
 @functools.partial(jax.jit, static_argnums=0)

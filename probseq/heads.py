@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
+from probseq.scan import EXACT, NEURAL
+
 __all__ = [
     "Head",
     "CategoricalHead",
@@ -100,7 +102,8 @@ class Head(abc.ABC):
 
     def readout(self, params: dict, features: jax.Array) -> dist.Distribution:
         """Distribution from hidden features through the linear readout ``params``."""
-        return self.distribution(self.split(features @ params["kernel"] + params["bias"]))
+        out = jnp.matmul(features, params["kernel"], precision=NEURAL) + params["bias"]
+        return self.distribution(self.split(out))
 
     @abc.abstractmethod
     def init_components(self, key: jax.Array, num_components: int, dtype) -> dict:
@@ -196,7 +199,9 @@ class CategoricalHead(Head):
 
     def mixture(self, probs, raw):
         # A mixture of categoricals is a categorical: collapse it exactly.
-        return dist.CategoricalProbs(probs @ jax.nn.softmax(raw["logits"], axis=-1))
+        return dist.CategoricalProbs(
+            jnp.matmul(probs, jax.nn.softmax(raw["logits"], axis=-1), precision=EXACT)
+        )
 
     def init_components(self, key, num_components, dtype):
         return {"logits": jax.random.normal(key, (num_components, self.vocab_size), dtype)}
@@ -270,10 +275,11 @@ class NormalHead(_VectorHead):
         self._no_prior(self, concentration)
         n = weights.sum(0)  # (K,)
         safe = jnp.where(n > 0, n, 1.0)[:, None]
-        mean = (weights.T @ x) / safe
+        mean = jnp.matmul(weights.T, x, precision=EXACT) / safe
         # Two passes (not E[x^2] - E[x]^2, which cancels in float32 when the data sit
         # far from 0 relative to their spread); XLA fuses the square into the reduction.
-        var = jnp.einsum("nk,nkd->kd", weights, jnp.square(x[:, None, :] - mean[None])) / safe
+        sq = jnp.square(x[:, None, :] - mean[None])
+        var = jnp.einsum("nk,nkd->kd", weights, sq, precision=EXACT) / safe
         var = jnp.maximum(var, self.MIN_VARIANCE)
         keep = (n > 0)[:, None]
         return {
@@ -339,7 +345,7 @@ class PoissonHead(_VectorHead):
     def m_step(self, weights, x, raw, concentration=None):
         self._no_prior(self, concentration)
         n = weights.sum(0)
-        rate = (weights.T @ x) / jnp.where(n > 0, n, 1.0)[:, None]
+        rate = jnp.matmul(weights.T, x, precision=EXACT) / jnp.where(n > 0, n, 1.0)[:, None]
         keep = (n > 0)[:, None]
         return {"log_rate": jnp.where(keep, jnp.log(jnp.maximum(rate, 1e-12)), raw["log_rate"])}
 
@@ -374,7 +380,7 @@ class BernoulliHead(_VectorHead):
     def m_step(self, weights, x, raw, concentration=None):
         self._no_prior(self, concentration)
         n = weights.sum(0)
-        p = (weights.T @ x) / jnp.where(n > 0, n, 1.0)[:, None]
+        p = jnp.matmul(weights.T, x, precision=EXACT) / jnp.where(n > 0, n, 1.0)[:, None]
         p = jnp.clip(p, 1e-12, 1 - 1e-12)
         keep = (n > 0)[:, None]
         return {"logits": jnp.where(keep, jnp.log(p) - jnp.log1p(-p), raw["logits"])}

@@ -37,12 +37,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from probseq.scan import pairwise_sum
+from probseq.scan import EXACT, pairwise_sum
 
 __all__ = [
     "HMMFilterResult",
     "HMMPosterior",
     "hmm_filter",
+    "hmm_filter_batch",
+    "hmm_filter_parallel",
+    "FILTER_METHODS",
     "hmm_masked_filter",
     "hmm_smoother",
     "hmm_smoother_batch",
@@ -65,6 +68,11 @@ class HMMFilterResult(NamedTuple):
     log_normalizers: jax.Array
     predicted_probs: jax.Array
     filtered_probs: jax.Array
+
+
+def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` at full float32 precision on every backend (see probseq.scan.EXACT)."""
+    return jnp.matmul(a, b, precision=EXACT)
 
 
 def condition_on(probs: jax.Array, log_likelihoods: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -107,14 +115,14 @@ def _forward(initial_probs, transition_matrix, lik):
         w = predicted * lik_t
         c = jnp.sum(w)
         filtered = w / jnp.where(c > 0, c, jnp.ones((), c.dtype))
-        return filtered @ transition_matrix, (c, filtered)
+        return _mm(filtered, transition_matrix), (c, filtered)
 
     return jax.lax.scan(step, initial_probs, lik)[1]
 
 
 def _predicted(initial_probs, transition_matrix, filtered):
     """p(z_t | x_{<t}) for all t from the filtered probabilities: one matrix product."""
-    return jnp.concatenate([initial_probs[None], filtered[:-1] @ transition_matrix])
+    return jnp.concatenate([initial_probs[None], _mm(filtered[:-1], transition_matrix)])
 
 
 # ------------------------------------------------------------------ masked kernels
@@ -172,7 +180,7 @@ def _sum_of_outer_products(p: jax.Array, q: jax.Array) -> jax.Array:
     if k <= 16:
         outer = jnp.sum(p[:, :, :, None] * q[:, :, None, :], axis=1)  # (B * n, K, K)
     else:
-        outer = jnp.einsum("nti,ntj->nij", p, q)
+        outer = jnp.einsum("nti,ntj->nij", p, q, precision=EXACT)
     return pairwise_sum(outer.reshape((*batch, n) + outer.shape[1:]), axis=-3)
 
 
@@ -302,7 +310,7 @@ def _messages(initial_probs, transition_matrix, log_likelihoods, mask):
 
     def step(beta_next, inputs):
         lik_next, has_next = inputs
-        beta = _safe_normalize(a @ (lik_next * beta_next))
+        beta = _safe_normalize(_mm(a, lik_next * beta_next))
         beta = jnp.where(has_next, beta, jnp.ones_like(beta_next))
         return beta, beta
 
@@ -329,7 +337,7 @@ def _posterior(initial_probs, a, lik, shift, valid, c, filtered, betas) -> HMMPo
     has_next = jnp.roll(valid, -1, axis=-1).at[:, -1].set(False)
     v_next = jnp.roll(lik * betas, -1, axis=-2)
     # (A fused multiply-and-sum over the last axis is ~10x slower on XLA CPU than this.)
-    z = jnp.einsum("btk,btk->bt", filtered, v_next @ a.T)[..., None]
+    z = jnp.einsum("btk,btk->bt", filtered, _mm(v_next, a.T), precision=EXACT)[..., None]
     ok = has_next[..., None] & (z > 0)
     p = jnp.where(ok, filtered / jnp.where(z > 0, z, jnp.ones((), dtype)), zero)
     counts = a * _sum_of_outer_products(p, v_next)
@@ -337,7 +345,7 @@ def _posterior(initial_probs, a, lik, shift, valid, c, filtered, betas) -> HMMPo
     total = jnp.sum(prod, axis=-1, keepdims=True)
     smoothed = prod / jnp.where(total > 0, total, jnp.ones((), dtype))
     predicted = jnp.concatenate(
-        [jnp.broadcast_to(initial_probs, filtered[:, :1].shape), filtered[:, :-1] @ a], axis=1
+        [jnp.broadcast_to(initial_probs, filtered[:, :1].shape), _mm(filtered[:, :-1], a)], axis=1
     )
     keep = valid[..., None]
     return HMMPosterior(
@@ -466,6 +474,74 @@ def _chunked_recursion(step, boundary, guess, exit_map, num_chunks, length, reve
     return msgs, scal, n
 
 
+class _ChunkLayout(NamedTuple):
+    """B sequences of T steps cut into C chunks of L steps: R = B * C rows (the last
+    chunk of each sequence padded), a free reshape of the padded (B, C * L, ...)."""
+
+    num_steps: int
+    num_sequences: int
+    length: int
+    num_chunks: int
+
+    @classmethod
+    def of(cls, num_steps, num_sequences, num_states, chunk_size=None):
+        length = (
+            default_chunk_size(num_steps, num_sequences, num_states)
+            if chunk_size is None
+            else max(int(chunk_size), 1)
+        )
+        length = min(length, max(num_steps, 1))
+        num_chunks = -(-num_steps // length) if num_steps else 1
+        return cls(num_steps, num_sequences, length, num_chunks)
+
+    @property
+    def rows(self):
+        return self.num_sequences * self.num_chunks
+
+    def rows_of(self, z, fill):
+        """(B, T, ...) -> (R, L, ...), padding with ``fill``."""
+        pad = self.num_chunks * self.length - self.num_steps
+        widths = ((0, 0), (0, pad)) + ((0, 0),) * (z.ndim - 2)
+        return jnp.pad(z, widths, constant_values=fill).reshape(
+            (self.rows, self.length) + z.shape[2:]
+        )
+
+    def unchunk(self, z):
+        """(R, L, ...) -> (B, T, ...)."""
+        b, t = self.num_sequences, self.num_steps
+        return z.reshape((b, self.num_chunks * self.length) + z.shape[2:])[:, :t]
+
+
+def _chunked_forward(initial_probs, a, lik_r, layout: _ChunkLayout, tol):
+    """The forward half of the chunked smoother: normalizers (R, L) and filtered
+    probabilities (R, L, K) of every chunk row, from per-sequence initial_probs (B, K)
+    and chunked shifted likelihoods ``lik_r`` (R, L, K)."""
+    rows, k = layout.rows, a.shape[-1]
+    dtype = lik_r.dtype
+    chunk = jnp.arange(rows) % layout.num_chunks
+    uniform = jnp.full((rows, k), 1.0 / k, dtype)
+    start = jnp.repeat(initial_probs, layout.num_chunks, axis=0)
+
+    def forward(pred, j):
+        w = pred * jax.lax.dynamic_index_in_dim(lik_r, j, axis=1, keepdims=False)
+        c = jnp.sum(w, axis=-1)
+        f = w / jnp.where(c > 0, c, jnp.ones((), dtype))[:, None]
+        return f, c, _mm(f, a)
+
+    filtered, c, _ = _chunked_recursion(
+        forward,
+        (chunk == 0, start),
+        uniform,
+        lambda f: _mm(f, a),
+        layout.num_chunks,
+        layout.length,
+        False,
+        tol,
+        True,
+    )
+    return c, filtered
+
+
 def hmm_smoother_chunked(
     initial_probs: jax.Array,
     transition_matrix: jax.Array,
@@ -526,39 +602,18 @@ def hmm_smoother_chunked(
     b = ll.shape[0]
     a = jnp.asarray(transition_matrix)
     pi = jnp.asarray(initial_probs)
-    length = default_chunk_size(num_steps, b, k) if chunk_size is None else max(int(chunk_size), 1)
-    length = min(length, max(num_steps, 1))
-    num_chunks = -(-num_steps // length) if num_steps else 1
-    pad = num_chunks * length - num_steps
     ll = jnp.where(valid[..., None], ll, jnp.zeros((), ll.dtype))
     lik, shift = _shifted_likelihoods(ll)
     dtype = lik.dtype
+    layout = _ChunkLayout.of(num_steps, b, k, chunk_size)
+    length, num_chunks, rows = layout.length, layout.num_chunks, layout.rows
     if tol is None:
         tol = 8 * float(jnp.finfo(dtype).eps)
-    rows = b * num_chunks
-    # Chunk layout (R, L, K), R = B * C: a free reshape of the padded (B, C * L, K).
-    lik_r = jnp.pad(lik, ((0, 0), (0, pad), (0, 0)), constant_values=1.0).reshape(rows, length, k)
-    valid_r = jnp.pad(valid, ((0, 0), (0, pad))).reshape(rows, length)
+    lik_r = layout.rows_of(lik, 1.0)
+    valid_r = layout.rows_of(valid, False)
     chunk = jnp.arange(rows) % num_chunks
-    uniform = jnp.full((rows, k), 1.0 / k, dtype)
-
-    def forward(pred, j):
-        w = pred * jax.lax.dynamic_index_in_dim(lik_r, j, axis=1, keepdims=False)
-        c = jnp.sum(w, axis=-1)
-        f = w / jnp.where(c > 0, c, jnp.ones((), dtype))[:, None]
-        return f, c, f @ a
-
-    filtered, c, _ = _chunked_recursion(
-        forward,
-        (chunk == 0, jnp.broadcast_to(pi, (rows, k)).astype(dtype)),
-        uniform,
-        lambda f: f @ a,
-        num_chunks,
-        length,
-        False,
-        tol,
-        True,
-    )
+    pi_b = jnp.broadcast_to(pi, (b, k)).astype(dtype)
+    c, filtered = _chunked_forward(pi_b, a, lik_r, layout, tol)
 
     # Backward: beta_t from beta_{t+1}, with the likelihood and validity of step t + 1
     # (in the next row at the end of a chunk; never across sequences).
@@ -576,7 +631,7 @@ def hmm_smoother_chunked(
         has_next = jnp.where(
             inner, jax.lax.dynamic_index_in_dim(valid_r, jn, axis=1, keepdims=False), next_valid
         )
-        u = (lik_next * beta_next) @ a.T
+        u = _mm(lik_next * beta_next, a.T)
         s = jnp.sum(u, axis=-1, keepdims=True)
         beta = u / jnp.where(s > 0, s, jnp.ones((), dtype))
         beta = jnp.where(has_next[:, None], beta, ones)
@@ -594,11 +649,170 @@ def hmm_smoother_chunked(
         False,
     )
 
-    def unchunk(z):
-        return z.reshape((b, num_chunks * length) + z.shape[2:])[:, :num_steps]
-
+    unchunk = layout.unchunk
     post = _posterior(pi, a, lik, shift, valid, unchunk(c), unchunk(filtered), unchunk(betas))
     return jax.tree.map(lambda z: z.reshape(tuple(batch) + z.shape[1:]), post)
+
+
+# ------------------------------------------------------- filters of a whole batch
+FILTER_METHODS = ("sequential", "chunked", "parallel")
+
+
+def hmm_filter_batch(
+    initial_probs: jax.Array,
+    transition_matrix: jax.Array,
+    log_likelihoods: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    method: str = "sequential",
+    chunk_size: int | None = None,
+    group_size: int | None = None,
+) -> HMMFilterResult:
+    r"""Forward filter of a batch of sequences by one of three exact paths.
+
+    * ``"sequential"``: the scaled recursion of :func:`hmm_filter`, T steps per
+      sequence (vmapped over the batch).
+    * ``"chunked"``: time cut into chunks filtered all at once from guessed entering
+      messages, then fixed up until exact (the forward half of
+      :func:`hmm_smoother_chunked`): about L + F sequential steps instead of T (F: the
+      steps the filter takes to forget its start). Its fix-up loops cannot be
+      reverse-differentiated, so its gradient is the sequential path's (a custom VJP
+      that reruns the sequential filter).
+    * ``"parallel"``: an associative scan over the normalised K x K operators
+      :math:`M_t = \mathrm{diag}(\ell_t) A` (Hassan, Sarkka and Garcia-Fernandez 2021):
+      the predictive message is the first row of the prefix product
+      :math:`1 (\pi \odot \ell_1)^\top A\, M_2 \cdots M_t`, renormalised after each
+      product so it never under- or overflows; depth O(log T), work O(T K^3), memory
+      a few T K^2 per sequence (:func:`probseq.auto.parallel_filter_bytes`).
+      Each step's normaliser :math:`c_t = p_{t|t-1} \cdot \ell_t` is then computed
+      directly, not as a difference of cumulative sums, so per-step terms keep full
+      relative precision on long sequences.
+
+    The three agree to rounding (tests/test_hmm_filters.py: float32 1e-5 relative in
+    values and gradients). Which one ``"auto"`` picks: :func:`probseq.auto.choose_hmm_filter`.
+
+    Args:
+        initial_probs: (K,) p(z_1), or (B, K) one per sequence (continuing a stream).
+        transition_matrix: (K, K).
+        log_likelihoods: (B, T, K) log p(x_t | z_t = k).
+        mask: (B, T) prefix masks or None; padded steps give 0 / zero rows.
+        method: one of :data:`FILTER_METHODS`.
+        chunk_size: the chunked path's chunk length (None: :func:`default_chunk_size`).
+        group_size: the parallel path runs this many sequences at a time (None: all),
+            which bounds its memory.
+
+    Returns:
+        An :class:`HMMFilterResult` with a leading batch axis: marginal_loglik (B,),
+        log_normalizers (B, T), predicted_probs and filtered_probs (B, T, K).
+    """
+    if method not in FILTER_METHODS:
+        raise ValueError(f"method must be one of {FILTER_METHODS}, got {method!r}")
+    ll = jnp.asarray(log_likelihoods)
+    b, num_steps, k = ll.shape
+    a = jnp.asarray(transition_matrix)
+    pi = jnp.broadcast_to(jnp.asarray(initial_probs, ll.dtype), (b, k))
+    valid = jnp.ones((b, num_steps), bool) if mask is None else jnp.asarray(mask, bool)
+    ll = jnp.where(valid[..., None], ll, jnp.zeros((), ll.dtype))
+    if method == "sequential":
+        log_c, filtered = _filter_sequential(pi, a, ll)
+    elif method == "chunked":
+        log_c, filtered = _filter_chunked(pi, a, ll, chunk_size)
+    else:
+        log_c, filtered = _filter_parallel(pi, a, ll, group_size)
+    zero = jnp.zeros((), filtered.dtype)
+    log_c = jnp.where(valid, log_c, zero)
+    predicted = jnp.concatenate([pi[:, None], _mm(filtered[:, :-1], a)], axis=1)
+    keep = valid[..., None]
+    return HMMFilterResult(
+        pairwise_sum(log_c),
+        log_c,
+        jnp.where(keep, predicted, zero),
+        jnp.where(keep, filtered, zero),
+    )
+
+
+def _filter_sequential(pi, a, ll):
+    """(log c (B, T), filtered (B, T, K)) by the scaled recursion, per sequence."""
+
+    def one(p, lls):
+        lik, shift = _shifted_likelihoods(lls)
+        c, filtered = _forward(p, a, lik)
+        return jnp.log(c) + shift, filtered
+
+    return jax.vmap(one)(pi, ll)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _filter_chunked(pi, a, ll, chunk_size):
+    b, num_steps, k = ll.shape
+    lik, shift = _shifted_likelihoods(ll)
+    layout = _ChunkLayout.of(num_steps, b, k, chunk_size)
+    tol = 8 * float(jnp.finfo(lik.dtype).eps)
+    c, filtered = _chunked_forward(pi, a, layout.rows_of(lik, 1.0), layout, tol)
+    return jnp.log(layout.unchunk(c)) + shift, layout.unchunk(filtered)
+
+
+def _filter_chunked_fwd(pi, a, ll, chunk_size):
+    return _filter_chunked(pi, a, ll, chunk_size), (pi, a, ll)
+
+
+def _filter_chunked_bwd(chunk_size, residuals, cotangents):
+    # The chunked values equal the sequential ones (to the merge tolerance); so does
+    # the gradient of the sequential recursion, rerun here.
+    return jax.vjp(_filter_sequential, *residuals)[1](cotangents)
+
+
+_filter_chunked.defvjp(_filter_chunked_fwd, _filter_chunked_bwd)
+
+
+def _normalize_operator(m):
+    """Scale (..., K, K) operators to maximum entry 1 (all-zero ones stay 0)."""
+    top = jnp.max(m, axis=(-2, -1), keepdims=True)
+    return m / jnp.where(top > 0, top, jnp.ones((), m.dtype))
+
+
+def _normalize_rows(w):
+    """Rows (..., K) scaled to sum 1 (all-zero rows stay 0, never NaN)."""
+    c = jnp.sum(w, axis=-1, keepdims=True)
+    return w / jnp.where(c > 0, c, jnp.ones((), c.dtype))
+
+
+def _filter_parallel(pi, a, ll, group_size):
+    k = a.shape[-1]
+
+    def one(inputs):
+        p, lls = inputs
+        lik, shift = _shifted_likelihoods(lls)
+        ops = lik[:, :, None] * a  # M_t = diag(l_t) A
+        # The first operator carries p(z_1): every row is (pi * l_1) A, so the first
+        # row of any prefix product is the (unnormalised) predictive message.
+        first = jnp.broadcast_to(_mm(p * lik[0], a), (k, k))
+        ops = _normalize_operator(ops.at[0].set(first))
+        prefix = jax.lax.associative_scan(lambda x, y: _normalize_operator(_mm(x, y)), ops)
+        # Only the direction of p(z_t | x_<t) comes from the products: the filtered
+        # message is scale-free, and the predictive one is then filtered @ A, as in the
+        # sequential recursion, so values and gradients are the same function of
+        # (pi, A, log-likelihoods), on and off the simplex.
+        direction = jnp.concatenate([p[None], prefix[:-1, 0, :]])
+        filtered = _normalize_rows(direction * lik)
+        predicted = jnp.concatenate([p[None], _mm(filtered[:-1], a)])
+        return jnp.log(jnp.sum(predicted * lik, axis=-1)) + shift, filtered
+
+    b = pi.shape[0]
+    if group_size is None or group_size >= b:
+        return jax.vmap(lambda p, lls: one((p, lls)))(pi, ll)
+    return jax.lax.map(one, (pi, ll), batch_size=max(int(group_size), 1))
+
+
+def hmm_filter_parallel(
+    initial_probs: jax.Array, transition_matrix: jax.Array, log_likelihoods: jax.Array
+) -> HMMFilterResult:
+    """:func:`hmm_filter` of one sequence (T, K) by the associative scan of
+    :func:`hmm_filter_batch` (``method="parallel"``): the same values, O(log T) depth."""
+    res = hmm_filter_batch(
+        initial_probs, transition_matrix, jnp.asarray(log_likelihoods)[None], method="parallel"
+    )
+    return jax.tree.map(lambda z: z[0], res)
 
 
 def hmm_viterbi(

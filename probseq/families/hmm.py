@@ -30,20 +30,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from probseq import validation
+from probseq.auto import choose_hmm_filter
 from probseq.core import SequenceModel, as_batch
 from probseq.heads import CategoricalHead, Head, NormalHead
 from probseq.hmm_inference import (
+    FILTER_METHODS,
     chunking_pays,
     condition_on,
     hmm_backward_sample,
     hmm_filter,
-    hmm_masked_filter,
+    hmm_filter_batch,
     hmm_smoother_batch,
     hmm_smoother_chunked,
     hmm_viterbi,
 )
+from probseq.scan import EXACT
 
 __all__ = ["HMM", "HMMParams", "CategoricalHMM", "GaussianHMM"]
+
+#: The ``scan=`` choices of an HMM: "auto" or a filter path of hmm_filter_batch.
+SCAN_CHOICES = ("auto",) + FILTER_METHODS
 
 
 class HMMParams(NamedTuple):
@@ -83,10 +89,17 @@ class HMM(SequenceModel):
     Args:
         num_states: K, the number of hidden states.
         head: the emission head; each state has its own parameter set.
+        scan: how a batch is filtered (log_prob, score, step_log_probs, filter,
+            forecast, sampling after a prefix, fit_sgd): "sequential" (T steps),
+            "chunked" (time chunks at once, fixed up until exact), "parallel" (an
+            associative scan over K x K operators, O(log T) depth, O(T K^2) memory)
+            or "auto" (by backend, size and memory: :mod:`probseq.auto`). All give the
+            same values and gradients (see :func:`probseq.hmm_inference.hmm_filter_batch`).
     """
 
     num_states: int
     head: Head
+    scan: str = "auto"
 
     def __post_init__(self):
         if (
@@ -97,6 +110,8 @@ class HMM(SequenceModel):
             raise ValueError(f"num_states must be a positive int, got {self.num_states=}")
         if not isinstance(self.head, Head):
             raise ValueError(f"head must be a probseq.heads.Head, got {type(self.head).__name__}")
+        if self.scan not in SCAN_CHOICES:
+            raise ValueError(f"scan must be one of {SCAN_CHOICES}, got {self.scan!r}")
 
     def init(
         self, key, *, initial_probs=None, transition_matrix=None, emission=None, dtype=jnp.float32
@@ -136,17 +151,41 @@ class HMM(SequenceModel):
 
     def update(self, params, state, x, u=None):
         filtered, _ = condition_on(state, self.head.component_log_probs(params.emission, x))
-        return filtered @ self.transition_matrix(params)
+        return jnp.matmul(filtered, self.transition_matrix(params), precision=EXACT)
 
     def emission_log_likelihoods(self, params, xs):
         """log p(x_t | z_t = k) for a whole sequence: (T, K)."""
         return jax.vmap(lambda x: self.head.component_log_probs(params.emission, x))(xs)
 
+    def filter_path(self, num_sequences: int, num_steps: int, dtype) -> tuple[str, int | None]:
+        """(method, group_size) of :func:`probseq.hmm_inference.hmm_filter_batch` for a
+        batch of this size: ``scan`` unless it is "auto" (then :mod:`probseq.auto`)."""
+        if self.scan != "auto":
+            return self.scan, None
+        itemsize = jnp.dtype(dtype).itemsize
+        return choose_hmm_filter(num_sequences, num_steps, self.num_states, itemsize)
+
+    def filter_batch(self, params, x, mask=None, initial_probs=None):
+        """:func:`probseq.hmm_inference.hmm_filter_batch` of a padded batch x (B, T, ...)
+        by this model's filter path, from ``initial_probs`` (B, K) or p(z_1)."""
+        a = self.transition_matrix(params)
+        ll = jax.vmap(lambda xs: self.emission_log_likelihoods(params, xs))(x)
+        pi = self.initial_state(params) if initial_probs is None else initial_probs
+        method, group = self.filter_path(ll.shape[0], ll.shape[1], ll.dtype)
+        return hmm_filter_batch(pi, a, ll, mask, method=method, group_size=group)
+
+    def batch_sequence_log_probs(self, params, states, xs, us=None):
+        """The whole batch through :meth:`filter_batch` (the path ``scan`` names)."""
+        res = self.filter_batch(params, xs, None, states)
+        after = jnp.matmul(res.filtered_probs, self.transition_matrix(params), precision=EXACT)
+        return res.log_normalizers, after
+
     def sequence_log_probs(self, params, state, xs, us=None):
         """The scaled forward filter (one gather per step for categorical emissions)."""
         a = self.transition_matrix(params)
         res = hmm_filter(state, a, self.emission_log_likelihoods(params, xs))
-        after = jnp.concatenate([res.predicted_probs[1:], (res.filtered_probs[-1] @ a)[None]])
+        last = jnp.matmul(res.filtered_probs[-1], a, precision=EXACT)
+        after = jnp.concatenate([res.predicted_probs[1:], last[None]])
         return res.log_normalizers, after
 
     # ------------------------------------------------------ posterior over states
@@ -251,8 +290,7 @@ def _over_batch(kernel):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _filter_kernel(model, params, x, mask):
-    pi, a, ll = _batch_inputs(model, params, x)
-    return _over_batch(hmm_masked_filter)(pi, a, ll, mask).filtered_probs
+    return model.filter_batch(params, x, mask).filtered_probs
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -273,8 +311,8 @@ def _viterbi_kernel(model, params, x, mask):
 @functools.partial(jax.jit, static_argnums=(0, 5))
 def _sample_states_kernel(model, params, key, x, mask, num_draws):
     """(num_draws, B, T) paths; the filter runs once per sequence, not once per draw."""
-    pi, a, ll = _batch_inputs(model, params, x)
-    filtered = _over_batch(hmm_masked_filter)(pi, a, ll, mask).filtered_probs
+    a = model.transition_matrix(params)
+    filtered = model.filter_batch(params, x, mask).filtered_probs
     rows = jnp.arange(x.shape[0])
 
     def one_draw(k):
@@ -295,14 +333,16 @@ class CategoricalHMM(HMM):
 
     vocab_size: int
 
-    def __init__(self, num_states: int, vocab_size: int):
+    def __init__(self, num_states: int, vocab_size: int, *, scan: str = "auto"):
         object.__setattr__(self, "num_states", num_states)
         object.__setattr__(self, "vocab_size", vocab_size)
         object.__setattr__(self, "head", CategoricalHead(vocab_size))
+        object.__setattr__(self, "scan", scan)
         self.__post_init__()
 
     def __repr__(self):
-        return f"CategoricalHMM(num_states={self.num_states}, vocab_size={self.vocab_size})"
+        scan = "" if self.scan == "auto" else f", scan={self.scan!r}"
+        return f"CategoricalHMM(num_states={self.num_states}, vocab_size={self.vocab_size}{scan})"
 
     def init(
         self,
@@ -347,14 +387,16 @@ class GaussianHMM(HMM):
 
     obs_dim: int
 
-    def __init__(self, num_states: int, obs_dim: int):
+    def __init__(self, num_states: int, obs_dim: int, *, scan: str = "auto"):
         object.__setattr__(self, "num_states", num_states)
         object.__setattr__(self, "obs_dim", obs_dim)
         object.__setattr__(self, "head", NormalHead(obs_dim))
+        object.__setattr__(self, "scan", scan)
         self.__post_init__()
 
     def __repr__(self):
-        return f"GaussianHMM(num_states={self.num_states}, obs_dim={self.obs_dim})"
+        scan = "" if self.scan == "auto" else f", scan={self.scan!r}"
+        return f"GaussianHMM(num_states={self.num_states}, obs_dim={self.obs_dim}{scan})"
 
     def init(
         self,

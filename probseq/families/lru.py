@@ -30,11 +30,17 @@ import jax
 import jax.numpy as jnp
 
 from probseq.families.recurrent import RecurrentNetwork, dense_init
-from probseq.scan import SCAN_MODES, linear_recurrence, resolve_scan_mode
+from probseq.scan import NEURAL, SCAN_MODES, linear_recurrence, resolve_scan_mode
 
 __all__ = ["LRU"]
 
 _LAYER_NORM_EPS = 1e-5
+
+
+def _mm(a, b):
+    """A projection of the block: XLA's fast default precision, stated (probseq.scan.NEURAL);
+    the recurrence itself is elementwise."""
+    return jnp.matmul(a, b, precision=NEURAL)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
@@ -109,17 +115,17 @@ class LRU(RecurrentNetwork):
         return jnp.exp(jax.lax.complex(-jnp.exp(p["nu_log"]), jnp.exp(p["theta_log"])))
 
     def cell_project(self, p, x):
-        z = x @ p["in_proj"] if "in_proj" in p else x
+        z = _mm(x, p["in_proj"]) if "in_proj" in p else x
         mean = jnp.mean(z, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(z - mean), axis=-1, keepdims=True)
         xn = (z - mean) * jax.lax.rsqrt(var + _LAYER_NORM_EPS) * p["norm_scale"] + p["norm_bias"]
         gamma = jnp.exp(p["gamma_log"])
-        bu = jax.lax.complex(xn @ p["b_re"], xn @ p["b_im"]) * gamma
+        bu = jax.lax.complex(_mm(xn, p["b_re"]), _mm(xn, p["b_im"])) * gamma
         return bu, xn, z
 
     def _output(self, p, h, xn, z):
-        y = h.real @ p["c_re"] - h.imag @ p["c_im"] + p["d"] * xn
-        v = jax.nn.gelu(y, approximate=False) @ p["glu_kernel"] + p["glu_bias"]
+        y = _mm(h.real, p["c_re"]) - _mm(h.imag, p["c_im"]) + p["d"] * xn
+        v = _mm(jax.nn.gelu(y, approximate=False), p["glu_kernel"]) + p["glu_bias"]
         a, b = jnp.split(v, 2, axis=-1)
         return a * jax.nn.sigmoid(b) + z
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from probseq.families.recurrent import RecurrentNetwork, dense_init
-from probseq.scan import SCAN_MODES, linear_recurrence, resolve_scan_mode
+from probseq.scan import NEURAL, SCAN_MODES, linear_recurrence, resolve_scan_mode
 
 __all__ = ["MinGRU"]
 
@@ -61,8 +61,10 @@ class MinGRU(RecurrentNetwork):
         return jnp.zeros((self.hidden_size,), p["b_z"].dtype)
 
     def cell_project(self, p, x):
-        z = jax.nn.sigmoid(x @ p["w_z"] + p["b_z"])
-        return 1.0 - z, z * (x @ p["w_h"] + p["b_h"])
+        # Projections at XLA's fast default precision, stated (probseq.scan.NEURAL); the
+        # scan over time is elementwise.
+        z = jax.nn.sigmoid(jnp.matmul(x, p["w_z"], precision=NEURAL) + p["b_z"])
+        return 1.0 - z, z * (jnp.matmul(x, p["w_h"], precision=NEURAL) + p["b_h"])
 
     def cell_recur(self, p, h, pre):
         a, b = pre

@@ -1,0 +1,138 @@
+"""What ``"auto"`` picks, per backend, and the measurements behind each rule.
+
+The kernels (probseq.hmm_inference, probseq.scan) implement exact paths; this module
+decides between them. Every rule names the table it came from (benchmarks/RESULTS.md).
+
+HMM filtering (log_prob, score, step_log_probs, ``HMM.filter``, forecast and sampling
+conditioned on a history, fit_sgd) has three exact paths
+(:func:`probseq.hmm_inference.hmm_filter_batch`):
+
+* CPU (measured, 2-core x86, jax 0.10.2; RESULTS.md "HMM filter paths"): the
+  sequential scan, except for long sequences with few states, where the time-chunked
+  filter wins (:func:`chunking_pays`, the same rule as the E-step). The associative
+  scan never wins on CPU (O(T K^3) work on two cores).
+* GPU and other accelerators (provisional: from the H200 run that filed issue 10 and
+  ECOSYSTEM.md, i.e. dynamax's parallel filter 1.75 ms vs sequential 7.8 ms on
+  medium K32 B64 T1000, 3.5 ms vs ~6.9 s on T=1e6 K=8, and 78 ms vs 10.3 ms on
+  K64 B1024 T1000; a sequential step costs ~6 us there): the associative scan where
+  its work B T K^3 is at most ``PARALLEL_MAX_WORK`` and its memory fits (in groups of
+  sequences if needed), else the chunked filter for T >= 256, else sequential.
+  ``benchmarks/gpu.py`` times all three paths per workload so the thresholds can be
+  checked on the device.
+
+Memory: the parallel path's need is estimated by :func:`parallel_filter_bytes`
+(checked against ``compiled.memory_analysis()`` in tests/test_hmm_filters.py) and
+compared with :func:`memory_budget_bytes`; a batch that does not fit at once runs in
+groups of sequences, and a single sequence that does not fit falls back to chunking.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+
+__all__ = [
+    "chunking_pays",
+    "choose_hmm_filter",
+    "default_chunk_size",
+    "device_memory_bytes",
+    "memory_budget_bytes",
+    "parallel_filter_bytes",
+    "PARALLEL_MAX_WORK",
+]
+
+#: Largest B * T * K^3 for which accelerators use the associative-scan filter: the
+#: medium workload (2.1e9) is 4.5x faster in parallel on an H200 (dynamax), the
+#: K64 B1024 T1000 one (2.7e11) 7.6x slower.
+PARALLEL_MAX_WORK = 2**33
+
+#: Bytes per B * T * K^2 element (times the dtype's size) of the parallel filter:
+#: ~4 for the values alone and ~12-16 with reverse-mode gradients (fit_sgd, NUTS),
+#: measured by compiled.memory_analysis() on CPU for K = 4..64, T = 500..1e5. The rule
+#: budgets for the gradient.
+PARALLEL_BYTES_PER_ELEMENT = 17
+
+
+def default_chunk_size(num_steps: int, num_sequences: int, num_states: int) -> int:
+    """The chunk length L of the time-chunked filter and smoother when none is given.
+
+    A sweep costs L sequential steps of fixed loop overhead plus the vector work over
+    all B * T / L chunk rows; the fix-up after it costs ~F more steps over all rows (F:
+    the steps a filter takes to forget its start to float precision, ~30-40 on the
+    benchmark models). Balancing the two gives L ~ sqrt(F * B * T * K^2 * work /
+    overhead), ~sqrt(B * T * K^2 / 30) on the 2-core CPU (benchmarks/RESULTS.md);
+    at most T / 4 (at least four chunks) and at least 32 steps."""
+    work = num_sequences * num_steps * max(num_states, 2) ** 2
+    return int(max(32, min(round(math.sqrt(work / 30)), -(-num_steps // 4))))
+
+
+def chunking_pays(num_steps: int, num_states: int) -> bool:
+    """Whether the time-chunked smoother beats the sequential one on CPU ("auto").
+
+    Measured (2-core CPU, one EM iteration, benchmarks/RESULTS.md): chunks pay where the
+    fixed cost of a sequential step dominates its vector work: K=4 (about 2x) and K=8 at
+    T=1e6 (about 1.7x), a little at K=32, B=64, T=1000; at K=256 each step is a real
+    matrix product and the fix-up's extra work loses (0.8x)."""
+    return num_states <= 64 and num_steps >= 128
+
+
+def device_memory_bytes(device=None) -> int:
+    """Memory of ``device`` (default: JAX's first device): the allocator's limit where
+    the backend reports one (GPUs, TPUs), else the machine's physical memory."""
+    device = jax.devices()[0] if device is None else device
+    stats = None
+    try:
+        stats = device.memory_stats()
+    except Exception:  # backends without memory statistics (CPU) raise or return None
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def memory_budget_bytes(device=None) -> int:
+    """What one filter call may allocate: a quarter of the device's memory (the rest
+    holds parameters, data, optimizer state and XLA's own buffers)."""
+    return device_memory_bytes(device) // 4
+
+
+def parallel_filter_bytes(
+    num_sequences: int, num_steps: int, num_states: int, itemsize: int = 4
+) -> int:
+    """Estimated peak bytes of the associative-scan filter on a batch, gradients
+    included (:data:`PARALLEL_BYTES_PER_ELEMENT` per B T K^2 element)."""
+    k = num_states
+    return PARALLEL_BYTES_PER_ELEMENT * num_sequences * num_steps * k * k * itemsize
+
+
+def choose_hmm_filter(
+    num_sequences: int,
+    num_steps: int,
+    num_states: int,
+    itemsize: int = 4,
+    *,
+    backend: str | None = None,
+    budget: int | None = None,
+) -> tuple[str, int | None]:
+    """The filter path "auto" runs: (method, group_size) for
+    :func:`probseq.hmm_inference.hmm_filter_batch`. See the module docstring for the
+    rules and the measurements behind them."""
+    backend = jax.default_backend() if backend is None else backend
+    if backend == "cpu":
+        if chunking_pays(num_steps, num_states) and num_steps >= 4096:
+            return "chunked", None
+        return "sequential", None
+    budget = memory_budget_bytes() if budget is None else budget
+    work = num_sequences * num_steps * num_states**3
+    per_sequence = parallel_filter_bytes(1, num_steps, num_states, itemsize)
+    if work <= PARALLEL_MAX_WORK and num_steps >= 32 and per_sequence <= budget:
+        group = budget // per_sequence
+        return "parallel", (None if group >= num_sequences else int(group))
+    if num_steps >= 256:
+        return "chunked", None
+    return "sequential", None
