@@ -124,7 +124,7 @@ def choose_hmm_filter(
     rules and the measurements behind them."""
     backend = jax.default_backend() if backend is None else backend
     if backend == "cpu":
-        if chunking_pays(num_steps, num_states) and num_steps >= 4096:
+        if chunking_pays(num_steps, num_states):
             return "chunked", None
         return "sequential", None
     budget = memory_budget_bytes() if budget is None else budget

@@ -676,8 +676,9 @@ def hmm_filter_batch(
       messages, then fixed up until exact (the forward half of
       :func:`hmm_smoother_chunked`): about L + F sequential steps instead of T (F: the
       steps the filter takes to forget its start). Its fix-up loops cannot be
-      reverse-differentiated, so its gradient is the sequential path's (a custom VJP
-      that reruns the sequential filter).
+      reverse-differentiated, so under ``jax.grad`` it runs the sequential filter and
+      its reverse pass (a custom VJP): the same values, and no slower than
+      ``"sequential"`` when differentiated.
     * ``"parallel"``: an associative scan over the normalised K x K operators
       :math:`M_t = \mathrm{diag}(\ell_t) A` (Hassan, Sarkka and Garcia-Fernandez 2021):
       the predictive message is the first row of the prefix product
@@ -753,13 +754,15 @@ def _filter_chunked(pi, a, ll, chunk_size):
 
 
 def _filter_chunked_fwd(pi, a, ll, chunk_size):
-    return _filter_chunked(pi, a, ll, chunk_size), (pi, a, ll)
+    # Differentiated (fit_sgd, NUTS): the sequential recursion, whose values equal the
+    # chunked ones to the merge tolerance, and its reverse pass. A reverse pass needs
+    # every step's message anyway, so chunking would only add work here.
+    values, vjp = jax.vjp(_filter_sequential, pi, a, ll)
+    return values, vjp
 
 
-def _filter_chunked_bwd(chunk_size, residuals, cotangents):
-    # The chunked values equal the sequential ones (to the merge tolerance); so does
-    # the gradient of the sequential recursion, rerun here.
-    return jax.vjp(_filter_sequential, *residuals)[1](cotangents)
+def _filter_chunked_bwd(chunk_size, vjp, cotangents):
+    return vjp(cotangents)
 
 
 _filter_chunked.defvjp(_filter_chunked_fwd, _filter_chunked_bwd)
