@@ -17,7 +17,7 @@ from probseq.core import (
     score,
     step_log_probs,
 )
-from probseq.data import pad_sequences
+from probseq.padding import pad_sequences
 from probseq.distribution import SequenceDistribution
 from probseq.families import (
     GRU,

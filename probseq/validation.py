@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probseq.data import pad_sequences
+from probseq.padding import pad_sequences
 
 __all__ = ["Batch", "prepare_batch", "check_params", "check_key", "check_state"]
 

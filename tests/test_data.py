@@ -576,3 +576,46 @@ def test_text_splits_feed_a_categorical_hmm():
     for part in (s.train, s.valid, s.test):
         lp = np.asarray(probseq.log_prob(model, params, part.x, part.mask))
         assert lp.shape == (part.x.shape[0],) and np.isfinite(lp).all()
+
+
+# ----------------------------------------------------------------------------- package layout
+_PUBLIC = (
+    "pad_sequences pydoc_text CharVocabulary split_contiguous cut_sequences read_text read_csv "
+    "CsvColumns from_arrays Standardizer casino Casino series series_names Series Split "
+    "DataSplits cut_rows text_splits series_splits"
+).split()
+
+
+def test_data_is_a_package_that_reexports_every_public_name():
+    import importlib
+
+    assert hasattr(data, "__path__"), "probseq.data must be a package, one module per concern"
+    assert sorted(data.__all__) == sorted(_PUBLIC)
+    for name in _PUBLIC:
+        assert getattr(data, name) is getattr(importlib.import_module("probseq.data"), name)
+    from probseq.data import csv as csv_module
+    from probseq.data import splits, text
+
+    assert csv_module.read_csv is data.read_csv
+    assert text.CharVocabulary is data.CharVocabulary
+    assert splits.series_splits is data.series_splits
+
+
+def test_validation_does_not_import_the_data_layer():
+    """Padding lives below the core: validation imports probseq.padding, not probseq.data."""
+    import ast
+    import inspect
+
+    import probseq.padding
+    import probseq.validation
+
+    tree = ast.parse(inspect.getsource(probseq.validation))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.startswith("probseq.data") for m in imported), imported
+    assert data.pad_sequences is probseq.padding.pad_sequences
+    padding_tree = ast.parse(inspect.getsource(probseq.padding))
+    assert not any(
+        isinstance(n, ast.ImportFrom) and (n.module or "").startswith("probseq")
+        for n in ast.walk(padding_tree)
+    ), "probseq.padding is the ground floor: it imports nothing from probseq"
