@@ -126,9 +126,14 @@ class Standardizer:
         valid = a[m].astype(np.float64)
         if len(valid) == 0:
             raise ValueError("mask has no valid step; there is nothing to fit.")
-        mean = valid.mean(axis=0)
-        std = valid.std(axis=0)
-        constant = (np.ptp(valid, axis=0) == 0) | (std == 0)
+        # Squares (and sums) of magnitudes beyond 1e150 overflow float64: such a
+        # dimension is divided by an exact power of two first, so its statistics are
+        # the same numbers computed without overflow; other dimensions are untouched.
+        exponent = np.where(np.abs(valid).max(axis=0) > 1e150, np.frexp(valid)[1].max(axis=0), 0)
+        u = np.ldexp(valid, -exponent)
+        mean = np.ldexp(u.mean(axis=0), exponent)
+        std = np.ldexp(u.std(axis=0), exponent)
+        constant = (np.ptp(u, axis=0) == 0) | (std == 0)
         scale = np.where(constant, 1.0, std)
         return cls(tuple(mean.tolist()), tuple(scale.tolist()))
 
@@ -152,7 +157,17 @@ class Standardizer:
         series stays (T,).
         """
         a, mean, scale = self._broadcast(x, "x")
-        return (a - mean) / scale
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (a - mean) / scale
+            # x - mean overflows only near the float64 limit; the two quotients do not.
+            z = np.where(np.isfinite(z) | ~np.isfinite(a), z, a / scale - mean / scale)
+        bad = np.isfinite(a) & ~np.isfinite(z)
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"x[{idx}] = {a[idx]} is too far from the mean to standardize in float64."
+            )
+        return z
 
     def inverse(self, x) -> np.ndarray:
         """``x * scale + mean`` as float64: back to the original units.
