@@ -431,9 +431,11 @@ def test_casino_errors():
     for bad in (True, -1, 1.5, "0", None):
         with pytest.raises(ValueError, match="seed must be a non-negative int"):
             data.casino(bad)
-    with pytest.raises(ValueError, match=r"num_sequences must be an int >= 1; got num_sequences=0"):
+    with pytest.raises(
+        ValueError, match=r"num_sequences must be a positive int, got num_sequences=0"
+    ):
         data.casino(0, num_sequences=0)
-    with pytest.raises(ValueError, match="num_timesteps must be an int >= 1"):
+    with pytest.raises(ValueError, match="num_timesteps must be a positive int"):
         data.casino(0, num_timesteps=2.0)
 
 
@@ -561,11 +563,11 @@ def test_text_splits_errors():
     with pytest.raises(ValueError, match="fractions must be three positive numbers"):
         data.text_splits(TEXT, sequence_length=4, fractions=(0.9, 0.0, 0.1))
     with pytest.raises(
-        ValueError, match="sequence_length must be a positive int; got sequence_length=0"
+        ValueError, match="sequence_length must be a positive int, got sequence_length=0"
     ):
         data.text_splits(TEXT, sequence_length=0)
     with pytest.raises(
-        ValueError, match="sequence_length must be a positive int; got sequence_length=None"
+        ValueError, match="sequence_length must be a positive int, got sequence_length=None"
     ):
         data.text_splits(TEXT, sequence_length=None)
     with pytest.raises(ValueError, match="text must be a non-empty str"):

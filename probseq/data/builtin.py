@@ -13,12 +13,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from probseq.validation import check_int
+
 __all__ = ["casino", "Casino", "series", "series_names", "Series"]
 
 
-def _check_count(value, name: str, minimum: int = 1) -> None:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {name}={value!r}.")
+def _check_count(value, name: str) -> int:
+    return check_int(name, value)
 
 
 class Casino(NamedTuple):
@@ -59,8 +60,7 @@ def casino(seed: int = 0, *, num_sequences: int = 5, num_timesteps: int = 300) -
         >>> c.rolls.shape, c.rolls.dtype, c.emission_probs[1].tolist()
         ((2, 6), dtype('int32'), [0.1, 0.1, 0.1, 0.1, 0.1, 0.5])
     """
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int such as seed=0; got seed={seed!r}.")
+    check_int("seed", seed, minimum=0)
     _check_count(num_sequences, "num_sequences")
     _check_count(num_timesteps, "num_timesteps")
     initial_probs = np.array([0.5, 0.5])

@@ -11,6 +11,7 @@ import numpy as np
 from probseq.data.arrays import _check_real, _first_nonfinite
 from probseq.data.scaling import Standardizer
 from probseq.data.text import CharVocabulary
+from probseq.validation import check_int
 
 __all__ = ["Split", "DataSplits", "cut_rows", "text_splits", "series_splits"]
 
@@ -60,11 +61,7 @@ def _part_bounds(n: int, fractions, what: str) -> list[tuple[int, int]]:
 
 
 def _check_sequence_length(length, allow_none: bool) -> None:
-    if length is None and allow_none:
-        return
-    if not isinstance(length, int | np.integer) or isinstance(length, bool) or length < 1:
-        form = "None or a positive int" if allow_none else "a positive int"
-        raise ValueError(f"sequence_length must be {form}; got sequence_length={length!r}.")
+    check_int("sequence_length", length, allow_none=allow_none)
 
 
 def cut_rows(part, length: int | None) -> Split:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from probseq.data._files import _read_file
+from probseq.validation import check_int
 
 __all__ = ["pydoc_text", "CharVocabulary", "split_contiguous", "cut_sequences", "read_text"]
 
@@ -158,8 +159,7 @@ def cut_sequences(ids, length: int) -> np.ndarray:
     a = np.asarray(ids)
     if a.ndim != 1:
         raise ValueError(f"ids must be 1-D; got shape {a.shape}.")
-    if not isinstance(length, int | np.integer) or isinstance(length, bool) or length < 1:
-        raise ValueError(f"length must be a positive int, got {length=}")
+    length = check_int("length", length)
     rows = len(a) // length
     if rows == 0:
         raise ValueError(f"{len(a)} ids are fewer than one sequence of {length=}.")
