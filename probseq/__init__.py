@@ -17,7 +17,6 @@ from probseq.core import (
     score,
     step_log_probs,
 )
-from probseq.data import pad_sequences
 from probseq.distribution import SequenceDistribution
 from probseq.families import (
     GRU,
@@ -35,6 +34,7 @@ from probseq.fit import DirichletPrior, FitResult, NonFiniteLossError, fit_em, f
 from probseq.forecast import Forecast, forecast
 from probseq.inference_data import to_inference_data
 from probseq.io import Run, load, save_run
+from probseq.padding import pad_sequences
 
 __version__ = "0.1.0"
 

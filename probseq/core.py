@@ -303,12 +303,8 @@ def sample(
     """
     validation.check_params(model, params)
     validation.check_key(key)
-    if not isinstance(num_timesteps, int) or isinstance(num_timesteps, bool) or num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be a positive int, got {num_timesteps=}")
-    if num_samples is not None and (
-        not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1
-    ):
-        raise ValueError(f"num_samples must be None or a positive int, got {num_samples=}")
+    num_timesteps = validation.check_int("num_timesteps", num_timesteps)
+    num_samples = validation.check_int("num_samples", num_samples, allow_none=True)
     if (
         not isinstance(temperature, int | float)
         or not math.isfinite(temperature)
@@ -352,17 +348,10 @@ def sample(
 
 
 def _prepare_future_inputs(model, inputs, num_timesteps, num_starts, batched):
-    if not model.input_dim:
-        if inputs is not None:
-            raise ValueError(f"{model!r} takes no conditioning inputs; got inputs=.")
-        return None
-    if inputs is None:
-        raise ValueError(
-            f"{model!r} needs future inputs of shape ({num_timesteps}, {model.input_dim}) "
-            "to sample."
-        )
-    u = jnp.asarray(inputs, dtype=jnp.result_type(float))
     expected = ((num_starts,) if batched else ()) + (num_timesteps, model.input_dim)
-    if u.shape != expected:
-        raise ValueError(f"inputs must have shape {expected} for sampling; got {u.shape}.")
+    if not validation.check_inputs(
+        model, inputs, expected, what="future inputs", note="for sampling"
+    ):
+        return None
+    u = jnp.asarray(inputs, dtype=jnp.result_type(float))
     return u if batched else u[None]

@@ -62,9 +62,7 @@ def _is_tracer(a) -> bool:
 
 
 def _check_count(value, name) -> int:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {name}={value!r}.")
-    return int(value)
+    return validation.check_int(name, value)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -190,27 +188,11 @@ class SequenceDistribution(dist.Distribution):
 
     @staticmethod
     def _prepare_inputs(model, inputs, batch_shape, t):
-        if not model.input_dim:
-            if inputs is not None:
-                raise ValueError(f"{model!r} takes no conditioning inputs; got inputs=.")
-            return None
-        if inputs is None:
-            raise ValueError(
-                f"{model!r} is conditioned on inputs: pass inputs= of shape "
-                f"{batch_shape + (t, model.input_dim)}."
-            )
-        u = inputs if _is_tracer(inputs) else jnp.asarray(inputs, jnp.result_type(float))
         want = batch_shape + (t, model.input_dim)
-        try:
-            fits = jnp.broadcast_shapes(u.shape, want) == want
-        except ValueError:
-            fits = False
-        if not fits:
-            raise ValueError(
-                f"inputs has shape {u.shape}, which does not broadcast to batch_shape + "
-                f"(T, input_dim) = {want} (the batch_shape comes from mask)."
-            )
-        return u
+        note = "(the batch_shape comes from mask)"
+        if not validation.check_inputs(model, inputs, want, note=note, broadcast=True):
+            return None
+        return inputs if _is_tracer(inputs) else jnp.asarray(inputs, jnp.result_type(float))
 
     # ------------------------------------------------------------------ numpyro API
     @property

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probseq import validation
 from probseq.core import SequenceModel, sample, score
 
 __all__ = ["Forecast", "forecast", "DEFAULT_QUANTILES"]
@@ -123,10 +124,8 @@ def forecast(
         A :class:`Forecast`. Real-valued bands are Monte Carlo estimates from the
         ``num_samples`` paths: their error shrinks as 1/sqrt(num_samples).
     """
-    if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
-        raise ValueError(f"horizon must be a positive int, got {horizon=}")
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples=}")
+    horizon = validation.check_int("horizon", horizon)
+    num_samples = validation.check_int("num_samples", num_samples)
     levels = _check_levels(quantiles)
     res = score(model, params, history, mask, inputs=inputs)
     batched = np.ndim(res.log_prob) == 1

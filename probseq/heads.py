@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
+from probseq import validation
 from probseq.scan import EXACT, NEURAL
 
 __all__ = [
@@ -175,12 +176,8 @@ class CategoricalHead(Head):
     is_token = True
 
     def __post_init__(self):
-        if (
-            not isinstance(self.vocab_size, int)
-            or isinstance(self.vocab_size, bool)
-            or self.vocab_size < 2
-        ):
-            raise ValueError(f"vocab_size must be an int >= 2, got {self.vocab_size=}")
+        size = validation.check_int("vocab_size", self.vocab_size, minimum=2)
+        object.__setattr__(self, "vocab_size", size)
 
     @property
     def event_shape(self):
@@ -238,8 +235,7 @@ class _VectorHead(Head):
     obs_dim: int
 
     def __post_init__(self):
-        if not isinstance(self.obs_dim, int) or isinstance(self.obs_dim, bool) or self.obs_dim < 1:
-            raise ValueError(f"obs_dim must be an int >= 1, got {self.obs_dim=}")
+        object.__setattr__(self, "obs_dim", validation.check_int("obs_dim", self.obs_dim))
 
     @property
     def event_shape(self):
@@ -296,8 +292,8 @@ class MixtureNormalHead(_VectorHead):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.num_components, int) or self.num_components < 1:
-            raise ValueError(f"num_components must be an int >= 1, got {self.num_components=}")
+        k = validation.check_int("num_components", self.num_components)
+        object.__setattr__(self, "num_components", k)
 
     def raw_shapes(self):
         m, d = self.num_components, self.obs_dim

@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probseq import validation
 from probseq.core import as_batch, batch_step_log_probs
 from probseq.scan import pairwise_sum
 
@@ -134,8 +135,7 @@ def _draw_log_probs(model, flat_params, x, mask, inputs, draws_per_step):
 
 def _log_likelihood(model, params, data, mask, inputs, sample_dims, pointwise, var_name):
     """The log_likelihood Dataset, (chain, draw), and the validated batch."""
-    if pointwise not in POINTWISE:
-        raise ValueError(f"pointwise must be one of {POINTWISE}; got {pointwise!r}.")
+    validation.check_choice("pointwise", pointwise, POINTWISE)
     if not isinstance(var_name, str) or not var_name:
         raise ValueError(f"var_name must be a non-empty string; got {var_name!r}.")
     extra = _sample_axes(model, params, sample_dims)

@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from probseq import validation
+
 __all__ = [
     "plot_learning_curves",
     "plot_state_posteriors",
@@ -527,8 +529,7 @@ def plot_forecast(history, forecast, *, time=None, dim: int = 0, ax=None, max_pa
         raise ValueError(
             f"dim must be an int in [0, {obs_dim}) for this {obs_dim}-D series, got {dim=}"
         )
-    if not isinstance(max_paths, int) or isinstance(max_paths, bool) or max_paths < 0:
-        raise ValueError(f"max_paths must be an int >= 0, got {max_paths=}")
+    max_paths = validation.check_int("max_paths", max_paths, minimum=0)
 
     levels: tuple[float, ...] = ()
     bands = None

@@ -18,6 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from probseq.validation import check_choice
+
 __all__ = [
     "linear_recurrence",
     "pairwise_sum",
@@ -47,8 +49,7 @@ NEURAL = jax.lax.Precision.DEFAULT
 def resolve_scan_mode(mode: str) -> str:
     """'auto' -> 'parallel' on accelerators, 'sequential' on CPU (where
     associative_scan is measured 2-3x slower); other values pass through."""
-    if mode not in SCAN_MODES:
-        raise ValueError(f"scan must be one of {SCAN_MODES}, got {mode!r}")
+    check_choice("scan", mode, SCAN_MODES)
     if mode == "auto":
         return "sequential" if jax.default_backend() == "cpu" else "parallel"
     return mode

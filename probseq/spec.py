@@ -45,6 +45,8 @@ import jax
 
 from probseq import heads as heads_lib
 from probseq.families import GRU, HMM, LRU, LSTM, RNN, MinGRU
+from probseq.fit.em import ESTEPS
+from probseq.scan import SCAN_MODES
 
 __all__ = ["Spec", "SpecError", "load_spec", "parse_spec", "spec_text", "FAMILIES", "HEADS"]
 
@@ -105,10 +107,10 @@ _MODEL = {
     "rnn": _RECURRENT,
     "lstm": _RECURRENT,
     "gru": _RECURRENT,
-    "mingru": {**_RECURRENT, "scan": _choice("auto", "sequential", "parallel")},
+    "mingru": {**_RECURRENT, "scan": _choice(*SCAN_MODES)},
     "lru": {
         **_RECURRENT,
-        "scan": _choice("auto", "sequential", "parallel"),
+        "scan": _choice(*SCAN_MODES),
         "state_size": _POSITIVE_INT,
         "r_min": _FRACTION,
         "r_max": _FRACTION,
@@ -139,7 +141,7 @@ _FIT = {
         "tol": ((int, float), lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
         "num_restarts": _POSITIVE_INT,
         "prior": ((int, float), lambda v: math.isfinite(v) and v >= 1, "a number >= 1"),
-        "estep": _choice("auto", "autodiff", "forward_backward"),
+        "estep": _choice(*ESTEPS),
     },
 }
 _FIT_DEFAULTS = {"sgd": {"num_epochs": 1, "batch_size": 32}, "em": {"num_iters": 100}}

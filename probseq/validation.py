@@ -4,20 +4,189 @@ Every public function of probseq funnels user data through here, so one place
 decides what valid input is and how an error reads: the argument's name, the
 offending index and value, and the form that was expected. JAX clamps
 out-of-range gathers silently, so token ids are checked here, never assumed.
+
+The static arguments (sizes, counts, options) are checked by the small helpers
+:func:`check_int`, :func:`check_positive_float`, :func:`check_choice`,
+:func:`check_stochastic` and :func:`check_inputs`, so that every function says the
+same thing about the same mistake:
+
+    >>> check_int("num_states", np.int64(3))     # NumPy integers are ints too
+    3
+    >>> check_int("num_states", True)
+    Traceback (most recent call last):
+    ...
+    ValueError: num_states must be a positive int, got num_states=True
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probseq.data import pad_sequences
+from probseq.padding import pad_sequences
 
-__all__ = ["Batch", "prepare_batch", "check_params", "check_key", "check_state"]
+__all__ = [
+    "Batch",
+    "prepare_batch",
+    "check_params",
+    "check_key",
+    "check_state",
+    "check_int",
+    "check_positive_float",
+    "check_nonnegative_float",
+    "check_choice",
+    "check_stochastic",
+    "check_inputs",
+]
+
+
+# ------------------------------------------------------------------ static arguments
+def check_int(name: str, value, *, minimum: int = 1, allow_none: bool = False) -> int | None:
+    """``value`` as a Python int, if it is an integer >= ``minimum`` (else ValueError).
+
+    Python and NumPy integers (``np.int64(3)``, a length from ``len`` or ``.shape``)
+    are accepted; bools, floats (even ``3.0``) and strings are not.
+
+    Args:
+        name: the argument's name, for the message.
+        value: what the caller passed.
+        minimum: the smallest allowed value (1: "a positive int").
+        allow_none: also accept None (returned as None).
+
+    Returns:
+        ``int(value)``, or None.
+
+    Raises:
+        ValueError: e.g. ``num_iters must be a positive int, got num_iters=0``.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= minimum:
+        return int(value)
+    kind = {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
+    kind = f"None or {kind}" if allow_none else kind
+    raise ValueError(f"{name} must be {kind}, got {name}={value!r}")
+
+
+def _real_number(value) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+def check_positive_float(name: str, value) -> float:
+    """``value`` as a float, if it is a finite real number > 0 (else ValueError)."""
+    if _real_number(value) and math.isfinite(value) and value > 0:
+        return float(value)
+    raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
+
+
+def check_nonnegative_float(name: str, value) -> float:
+    """``value`` as a float, if it is a finite real number >= 0 (else ValueError)."""
+    if _real_number(value) and math.isfinite(value) and value >= 0:
+        return float(value)
+    raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
+
+
+def check_choice(name: str, value, choices: tuple):
+    """``value``, if it is one of ``choices`` (compared by type and value)."""
+    if any(type(value) is type(c) and value == c for c in choices):
+        return value
+    raise ValueError(f"{name} must be one of {tuple(choices)}, got {name}={value!r}")
+
+
+def check_stochastic(name: str, p, shape: tuple[int, ...]) -> np.ndarray:
+    """``p`` as a float64 array of ``shape`` whose last axis holds probabilities.
+
+    Every entry must be finite and >= 0, and every row (the last axis) must sum to
+    1 within 1e-6: an initial distribution (K,), a transition matrix (K, K) whose
+    row i is "from state i", or emission probabilities (K, V).
+
+    Raises:
+        ValueError: the wrong shape, a negative or non-finite entry (says where), or
+            a row that does not sum to 1 (says which, and its sum).
+    """
+    try:
+        a = np.asarray(p, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an array of probabilities; got {p!r:.60}.") from None
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}; got {a.shape}.")
+    if not np.isfinite(a).all() or (a < 0).any():
+        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(a) | (a < 0))[0])
+        raise ValueError(f"{name} must hold finite probabilities >= 0; got {a[idx]} at {idx}.")
+    sums = a.sum(axis=-1)
+    bad = np.abs(sums - 1.0) > 1e-6
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = f" row {idx}" if a.ndim > 1 else ""
+        raise ValueError(f"{name}{where} must sum to 1; it sums to {sums[idx]:.9g}.")
+    return a
+
+
+def check_inputs(
+    model, inputs, expected: tuple[int, ...], *, what="inputs", note="", broadcast=False
+) -> bool:
+    """Whether ``model`` takes conditioning inputs, after checking ``inputs`` against it.
+
+    A model built with ``input_dim > 0`` needs inputs of shape ``expected`` (which
+    ends in ``(T, input_dim)``); one built without takes none.
+
+    Args:
+        model: a probseq model (``input_dim`` 0 or more).
+        inputs: what the caller passed, an array, a tracer or None.
+        expected: the shape the inputs must have (or broadcast to).
+        what: how the message names the inputs, e.g. "future inputs".
+        note: appended to the shape message, e.g. "(matching x)".
+        broadcast: accept shapes that broadcast to ``expected``.
+
+    Returns:
+        False when the model is unconditional (and ``inputs`` is None), True when
+        ``inputs`` is to be used.
+
+    Raises:
+        ValueError: inputs missing, unexpected, of the wrong shape or not real numbers.
+    """
+    input_dim = getattr(model, "input_dim", 0)
+    if not input_dim:
+        if inputs is None:
+            return False
+        raise ValueError(
+            f"{model!r} takes no conditioning inputs (input_dim=0); got inputs= with shape "
+            f"{np.shape(inputs)}. Build the model with input_dim=... to use them."
+        )
+    if inputs is None:
+        raise ValueError(
+            f"{model!r} is conditioned on inputs of size input_dim={input_dim}: it needs "
+            f"{what} of shape {expected}; pass them as inputs=."
+        )
+    got = tuple(np.shape(inputs))
+    note = f" {note}" if note else ""
+    if broadcast:
+        try:
+            fits = np.broadcast_shapes(got, expected) == tuple(expected)
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"inputs has shape {got}, which does not broadcast to batch_shape + "
+                f"(T, input_dim) = {tuple(expected)}{note}."
+            )
+    elif got != tuple(expected):
+        raise ValueError(f"inputs must have shape {tuple(expected)}{note}; got {got}.")
+    if not _is_tracer(inputs):
+        dtype = getattr(inputs, "dtype", None)
+        dtype = np.asarray(inputs).dtype if dtype is None else np.dtype(dtype)
+        if dtype == np.bool_ or not (
+            np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
+        ):
+            raise ValueError(f"inputs must hold real numbers; got dtype {dtype}.")
+    return True
 
 
 class Batch(NamedTuple):
@@ -125,32 +294,12 @@ def prepare_batch(model, x, mask=None, inputs=None, *, name: str = "x") -> Batch
 
 
 def _prepare_inputs(model, inputs, bt, batched: bool, mask):
-    input_dim = getattr(model, "input_dim", 0)
-    if inputs is None:
-        if input_dim:
-            raise ValueError(
-                f"{model!r} is conditioned on inputs of size input_dim={input_dim}; pass "
-                f"inputs= of shape {bt[1:] if not batched else bt} + ({input_dim},)."
-            )
+    expected = (bt if batched else bt[1:]) + (getattr(model, "input_dim", 0),)
+    if not check_inputs(model, inputs, expected, note="(matching x)"):
         return None
-    if not input_dim:
-        raise ValueError(
-            f"{model!r} takes no conditioning inputs (input_dim=0); got inputs= "
-            f"with shape {np.shape(inputs)}. Build the model with input_dim=... to use them."
-        )
     if _is_tracer(inputs):
-        u = inputs if batched else inputs[None]
-        if tuple(u.shape) != bt + (input_dim,):
-            raise ValueError(
-                f"inputs has shape {tuple(inputs.shape)}, expected {bt + (input_dim,)}."
-            )
-        return u
+        return inputs if batched else inputs[None]
     u = np.asarray(inputs)
-    expected = (bt if batched else bt[1:]) + (input_dim,)
-    if u.shape != expected:
-        raise ValueError(f"inputs must have shape {expected} (matching x); got {u.shape}.")
-    if not (np.issubdtype(u.dtype, np.floating) or np.issubdtype(u.dtype, np.integer)):
-        raise ValueError(f"inputs must hold real numbers; got dtype {u.dtype}.")
     if not batched:
         u = u[None]
     if not _is_tracer(mask):

@@ -7,6 +7,7 @@ splits lose no step and are scored directly by the models.
 import json
 import subprocess
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -137,13 +138,92 @@ def test_read_csv_errors(tmp_path):
         data.read_csv(gaps, columns=["b"])
     with pytest.raises(ValueError, match=r"row 4, column 'b': 'nan' is not a finite number"):
         data.read_csv(_write(tmp_path, "a,b\n1,2\n3,4\n4,nan\n", "nan.csv"), columns=["b"])
-    assert data.read_csv(gaps).names == ("a",)  # b is not numeric in every row
-    with pytest.raises(ValueError, match=r"no column that holds a finite number.*'x', 'y'"):
+    with pytest.raises(ValueError, match=r"no column that holds numbers.*'x', 'y'"):
         data.read_csv(_write(tmp_path, "x,y\na,b\n", "words.csv"))
     dup = _write(tmp_path, "a,a\n1,2\n", "dup.csv")
     with pytest.raises(ValueError, match=r"names 'a' 2 times \(columns 0, 1\)"):
         data.read_csv(dup, columns="a")
     assert data.read_csv(dup, columns=[1]).values.tolist() == [[2.0]]
+
+
+@pytest.mark.parametrize(
+    "text, line, column, what",
+    [
+        ("a,b\n1,2\n3,\n4,5\n", 3, "b", "is empty"),  # the gap used to drop column b
+        ("a,b\n1,2\n3,4\n4,nan\n", 4, "b", "'nan' is not a finite number"),
+        ("t,value\n1,2.5\n2,NaN\n3,1\n", 3, "value", "'NaN' is not a finite number"),
+        ("date,x\n2024-01-01,1\n2024-01-02,\n", 3, "x", "is empty"),  # the only numeric one
+        ("x\n1\n2\n\n4\n", 4, "x", "is empty"),  # a one-column file: a blank line is a gap
+        ("a,b\n1,inf\n2,3\n", 2, "b", "'inf' is not a finite number"),
+        ("a,b\n1,2\n2,-Infinity\n", 3, "b", "'-Infinity' is not a finite number"),
+        ("a,b\n1,2\n2,oops\n", 3, "b", "'oops' is not a finite number"),
+    ],
+)
+def test_read_csv_never_drops_a_numeric_column_with_a_gap(tmp_path, text, line, column, what):
+    p = _write(tmp_path, text)
+    with pytest.raises(ValueError) as e:
+        data.read_csv(p)
+    msg = str(e.value)
+    assert f"row {line}, column {column!r}: {what}" in msg
+    assert "\n" not in msg
+    with pytest.raises(ValueError, match=f"row {line}, column {column!r}: "):
+        data.read_csv(p, columns=[column])  # the same when the column is chosen
+
+
+def test_read_csv_says_which_columns_it_used_and_why_others_were_left_out(tmp_path):
+    p = _write(
+        tmp_path, "date,temp,label,empty,pressure\n2024-01-01,1.5,a,,1000\n2024-01-02,2.5,b,,1001\n"
+    )
+    table = data.read_csv(p)
+    assert table.names == ("temp", "pressure")
+    assert table.left_out == (
+        ("date", "holds no number: row 2 is '2024-01-01'"),
+        ("label", "holds no number: row 2 is 'a'"),
+        ("empty", "every cell is empty"),
+    )
+    assert table.notice == (
+        "using columns 'temp', 'pressure'; left out 'date' (holds no number: row 2 is "
+        "'2024-01-01'); 'label' (holds no number: row 2 is 'a'); 'empty' (every cell is empty)"
+    )
+    chosen = data.read_csv(p, columns="pressure")
+    assert chosen.left_out == () and chosen.notice == "using column 'pressure'"
+    values, names, left_out = table  # a plain NamedTuple
+    assert values.shape == (2, 2)
+    # Blank lines around the data, and between rows of a wider file, are no gaps.
+    assert data.read_csv(_write(tmp_path, "\nx\n\n1\n2\n\n\n", "x.csv")).values.tolist() == [
+        [1.0],
+        [2.0],
+    ]
+
+
+@pytest.mark.parametrize("cell", ["1e308", "-1e308", "3.5e38", "1e39"])
+def test_read_csv_refuses_values_beyond_float32_before_any_work(tmp_path, cell):
+    p = _write(tmp_path, f"a,b\n1,2\n2,{cell}\n3,4\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow RuntimeWarning may leak
+        with pytest.raises(ValueError, match=rf"row 3, column 'b': '{cell}' is too large"):
+            data.read_csv(p)
+        with pytest.raises(ValueError, match=r"row 3, column 'b'"):
+            data.read_csv(p, columns=["b"])
+        ok = data.read_csv(_write(tmp_path, "a\n3.4e38\n-3.4e38\n", "ok.csv"))
+        assert ok.values[:, 0].tolist() == [3.4e38, -3.4e38]
+
+
+def test_standardizer_huge_values_without_overflow():
+    x = np.array([1e308, -1e308, 5e307, 0.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = data.Standardizer.fit(x)
+        z = s.transform(x)
+        splits = data.series_splits(np.r_[x, x], fractions=(0.5, 0.25, 0.25))
+    np.testing.assert_allclose(s.mean, [np.mean(x / 1e300) * 1e300])
+    np.testing.assert_allclose(s.scale, [np.std(x / 1e300) * 1e300])
+    np.testing.assert_allclose(z, (x / 1e300 - s.mean[0] / 1e300) / (s.scale[0] / 1e300))
+    assert np.isfinite(splits.train.x).all()
+    # Ordinary data: the same numbers as before (no rescaling below 1e150).
+    y = np.array([[1.0, 2.0], [3.0, 5.0], [4.0, 7.0]])
+    s = data.Standardizer.fit(y)
+    assert s.mean == tuple(y.mean(0).tolist()) and s.scale == tuple(y.std(0).tolist())
 
 
 # ----------------------------------------------------------------------------- from_arrays
@@ -351,9 +431,11 @@ def test_casino_errors():
     for bad in (True, -1, 1.5, "0", None):
         with pytest.raises(ValueError, match="seed must be a non-negative int"):
             data.casino(bad)
-    with pytest.raises(ValueError, match=r"num_sequences must be an int >= 1; got num_sequences=0"):
+    with pytest.raises(
+        ValueError, match=r"num_sequences must be a positive int, got num_sequences=0"
+    ):
         data.casino(0, num_sequences=0)
-    with pytest.raises(ValueError, match="num_timesteps must be an int >= 1"):
+    with pytest.raises(ValueError, match="num_timesteps must be a positive int"):
         data.casino(0, num_timesteps=2.0)
 
 
@@ -481,11 +563,11 @@ def test_text_splits_errors():
     with pytest.raises(ValueError, match="fractions must be three positive numbers"):
         data.text_splits(TEXT, sequence_length=4, fractions=(0.9, 0.0, 0.1))
     with pytest.raises(
-        ValueError, match="sequence_length must be a positive int; got sequence_length=0"
+        ValueError, match="sequence_length must be a positive int, got sequence_length=0"
     ):
         data.text_splits(TEXT, sequence_length=0)
     with pytest.raises(
-        ValueError, match="sequence_length must be a positive int; got sequence_length=None"
+        ValueError, match="sequence_length must be a positive int, got sequence_length=None"
     ):
         data.text_splits(TEXT, sequence_length=None)
     with pytest.raises(ValueError, match="text must be a non-empty str"):
@@ -576,3 +658,46 @@ def test_text_splits_feed_a_categorical_hmm():
     for part in (s.train, s.valid, s.test):
         lp = np.asarray(probseq.log_prob(model, params, part.x, part.mask))
         assert lp.shape == (part.x.shape[0],) and np.isfinite(lp).all()
+
+
+# ----------------------------------------------------------------------------- package layout
+_PUBLIC = (
+    "pad_sequences pydoc_text CharVocabulary split_contiguous cut_sequences read_text read_csv "
+    "CsvColumns from_arrays Standardizer casino Casino series series_names Series Split "
+    "DataSplits cut_rows text_splits series_splits"
+).split()
+
+
+def test_data_is_a_package_that_reexports_every_public_name():
+    import importlib
+
+    assert hasattr(data, "__path__"), "probseq.data must be a package, one module per concern"
+    assert sorted(data.__all__) == sorted(_PUBLIC)
+    for name in _PUBLIC:
+        assert getattr(data, name) is getattr(importlib.import_module("probseq.data"), name)
+    from probseq.data import csv as csv_module
+    from probseq.data import splits, text
+
+    assert csv_module.read_csv is data.read_csv
+    assert text.CharVocabulary is data.CharVocabulary
+    assert splits.series_splits is data.series_splits
+
+
+def test_validation_does_not_import_the_data_layer():
+    """Padding lives below the core: validation imports probseq.padding, not probseq.data."""
+    import ast
+    import inspect
+
+    import probseq.padding
+    import probseq.validation
+
+    tree = ast.parse(inspect.getsource(probseq.validation))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.startswith("probseq.data") for m in imported), imported
+    assert data.pad_sequences is probseq.padding.pad_sequences
+    padding_tree = ast.parse(inspect.getsource(probseq.padding))
+    assert not any(
+        isinstance(n, ast.ImportFrom) and (n.module or "").startswith("probseq")
+        for n in ast.walk(padding_tree)
+    ), "probseq.padding is the ground floor: it imports nothing from probseq"

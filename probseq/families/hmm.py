@@ -45,6 +45,7 @@ from probseq.hmm_inference import (
     hmm_viterbi,
 )
 from probseq.scan import EXACT
+from probseq.validation import check_stochastic as _check_stochastic
 
 __all__ = ["HMM", "HMMParams", "CategoricalHMM", "GaussianHMM"]
 
@@ -59,22 +60,6 @@ class HMMParams(NamedTuple):
     initial_logits: jax.Array
     transition_logits: jax.Array
     emission: Any
-
-
-def _check_stochastic(name: str, p, shape: tuple[int, ...]) -> np.ndarray:
-    a = np.asarray(p, dtype=np.float64)
-    if a.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}; got {a.shape}.")
-    if not np.isfinite(a).all() or (a < 0).any():
-        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(a) | (a < 0))[0])
-        raise ValueError(f"{name} must hold finite probabilities >= 0; got {a[idx]} at {idx}.")
-    sums = a.sum(axis=-1)
-    bad = np.abs(sums - 1.0) > 1e-6
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        where = f" row {idx}" if a.ndim > 1 else ""
-        raise ValueError(f"{name}{where} must sum to 1; it sums to {sums[idx]:.9g}.")
-    return a
 
 
 def _log(a: np.ndarray, dtype):
@@ -102,16 +87,10 @@ class HMM(SequenceModel):
     scan: str = "auto"
 
     def __post_init__(self):
-        if (
-            not isinstance(self.num_states, int)
-            or isinstance(self.num_states, bool)
-            or self.num_states < 1
-        ):
-            raise ValueError(f"num_states must be a positive int, got {self.num_states=}")
+        object.__setattr__(self, "num_states", validation.check_int("num_states", self.num_states))
         if not isinstance(self.head, Head):
             raise ValueError(f"head must be a probseq.heads.Head, got {type(self.head).__name__}")
-        if self.scan not in SCAN_CHOICES:
-            raise ValueError(f"scan must be one of {SCAN_CHOICES}, got {self.scan!r}")
+        validation.check_choice("scan", self.scan, SCAN_CHOICES)
 
     def init(
         self, key, *, initial_probs=None, transition_matrix=None, emission=None, dtype=jnp.float32
@@ -259,10 +238,7 @@ class HMM(SequenceModel):
             (5, 3)
         """
         validation.check_key(key)
-        if num_samples is not None and (
-            not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1
-        ):
-            raise ValueError(f"num_samples must be None or a positive int, got {num_samples=}")
+        num_samples = validation.check_int("num_samples", num_samples, allow_none=True)
         batch = as_batch(self, params, x, mask)
         draws = 1 if num_samples is None else num_samples
         z = _sample_states_kernel(self, params, key, batch.x, batch.mask, draws)
@@ -335,9 +311,9 @@ class CategoricalHMM(HMM):
 
     def __init__(self, num_states: int, vocab_size: int, *, scan: str = "auto"):
         object.__setattr__(self, "num_states", num_states)
-        object.__setattr__(self, "vocab_size", vocab_size)
         object.__setattr__(self, "head", CategoricalHead(vocab_size))
         object.__setattr__(self, "scan", scan)
+        object.__setattr__(self, "vocab_size", self.head.vocab_size)
         self.__post_init__()
 
     def __repr__(self):
@@ -389,9 +365,9 @@ class GaussianHMM(HMM):
 
     def __init__(self, num_states: int, obs_dim: int, *, scan: str = "auto"):
         object.__setattr__(self, "num_states", num_states)
-        object.__setattr__(self, "obs_dim", obs_dim)
         object.__setattr__(self, "head", NormalHead(obs_dim))
         object.__setattr__(self, "scan", scan)
+        object.__setattr__(self, "obs_dim", self.head.obs_dim)
         self.__post_init__()
 
     def __repr__(self):

@@ -29,6 +29,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from probseq import validation
 from probseq.families.recurrent import RecurrentNetwork, dense_init
 from probseq.scan import NEURAL, SCAN_MODES, linear_recurrence, resolve_scan_mode
 
@@ -64,16 +65,13 @@ class LRU(RecurrentNetwork):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.scan not in SCAN_MODES:
-            raise ValueError(f"scan must be one of {SCAN_MODES}, got {self.scan!r}")
+        validation.check_choice("scan", self.scan, SCAN_MODES)
         if not 0.0 <= self.r_min < self.r_max <= 1.0:
             raise ValueError(f"need 0 <= r_min < r_max <= 1, got {self.r_min=}, {self.r_max=}")
         if not self.max_phase > 0:
             raise ValueError(f"max_phase must be > 0, got {self.max_phase=}")
-        if self.state_size is not None and (
-            not isinstance(self.state_size, int) or self.state_size < 1
-        ):
-            raise ValueError(f"state_size must be a positive int, got {self.state_size=}")
+        size = validation.check_int("state_size", self.state_size, allow_none=True)
+        object.__setattr__(self, "state_size", size)
 
     @property
     def _state_size(self) -> int:

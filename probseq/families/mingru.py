@@ -24,6 +24,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from probseq import validation
 from probseq.families.recurrent import RecurrentNetwork, dense_init
 from probseq.scan import NEURAL, SCAN_MODES, linear_recurrence, resolve_scan_mode
 
@@ -44,8 +45,7 @@ class MinGRU(RecurrentNetwork):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.scan not in SCAN_MODES:
-            raise ValueError(f"scan must be one of {SCAN_MODES}, got {self.scan!r}")
+        validation.check_choice("scan", self.scan, SCAN_MODES)
 
     def cell_init(self, key, in_size, dtype):
         k1, k2 = jax.random.split(key)

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from probseq import validation
 from probseq.core import SequenceModel
 from probseq.heads import CategoricalHead, Head, NormalHead
 
@@ -39,9 +40,8 @@ class RecurrentState(NamedTuple):
     features: jax.Array
 
 
-def _check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+def _check_positive_int(self, name):
+    object.__setattr__(self, name, validation.check_int(name, getattr(self, name)))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
@@ -81,14 +81,15 @@ class RecurrentNetwork(SequenceModel):
                 else NormalHead(self.obs_dim)
             )
             object.__setattr__(self, "head", head)
+            object.__setattr__(self, given[0], getattr(head, given[0]))  # a Python int
         elif not isinstance(self.head, Head):
             raise ValueError(f"head must be a probseq.heads.Head, got {type(self.head).__name__}")
-        _check_positive_int("hidden_size", self.hidden_size)
-        _check_positive_int("num_layers", self.num_layers)
+        _check_positive_int(self, "hidden_size")
+        _check_positive_int(self, "num_layers")
         if self.embed_size is not None:
-            _check_positive_int("embed_size", self.embed_size)
-        if not isinstance(self.input_dim, int) or self.input_dim < 0:
-            raise ValueError(f"input_dim must be an int >= 0, got {self.input_dim=}")
+            _check_positive_int(self, "embed_size")
+        input_dim = validation.check_int("input_dim", self.input_dim, minimum=0)
+        object.__setattr__(self, "input_dim", input_dim)
 
     def __repr__(self):
         shown = []

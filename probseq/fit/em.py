@@ -33,13 +33,13 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probseq import validation
 from probseq.core import as_batch
 from probseq.families.hmm import HMM, HMMParams
 from probseq.fit.result import FitResult
@@ -132,8 +132,7 @@ def _resolve_estep(estep: str, num_sequences: int, num_steps: int, num_states: i
 
 
 def _check_estep(estep):
-    if estep not in ESTEPS:
-        raise ValueError(f"estep must be one of {ESTEPS}, got {estep!r}")
+    validation.check_choice("estep", estep, ESTEPS)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
@@ -361,12 +360,9 @@ def fit_em(
     """
     _check_hmm(model)
     _check_estep(estep)
-    if not isinstance(num_iters, int) or num_iters < 1:
-        raise ValueError(f"num_iters must be a positive int, got {num_iters=}")
-    if not (isinstance(tol, int | float) and math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol=}")
-    if not isinstance(num_restarts, int) or num_restarts < 1:
-        raise ValueError(f"num_restarts must be a positive int, got {num_restarts=}")
+    num_iters = validation.check_int("num_iters", num_iters)
+    tol = validation.check_nonnegative_float("tol", tol)
+    num_restarts = validation.check_int("num_restarts", num_restarts)
     if num_restarts > 1:
         if key is None:
             raise ValueError("num_restarts > 1 draws random starting points: pass key=.")

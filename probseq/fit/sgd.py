@@ -67,7 +67,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from typing import Any, NamedTuple
@@ -370,22 +369,8 @@ class _AheadOfTime:
 
 
 # ----------------------------------------------------------------------- host side
-def _check_int(name, value, *, minimum=1, allow_none=False):
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
-        kind = "None or " if allow_none else ""
-        raise ValueError(f"{name} must be {kind}an int >= {minimum}, got {name}={value!r}")
-
-
-def _check_positive_number(name, value):
-    if (
-        not isinstance(value, int | float | np.floating | np.integer)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
+_check_int = validation.check_int
+_check_positive_number = validation.check_positive_float
 
 
 def _strong(tree):
