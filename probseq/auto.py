@@ -20,6 +20,13 @@ conditioned on a history, fit_sgd) has three exact paths
   ``benchmarks/gpu.py`` times all three paths per workload so the thresholds can be
   checked on the device.
 
+HMM smoothing (the EM E-step, ``HMM.smoother``): the time-chunked forward-backward
+where :func:`chunking_pays`, else the sequential one (:func:`choose_smoother`), on every
+backend. CPU: measured (RESULTS.md, EM section). GPU: the H200 run of issue 10 measured
+this rule's choices (one EM iteration 4.95 ms on medium, 12.6 ms on K64 B1024 T1000,
+43.8 ms on K256 B8 T2000, 21 ms on T=1e6 K=8), not the alternatives; benchmarks/gpu.py
+times both E-steps.
+
 Memory: the parallel path's need is estimated by :func:`parallel_filter_bytes`
 (checked against ``compiled.memory_analysis()`` in tests/test_hmm_filters.py) and
 compared with :func:`memory_budget_bytes`; a batch that does not fit at once runs in
@@ -36,6 +43,7 @@ import jax
 __all__ = [
     "chunking_pays",
     "choose_hmm_filter",
+    "choose_smoother",
     "default_chunk_size",
     "device_memory_bytes",
     "memory_budget_bytes",
@@ -136,3 +144,12 @@ def choose_hmm_filter(
     if num_steps >= 256:
         return "chunked", None
     return "sequential", None
+
+
+def choose_smoother(
+    num_sequences: int, num_steps: int, num_states: int, *, backend: str | None = None
+) -> str:
+    """The smoother "auto" runs (E-step and ``HMM.smoother``): "chunked" or
+    "forward_backward". The same rule on every backend (see the module docstring)."""
+    del num_sequences, backend  # measured to matter on neither backend so far
+    return "chunked" if chunking_pays(num_steps, num_states) else "forward_backward"

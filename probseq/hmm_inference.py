@@ -31,12 +31,12 @@ of them is counted. So a padded sequence gives exactly what the sequence alone g
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from probseq.auto import chunking_pays, default_chunk_size
 from probseq.scan import EXACT, pairwise_sum
 
 __all__ = [
@@ -358,29 +358,6 @@ def _posterior(initial_probs, a, lik, shift, valid, c, filtered, betas) -> HMMPo
 
 
 # ----------------------------------------------------------- chunked smoother
-def default_chunk_size(num_steps: int, num_sequences: int, num_states: int) -> int:
-    """The chunk length L :func:`hmm_smoother_chunked` uses when none is given.
-
-    A sweep costs L sequential steps of fixed loop overhead plus the vector work over
-    all B * T / L chunk rows; the fix-up after it costs ~F more steps over all rows (F:
-    the steps a filter takes to forget its start to float precision, ~30-40 on the
-    benchmark models). Balancing the two gives L ~ sqrt(F * B * T * K^2 * work /
-    overhead), ~sqrt(B * T * K^2 / 30) on the 2-core CPU (benchmarks/RESULTS.md);
-    at most T / 4 (at least four chunks) and at least 32 steps."""
-    work = num_sequences * num_steps * max(num_states, 2) ** 2
-    return int(max(32, min(round(math.sqrt(work / 30)), -(-num_steps // 4))))
-
-
-def chunking_pays(num_steps: int, num_states: int) -> bool:
-    """Whether :func:`hmm_smoother_chunked` beats the sequential smoother ("auto").
-
-    Measured (2-core CPU, one EM iteration, benchmarks/RESULTS.md): chunks pay where the
-    fixed cost of a sequential step dominates its vector work: K=4 (about 2x) and K=8 at
-    T=1e6 (about 1.7x), a little at K=32, B=64, T=1000; at K=256 each step is a real
-    matrix product and the fix-up's extra work loses (0.8x)."""
-    return num_states <= 64 and num_steps >= 128
-
-
 def _rel_close(x: jax.Array, y: jax.Array, tol) -> jax.Array:
     """Rows (..., K) of x and y equal to relative tolerance ``tol`` in every entry
     (entries equal to 0 in both count as equal). An entrywise relative bound is a

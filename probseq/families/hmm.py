@@ -30,12 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from probseq import validation
-from probseq.auto import choose_hmm_filter
+from probseq.auto import choose_hmm_filter, choose_smoother
 from probseq.core import SequenceModel, as_batch
 from probseq.heads import CategoricalHead, Head, NormalHead
 from probseq.hmm_inference import (
     FILTER_METHODS,
-    chunking_pays,
     condition_on,
     hmm_backward_sample,
     hmm_filter,
@@ -273,7 +272,7 @@ def _filter_kernel(model, params, x, mask):
 def _smoother_kernel(model, params, x, mask):
     pi, a, ll = _batch_inputs(model, params, x)
     # Long sequences with few states: all time chunks at once, fixed up until exact.
-    chunked = chunking_pays(x.shape[1], model.num_states)
+    chunked = choose_smoother(x.shape[0], x.shape[1], model.num_states) == "chunked"
     smoother = hmm_smoother_chunked if chunked else hmm_smoother_batch
     return smoother(pi, a, ll, mask).smoothed_probs
 

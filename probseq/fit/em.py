@@ -40,12 +40,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from probseq import validation
+from probseq.auto import choose_smoother
 from probseq.core import as_batch
 from probseq.families.hmm import HMM, HMMParams
 from probseq.fit.result import FitResult
 from probseq.heads import Head
 from probseq.hmm_inference import (
-    chunking_pays,
     hmm_filter,
     hmm_smoother_batch,
     hmm_smoother_chunked,
@@ -119,16 +119,14 @@ def _statistics(model: HMM, params: HMMParams, x, mask, estep: str) -> HMMStatis
 
 
 def _resolve_estep(estep: str, num_sequences: int, num_steps: int, num_states: int) -> str:
-    """The E-step "auto" picks, by size (measured on the 2-core CPU, see
-    benchmarks/RESULTS.md): the time-chunked forward-backward where chunks pay off
-    (long sequences, few states), else the sequential forward-backward, whose transition
+    """The E-step "auto" picks, by size (:func:`probseq.auto.choose_smoother`, with
+    the measurements): the time-chunked forward-backward where chunks pay off (long
+    sequences, few states), else the sequential forward-backward, whose transition
     counts are one contraction over time and which beats reverse mode through the
-    filter at K=4, 32 and 256. Not yet measured on GPU."""
+    filter at K=4, 32 and 256."""
     if estep != "auto":
         return estep
-    if chunking_pays(num_steps, num_states):
-        return "chunked"
-    return "forward_backward"
+    return choose_smoother(num_sequences, num_steps, num_states)
 
 
 def _check_estep(estep):
