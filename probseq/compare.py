@@ -260,6 +260,7 @@ def compare(
     inputs=None,
     log_det_jacobians=None,
     progress: bool = False,
+    mesh=None,
 ) -> Comparison:
     """Score several models on the same held-out sequences and rank them.
 
@@ -280,6 +281,8 @@ def compare(
             ``Standardizer.log_abs_det_jacobian``); subtracted once per valid step,
             so every model's density is in the original units. Missing names: 0.
         progress: show a tqdm progress bar over the models (on stderr).
+        mesh: a ``jax.sharding.Mesh`` to split the sequences over (see
+            :func:`probseq.score`); the same table as on one device.
 
     Returns:
         A :class:`Comparison`: rows best first (highest total log-likelihood), with
@@ -311,7 +314,7 @@ def compare(
         try:
             # Validated here for the lengths; score validates again (cheap, NumPy).
             batch = validation.prepare_batch(model, x, m, inputs)
-            lp = score(model, params, x, m, inputs=inputs).log_prob
+            lp = score(model, params, x, m, inputs=inputs, mesh=mesh).log_prob
         except ValueError as e:
             raise ValueError(f"model {name!r} ({model!r}) cannot score the data: {e}") from None
         steps = np.asarray(batch.mask).reshape(-1, np.shape(batch.mask)[-1]).sum(-1)

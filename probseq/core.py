@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from probseq import validation
+from probseq import sharding, validation
 from probseq.heads import Head, temper
 from probseq.scan import pairwise_sum
 
@@ -227,7 +227,7 @@ def _prepare_state(model, params, initial_state, batch: validation.Batch):
 
 
 def score(
-    model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None
+    model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None, mesh=None
 ) -> ScoreResult:
     """Filter sequences through ``model``: totals, per-step terms and final states.
 
@@ -242,19 +242,30 @@ def score(
             models built with ``input_dim > 0``.
         initial_state: continue from this state (e.g. a previous ``final_state``)
             instead of ``model.initial_state(params)``.
+        mesh: a ``jax.sharding.Mesh``: split the batch over its devices (parameters
+            replicated); the same results as one device (:mod:`probseq.sharding`).
 
     Returns:
         A :class:`ScoreResult`.
     """
+    mesh = sharding.check_mesh(mesh)
     batch = as_batch(model, params, x, mask, inputs)
     h0 = _prepare_state(model, params, initial_state, batch)
-    total, lps, final = _score_kernel(model, params, batch.x, batch.mask, batch.inputs, h0)
+    if mesh is None:
+        total, lps, final = _score_kernel(model, params, batch.x, batch.mask, batch.inputs, h0)
+    else:
+        n = batch.x.shape[0]
+        xs, ms, us, hs = sharding.shard_batch(mesh, batch.x, batch.mask, batch.inputs, h0)
+        out = _score_kernel(model, sharding.replicate(mesh, params), xs, ms, us, hs)
+        total, lps, final = jax.tree.map(lambda a: a[:n], out)
     if not batch.batched:
         return ScoreResult(total[0], lps[0], jax.tree.map(lambda a: a[0], final))
     return ScoreResult(total, lps, final)
 
 
-def log_prob(model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None):
+def log_prob(
+    model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None, mesh=None
+):
     """Total log-likelihood log p(x_{1:T}) of each sequence: () or (B,).
 
     Accepts the same inputs as :func:`score`. Example::
@@ -262,12 +273,18 @@ def log_prob(model: SequenceModel, params, x, mask=None, *, inputs=None, initial
         lp = probseq.log_prob(model, params, x)          # x: (B, T) tokens
         lp = probseq.log_prob(model, params, [x1, x2])   # ragged, padded for you
     """
-    return score(model, params, x, mask, inputs=inputs, initial_state=initial_state).log_prob
+    return score(
+        model, params, x, mask, inputs=inputs, initial_state=initial_state, mesh=mesh
+    ).log_prob
 
 
-def step_log_probs(model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None):
+def step_log_probs(
+    model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None, mesh=None
+):
     """log p(x_t | x_<t) for every step: (T,) or (B, T), 0 where masked."""
-    return score(model, params, x, mask, inputs=inputs, initial_state=initial_state).step_log_probs
+    return score(
+        model, params, x, mask, inputs=inputs, initial_state=initial_state, mesh=mesh
+    ).step_log_probs
 
 
 def sample(

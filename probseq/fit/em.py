@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probseq import validation
+from probseq import sharding, validation
 from probseq.auto import choose_smoother
 from probseq.core import as_batch
 from probseq.families.hmm import HMM, HMMParams
@@ -319,6 +319,7 @@ def fit_em(
     key: jax.Array | None = None,
     estep: str = "auto",
     progress: bool = False,
+    mesh=None,
 ) -> FitResult:
     """Fit an HMM by expectation-maximisation.
 
@@ -349,6 +350,9 @@ def fit_em(
             by size: "chunked" for K <= 64 and T >= 128, else "forward_backward"); all
             agree to rounding, see the tests.
         progress: show a tqdm progress bar.
+        mesh: a ``jax.sharding.Mesh``: split the sequences over its devices
+            (parameters replicated; expected statistics summed across devices by XLA).
+            The same fit as on one device (:mod:`probseq.sharding`).
 
     Returns:
         :class:`FitResult` with the fitted params; ``history["log_likelihood"]`` holds
@@ -365,6 +369,7 @@ def fit_em(
         if key is None:
             raise ValueError("num_restarts > 1 draws random starting points: pass key=.")
         check_key(key)
+    mesh = sharding.check_mesh(mesh)
     batch = as_batch(model, params, data, mask, name="data")
     dtype = params.initial_logits.dtype
     prior = _prior(model, prior, dtype)
@@ -378,12 +383,16 @@ def fit_em(
         jnp.zeros((num_restarts,), dtype),
         jnp.zeros((), bool),
     )
+    x, x_mask = batch.x, batch.mask
+    if mesh is not None:
+        x, x_mask = sharding.shard_batch(mesh, x, x_mask)
+        stacked, state, prior = sharding.replicate(mesh, (stacked, state, prior))
     loglik_hist, objective_hist = [], []
     bar = _progress_bar(num_iters, progress)
     while len(loglik_hist) < num_iters:
         remaining = num_iters - len(loglik_hist)
         stacked, state, (loglik, objective, ran) = _em_iterations(
-            model, stacked, batch.x, batch.mask, prior, estep, state, remaining, tol
+            model, stacked, x, x_mask, prior, estep, state, remaining, tol
         )
         ran = np.asarray(ran)
         loglik_hist.extend(np.asarray(loglik)[ran])
