@@ -39,6 +39,20 @@ def main():
         row["em_history"] = np.asarray(fit.history["log_likelihood"]).tolist()
         fit = probseq.fit_em(gauss, gauss_p, reals, num_iters=10, tol=0.0, mesh=mesh)
         row["gauss_em_params"] = [np.asarray(a).tolist() for a in jax.tree.leaves(fit.params)]
+        fit = probseq.fit_sgd(
+            lstm,
+            lstm_p,
+            tokens,
+            key=jax.random.key(3),
+            num_epochs=3,
+            batch_size=5,
+            bptt_length=16,
+            valid_data=tokens[:3],
+            progress=False,
+            mesh=mesh,
+        )
+        row["sgd_params"] = [np.asarray(a).tolist() for a in jax.tree.leaves(fit.params)]
+        row["sgd_valid"] = np.asarray(fit.history["valid_log_lik"]).tolist()
         table = probseq.compare({"cat": (cat, cat_p), "lstm": (lstm, lstm_p)}, tokens, mesh=mesh)
         row["compare"] = [float(r.log_likelihood) for r in table.rows]
         out[n] = row

@@ -64,6 +64,15 @@ def test_fit_em_equals_one_device(results, n):
     _close(many["em_history"], one["em_history"])
 
 
+@pytest.mark.parametrize("n", ["2", "4", "8"])
+def test_fit_sgd_equals_one_device(results, n):
+    """batch_size 5 (global) over 2, 4, 8 devices: uneven shares, the same fit."""
+    one, many = results["meshes"]["1"], results["meshes"][n]
+    for a, b in zip(many["sgd_params"], one["sgd_params"], strict=True):
+        _close(a, b)
+    _close(many["sgd_valid"], one["sgd_valid"])
+
+
 def test_mesh_of_one_device_equals_no_mesh(results):
     one = results["meshes"]["1"]
     _close(one["cat_log_prob"], results["baseline"]["cat_log_prob"])

@@ -77,7 +77,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from probseq import validation
+from probseq import sharding, validation
 from probseq.core import as_batch, batch_step_log_probs
 from probseq.fit import checkpoint
 from probseq.fit.result import FitResult
@@ -219,7 +219,20 @@ def _select(pred, on_true, on_false):
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def _make_train_chunk(model, optimizer, max_nonfinite_steps: int):
+def _on_mesh(mesh, *trees):
+    """Constrain axis 0 of every leaf to be split over ``mesh`` (no-op without one):
+    inside a compiled step, each device then computes its share of the minibatch and
+    XLA averages the gradients across devices."""
+    if mesh is None:
+        return trees
+
+    def constrain(a):
+        return jax.lax.with_sharding_constraint(a, sharding.batch_sharding(mesh, a.ndim))
+
+    return tuple(None if t is None else jax.tree.map(constrain, t) for t in trees)
+
+
+def _make_train_chunk(model, optimizer, max_nonfinite_steps: int, mesh=None):
     # Optimizers that accept extra arguments (optax.chain, adam, ...) also get the
     # loss as ``value=`` (for e.g. optax.contrib.reduce_on_plateau).
     takes_value = isinstance(optimizer, optax.GradientTransformationExtraArgs)
@@ -239,6 +252,7 @@ def _make_train_chunk(model, optimizer, max_nonfinite_steps: int):
             row_ids, w = schedule
             x, mask = data.x[w, row_ids], data.mask[w, row_ids]
             inputs = None if data.inputs is None else data.inputs[w, row_ids]
+            x, mask, inputs = _on_mesh(mesh, x, mask, inputs)
             count = jnp.sum(mask, dtype=jnp.int32)
 
             def run(c: _Carry):
@@ -271,10 +285,10 @@ def _make_train_chunk(model, optimizer, max_nonfinite_steps: int):
     return _train_chunk
 
 
-def _make_evaluate(model):
+def _make_evaluate(model, mesh=None):
     def _evaluate(params, x, mask, inputs):
         def chunk(batch):
-            lps, _ = batch_step_log_probs(model, params, *batch)
+            lps, _ = batch_step_log_probs(model, params, *_on_mesh(mesh, *batch))
             return jnp.sum(pairwise_sum(lps, axis=-1))
 
         return jax.lax.map(chunk, (x, mask, inputs))
@@ -545,6 +559,7 @@ def fit_sgd(
     progress: bool = True,
     checkpoint_dir=None,
     checkpoint_every: int = 500,
+    mesh=None,
 ) -> FitResult:
     """Fit ``model`` by minibatch gradient descent on the negative log-likelihood.
 
@@ -579,6 +594,10 @@ def fit_sgd(
         checkpoint_dir: directory for the checkpoint; resumes from it if present.
         checkpoint_every: write a checkpoint after about this many steps (also
             after every epoch and at the end).
+        mesh: a ``jax.sharding.Mesh``: every minibatch (``batch_size`` is the global
+            size) is split over its devices, parameters and optimizer state are
+            replicated, and gradients are averaged across devices by XLA; the same
+            fit as on one device (:mod:`probseq.sharding`).
 
     Returns:
         :class:`FitResult` with ``params`` the best by validation (the last without
@@ -619,6 +638,7 @@ def fit_sgd(
     _check_int("max_nonfinite_steps", max_nonfinite_steps)
     _check_int("steps_per_call", steps_per_call)
     _check_int("checkpoint_every", checkpoint_every)
+    mesh = sharding.check_mesh(mesh)
     for name, flag in (("shuffle", shuffle), ("progress", progress)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {name}={flag!r}")
@@ -699,10 +719,12 @@ def fit_sgd(
 
     # ---- compiled once, on first use (a finished fit resumed compiles nothing)
     train_chunk = _AheadOfTime(
-        lambda: _make_train_chunk(model, optimizer, max_nonfinite_steps),
-        ("train", model, optimizer, max_nonfinite_steps),
+        lambda: _make_train_chunk(model, optimizer, max_nonfinite_steps, mesh),
+        ("train", model, optimizer, max_nonfinite_steps, mesh),
     )
-    evaluate = _AheadOfTime(lambda: _make_evaluate(model), ("evaluate", model))
+    evaluate = _AheadOfTime(lambda: _make_evaluate(model, mesh), ("evaluate", model, mesh))
+    if mesh is not None:
+        carry, data_windows = sharding.replicate(mesh, (carry, data_windows))
 
     def valid_log_lik(p):
         totals = np.asarray(evaluate(p, valid_x, valid_m, valid_u), np.float64)
