@@ -7,7 +7,7 @@ score, filter and sample every one of them.
 Importing probseq changes no global JAX setting and builds nothing.
 """
 
-from probseq import data, heads, hmm_inference, plots, scan, spec
+from probseq import auto, data, heads, hmm_inference, plots, scan, sharding, spec
 from probseq.compare import Comparison, compare
 from probseq.core import (
     ScoreResult,
@@ -30,7 +30,17 @@ from probseq.families import (
     MinGRU,
     RecurrentState,
 )
-from probseq.fit import DirichletPrior, FitResult, NonFiniteLossError, fit_em, fit_sgd
+from probseq.fit import (
+    DirichletPrior,
+    FitResult,
+    NonFiniteLossError,
+    SGDState,
+    em_step,
+    fit_em,
+    fit_sgd,
+    sgd_init,
+    sgd_update,
+)
 from probseq.forecast import Forecast, forecast
 from probseq.inference_data import to_inference_data
 from probseq.io import Run, load, save_run
@@ -59,6 +69,10 @@ __all__ = [
     "fit_sgd",
     "NonFiniteLossError",
     "fit_em",
+    "em_step",
+    "sgd_init",
+    "sgd_update",
+    "SGDState",
     "FitResult",
     "DirichletPrior",
     "forecast",
@@ -75,5 +89,7 @@ __all__ = [
     "hmm_inference",
     "plots",
     "scan",
+    "sharding",
+    "auto",
     "spec",
 ]

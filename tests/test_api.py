@@ -53,6 +53,12 @@ def test_public_names_are_pinned():
             "Run",
             "plots",
             "spec",
+            "auto",
+            "sharding",
+            "em_step",
+            "sgd_init",
+            "sgd_update",
+            "SGDState",
         ]
     )
     for name in probseq.__all__:

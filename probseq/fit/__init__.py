@@ -1,8 +1,15 @@
 """Fitting: SGD for every model, EM for hidden Markov models."""
 
-from probseq.fit.em import DirichletPrior, HMMStatistics, expected_statistics, fit_em
+from probseq.fit.em import DirichletPrior, HMMStatistics, em_step, expected_statistics, fit_em
 from probseq.fit.result import FitResult
-from probseq.fit.sgd import CheckpointMismatchError, NonFiniteLossError, fit_sgd
+from probseq.fit.sgd import (
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    SGDState,
+    fit_sgd,
+    sgd_init,
+    sgd_update,
+)
 
 __all__ = [
     "FitResult",
@@ -10,6 +17,10 @@ __all__ = [
     "NonFiniteLossError",
     "CheckpointMismatchError",
     "fit_em",
+    "em_step",
+    "sgd_init",
+    "sgd_update",
+    "SGDState",
     "DirichletPrior",
     "HMMStatistics",
     "expected_statistics",

@@ -53,7 +53,7 @@ from probseq.hmm_inference import (
 from probseq.scan import pairwise_sum
 from probseq.validation import check_key
 
-__all__ = ["DirichletPrior", "HMMStatistics", "expected_statistics", "fit_em"]
+__all__ = ["DirichletPrior", "HMMStatistics", "expected_statistics", "em_step", "fit_em"]
 
 
 class DirichletPrior(NamedTuple):
@@ -213,6 +213,51 @@ def _em_restarts(model, params, x, mask, prior, done, estep):
         new, loglik, logprior = jax.vmap(update)(params)
     keep = lambda old, upd: jnp.where(done.reshape((-1,) + (1,) * (upd.ndim - 1)), old, upd)  # noqa: E731
     return jax.tree.map(keep, params, new), loglik, logprior
+
+
+_em_update_jit = jax.jit(_em_update, static_argnums=(0, 5))
+
+
+def em_step(
+    model: HMM,
+    params: HMMParams,
+    data,
+    *,
+    mask=None,
+    prior=None,
+    estep: str = "auto",
+    mesh=None,
+) -> tuple[HMMParams, jax.Array]:
+    """One EM iteration, for a user-written loop (the step :func:`fit_em` repeats).
+
+    Args:
+        model, params: an HMM with a closed-form M-step and its current parameters.
+        data, mask: as for :func:`fit_em`.
+        prior: None or a :class:`DirichletPrior` / dict (MAP).
+        estep: as for :func:`fit_em`.
+        mesh: a ``jax.sharding.Mesh`` to split the sequences over.
+
+    Returns:
+        (new params, log p(data | params) under the parameters given): the
+        log-likelihood of ``params``, not of the new ones, as hmmlearn's monitor
+        reports it; it never decreases from one call to the next.
+
+    Example:
+        >>> hmm = probseq.CategoricalHMM(2, 3); params = hmm.init(jax.random.key(0))
+        >>> for _ in range(5):
+        ...     params, log_likelihood = probseq.em_step(hmm, params, jnp.array([[0, 1, 2, 2]]))
+    """
+    _check_hmm(model)
+    _check_estep(estep)
+    mesh = sharding.check_mesh(mesh)
+    batch = as_batch(model, params, data, mask, name="data")
+    prior = _prior(model, prior, params.initial_logits.dtype)
+    x, x_mask = batch.x, batch.mask
+    if mesh is not None:
+        x, x_mask = sharding.shard_batch(mesh, x, x_mask)
+        params, prior = sharding.replicate(mesh, (params, prior))
+    new, log_likelihood, _ = _em_update_jit(model, params, x, x_mask, prior, estep)
+    return new, log_likelihood
 
 
 def _first(tree):

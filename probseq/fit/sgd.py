@@ -64,6 +64,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -85,6 +87,9 @@ from probseq.scan import pairwise_sum
 
 __all__ = [
     "fit_sgd",
+    "sgd_init",
+    "sgd_update",
+    "SGDState",
     "NonFiniteLossError",
     "window_log_probs",
     "truncated_step_log_probs",
@@ -232,19 +237,126 @@ def _on_mesh(mesh, *trees):
     return tuple(None if t is None else jax.tree.map(constrain, t) for t in trees)
 
 
-def _make_train_chunk(model, optimizer, max_nonfinite_steps: int, mesh=None):
-    # Optimizers that accept extra arguments (optax.chain, adam, ...) also get the
-    # loss as ``value=`` (for e.g. optax.contrib.reduce_on_plateau).
-    takes_value = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+def _optimizer_step(model, optimizer, params, opt_state, carried, reset, x, mask, inputs):
+    """One step on the mean negative log-likelihood per valid step of a minibatch:
+    (new params, new opt_state, final states, loss, total log-likelihood, finite).
 
-    def loss_fn(params, carried, reset, x, mask, inputs):
-        lps, final = window_log_probs(model, params, carried, reset, x, mask, inputs)
+    The one copy of the step, shared by :func:`sgd_update` and fit_sgd's compiled
+    chunks. ``carried``/``reset``: the TBPTT state and where it restarts (None/True:
+    every row starts from ``initial_state``). Optimizers that accept extra arguments
+    (optax.chain, adam, ...) also get the loss as ``value=`` (for e.g.
+    optax.contrib.reduce_on_plateau). ``finite`` is False when the loss, a gradient
+    or an update is not finite: the caller keeps its old state then.
+    """
+
+    def loss_fn(p):
+        lps, final = window_log_probs(model, p, carried, reset, x, mask, inputs)
         total = jnp.sum(lps)
         count = jnp.sum(mask)
-        loss = -total / jnp.maximum(count, 1).astype(total.dtype)
-        return loss, (total, final)
+        return -total / jnp.maximum(count, 1).astype(total.dtype), (total, final)
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (total, final)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    extra = {"value": loss} if isinstance(optimizer, optax.GradientTransformationExtraArgs) else {}
+    updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
+    ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(updates)
+    return optax.apply_updates(params, updates), opt_state, final, loss, total, ok
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["params", "opt_state", "step"],
+    meta_fields=["model", "optimizer"],
+)
+@dataclasses.dataclass(frozen=True)
+class SGDState:
+    """What :func:`sgd_update` carries: the parameters, the optimizer's state and the
+    number of steps taken (a pytree whose leaves are those arrays), plus the model and
+    the optimizer as static fields (so ``jax.jit(sgd_update)`` compiles once per model
+    and optimizer, and the state can be sharded, checkpointed or vmapped like any
+    pytree).
+
+    params: the model's parameter pytree.
+    opt_state: the optax state of ``optimizer``.
+    step: () int32, updates applied so far (non-finite steps are not counted).
+    """
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    model: Any
+    optimizer: Any
+
+
+def sgd_init(model, params, optimizer=None) -> SGDState:
+    """The state of a user-written SGD loop (optax's ``init`` / numpyro's
+    ``SVI.init`` shape): ``state = sgd_init(model, params, optimizer)``, then
+    ``state, metrics = sgd_update(state, batch)`` as often as wanted.
+
+    Args:
+        model: any probseq model.
+        params: its parameters.
+        optimizer: any optax ``GradientTransformation``; None: fit_sgd's default
+            (Adam 1e-3 after clipping the global gradient norm at 1); a step with a
+            non-finite loss or gradient is skipped either way.
+
+    Example:
+        >>> model = probseq.GRU(vocab_size=5, hidden_size=8)
+        >>> state = probseq.sgd_init(model, model.init(jax.random.key(0)), optax.adam(1e-2))
+        >>> x = jnp.zeros((4, 10), int); mask = jnp.ones((4, 10), bool)
+        >>> state, metrics = jax.jit(probseq.sgd_update)(state, (x, mask))
+    """
+    validation.check_params(model, params)
+    optimizer = _resolve_optimizer(optimizer, None, None)
+    params = _strong(params)
+    return SGDState(params, _strong(optimizer.init(params)), jnp.zeros((), jnp.int32), model,
+                    optimizer)  # fmt: skip
+
+
+def sgd_update(state: SGDState, batch) -> tuple[SGDState, dict]:
+    """One optimizer step on a minibatch: pure, jit-able, shardable.
+
+    The loss is the mean negative log-likelihood per valid step (the same step
+    fit_sgd takes, without TBPTT: whole sequences). A step whose loss, gradients or
+    updates are not finite changes nothing (``metrics["finite"]`` is False).
+
+    Args:
+        state: from :func:`sgd_init` or a previous call.
+        batch: ``(x, mask)`` or ``(x, mask, inputs)`` padded arrays (B, T, ...),
+            (B, T), (B, T, input_dim): e.g. from ``probseq.data.from_arrays``. Not
+            validated here (it runs traced): validate once with ``probseq.log_prob``.
+
+    Returns:
+        (new state, metrics): ``loss`` (mean negative log-likelihood per step),
+        ``log_likelihood`` (total over the batch), ``num_steps`` (valid steps),
+        ``finite`` (whether the update was applied).
+    """
+    x, mask, inputs = (tuple(batch) + (None,))[:3]
+    model, optimizer = state.model, state.optimizer
+    mask = jnp.asarray(mask, bool)
+    carried = jax.tree.map(
+        lambda a: jnp.broadcast_to(a, (mask.shape[0],) + a.shape),
+        model.initial_state(state.params),
+    )
+    params, opt_state, _, loss, total, ok = _optimizer_step(
+        model, optimizer, state.params, state.opt_state, carried, True, x, mask, inputs
+    )
+    new = SGDState(
+        _select(ok, params, state.params),
+        _select(ok, opt_state, state.opt_state),
+        state.step + ok.astype(jnp.int32),
+        model,
+        optimizer,
+    )
+    metrics = {
+        "loss": loss,
+        "log_likelihood": total,
+        "num_steps": jnp.sum(mask, dtype=jnp.int32),
+        "finite": ok,
+    }
+    return new, metrics
+
+
+def _make_train_chunk(model, optimizer, max_nonfinite_steps: int, mesh=None):
     acc_dtype = jnp.result_type(float)  # float64 under jax_enable_x64
 
     def _train_chunk(carry: _Carry, data: _Windows, rows, windows):
@@ -256,13 +368,9 @@ def _make_train_chunk(model, optimizer, max_nonfinite_steps: int, mesh=None):
             count = jnp.sum(mask, dtype=jnp.int32)
 
             def run(c: _Carry):
-                (loss, (total, final)), grads = grad_fn(
-                    c.params, c.carried, w == 0, x, mask, inputs
+                params, opt_state, final, _, total, ok = _optimizer_step(
+                    model, optimizer, c.params, c.opt_state, c.carried, w == 0, x, mask, inputs
                 )
-                extra = {"value": loss} if takes_value else {}
-                updates, opt_state = optimizer.update(grads, c.opt_state, c.params, **extra)
-                params = optax.apply_updates(c.params, updates)
-                ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(updates)
                 consecutive = jnp.where(ok, 0, c.consecutive + 1).astype(jnp.int32)
                 new = _Carry(
                     params=_select(ok, params, c.params),
