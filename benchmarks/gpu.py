@@ -384,6 +384,11 @@ def device_info() -> dict:
         info["memory_limit_bytes"] = stats.get("bytes_limit")
     except Exception:  # noqa: BLE001 - CPU devices have no memory statistics
         info["memory_limit_bytes"] = None
+    if "torch" in sys.modules:  # a training row imported it
+        torch = sys.modules["torch"]
+        info["torch_cuda"] = torch.cuda.is_available()
+        info["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
     return info
 
 
@@ -664,20 +669,24 @@ def lstm_trainers(h: int, e: int, b: int, t: int, steps: int) -> dict:
 
     def flax_linen():
         nn = _import_optional("flax.linen")
+        key = ("flax", v, e, h)
+        if key not in _STEPS:  # one module and loss per width: workloads share compiles
 
-        class Net(nn.Module):
-            @nn.compact
-            def __call__(self, x):
-                hs = nn.RNN(nn.OptimizedLSTMCell(h))(nn.Embed(v, e)(x))
-                return nn.Dense(v)(hs)
+            class Net(nn.Module):
+                @nn.compact
+                def __call__(self, x):
+                    hs = nn.RNN(nn.OptimizedLSTMCell(h))(nn.Embed(v, e)(x))
+                    return nn.Dense(v)(hs)
 
-        net = Net()
+            net = Net()
+
+            def loss(p, batch):
+                return _xent(net.apply(p, batch[:, :-1]), batch[:, 1:])
+
+            _STEPS[key] = net, loss
+        net, loss = _STEPS[key]
         dev_batches = jnp.asarray(batches)
         params = net.init(jax.random.key(0), dev_batches[0, :, :t])
-
-        def loss(p, batch):
-            return _xent(net.apply(p, batch[:, :t]), batch[:, 1:])
-
         return _jax_train_loop(loss, params, dev_batches)
 
     def torch_lstm():
@@ -766,8 +775,10 @@ def print_tables(rows: list[dict], header: str) -> None:
         "hmm": "HMM {w} ({shape}), float32: seconds per call (warm median); ratio = row time / "
         "probseq log_prob auto time (dynamax hmm_smoother: / probseq EM iteration time)",
         "precision": "float32 vs float64, {w} ({shape}): value, target",
-        "scan": "{w}: log_prob of a batch ({shape}), seconds; ratio = sequential / parallel",
-        "lstm": "char-LSTM training {w} ({shape}): tokens/s; ratio = anchor time / probseq time",
+        "scan": "LRU / MinGRU log_prob of a batch ({shape}), seconds; "
+        "ratio = sequential time / parallel time",
+        "lstm": "char-LSTM training {w} ({shape}): tokens/s; ratio = anchor time / probseq "
+        "time (= probseq tokens/s / anchor tokens/s)",
     }
     for (section, w), group in groups.items():
         print("\n" + titles[section].format(w=w, shape=group[0].get("shape", "")))
