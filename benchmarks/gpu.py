@@ -88,6 +88,7 @@ package to a temporary directory and puts it on ``sys.path`` before importing dy
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import importlib
 import importlib.metadata
@@ -96,6 +97,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -299,11 +301,13 @@ def ensure_fastprogress(directory: str | None = None) -> str | None:
 
     If ``fastprogress`` is installed nothing is done and None is returned; else a
     stand-in package whose ``progress_bar(it, *args, **kwargs)`` returns ``it`` is
-    written under ``directory`` (default: a new temporary directory), which is put first
-    on ``sys.path``; the directory is returned."""
+    written under ``directory`` (default: a new temporary directory, removed at exit),
+    which is put first on ``sys.path``; the directory is returned."""
     if importlib.util.find_spec("fastprogress") is not None:
         return None
-    directory = tempfile.mkdtemp(prefix="fastprogress_standin_") if directory is None else directory
+    if directory is None:
+        directory = tempfile.mkdtemp(prefix="fastprogress_standin_")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
     package = os.path.join(directory, "fastprogress")
     os.makedirs(package, exist_ok=True)
     with open(os.path.join(package, "__init__.py"), "w") as f:
