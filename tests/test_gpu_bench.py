@@ -69,7 +69,8 @@ def _installed(name):
     return importlib.util.find_spec(name) is not None
 
 
-@pytest.mark.slow  # ~40 s of CPU, 67 s wall on the shared 2-core machine (compiles)
+# ~36 s of CPU (nearly all compilation): 36 s wall on a quiet 2-core machine, up to ~70 s
+# when it is shared; not marked slow.
 def test_quick_run_has_every_row_with_a_value_or_a_reason(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(
