@@ -13,8 +13,10 @@ the HMM by a hand-written EM loop; both scored on held-out text in bits per char
 
     python examples/custom_loop.py [--steps 300] [--hidden-size 64] [--num-states 16]
 
-Measured (2026-11-30, 2-core CPU, defaults: 300 steps of batch 32 x 64 characters):
-see the README's example list; the GRU reaches ~2.9 bits/char, the HMM ~3.3.
+Measured (2026-11-30, 2-core CPU, defaults: 200,000 characters, 300 steps of batch
+32 x 64 characters, 15 EM iterations; 27 s in all): the GRU reaches 3.26 bits/char on
+the held-out text, the 16-state HMM 4.39 (15 iterations from a random start are barely
+past the unigram's ~4.45; the demo's 32-state HMM fitted to convergence reaches ~3.1).
 """
 
 from __future__ import annotations
