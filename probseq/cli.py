@@ -81,7 +81,6 @@ def _scores(run, kind) -> str:
 
 def cmd_fit(args, echo) -> None:
     from probseq import io, plots, spec, workflow
-    from probseq.fit.sgd import CheckpointMismatchError
 
     s = spec.load_spec(args.spec)
     columns = _columns(args.columns)
@@ -101,8 +100,17 @@ def cmd_fit(args, echo) -> None:
         run = io.load(out)
         echo(f"{out} already holds this fit (same spec and data): {run.model!r}; "
              f"{_scores(run, s.kind)}")  # fmt: skip
-        return
-    verb = "resuming" if state == "resume" else "fitting"
+    else:
+        run = _fit_into(s, source, out, fingerprint, state == "resume", args, echo)
+    if args.plot:
+        _save_plot(plots.plot_learning_curves(run.history, title=repr(run.model)), args.plot, echo)
+
+
+def _fit_into(s, source, out, fingerprint, resuming, args, echo):
+    from probseq import io, workflow
+    from probseq.fit.sgd import CheckpointMismatchError
+
+    verb = "resuming" if resuming else "fitting"
     echo(f"{verb} {s.source} ({s.model['family']}, {s.method}) on {source.origin}")
     checkpoints = os.path.join(out, "checkpoints")
     try:
@@ -115,8 +123,7 @@ def cmd_fit(args, echo) -> None:
         ) from None
     io.save_run(run, out, fingerprint=fingerprint)
     echo(f"saved {out}: {run.model!r}; {_scores(run, s.kind)} ({run.info['fit_seconds']:.1f} s)")
-    if args.plot:
-        _save_plot(plots.plot_learning_curves(run.history, title=repr(run.model)), args.plot, echo)
+    return run
 
 
 def _load_runs(dirs):
@@ -269,7 +276,15 @@ def cmd_states(args, echo) -> None:
 
 
 def cmd_demo(args, echo) -> None:
-    from probseq import demo
+    from probseq import demo, io
+
+    if args.out is not None:
+        out, _ = io.check_out(args.out)
+        for name in demo.DEMO_SPECS:
+            target = os.path.join(out, name)
+            if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
+                raise _Usage(f"--out {out}: {target} exists and is not empty; the demo saves "
+                             "its runs only into new directories, give another --out.")  # fmt: skip
 
     demo.run_demo(
         quick=args.quick, out=args.out, plot=args.plot, progress=not args.quiet, echo=echo

@@ -275,6 +275,21 @@ def test_a_refused_fit_leaves_no_directory_it_created(files, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_demo_does_not_replace_saved_runs(tmp_path, capsys, monkeypatch):
+    from probseq import demo
+
+    def fail(**kwargs):
+        raise AssertionError("the demo started before --out was checked")
+
+    monkeypatch.setattr(demo, "run_demo", fail)
+    (tmp_path / "lstm").mkdir()
+    (tmp_path / "lstm" / "run.json").write_text("{}")
+    code, _, err = _run(["demo", "--quick", "--out", tmp_path], capsys)
+    assert code == 1 and "lstm exists" in _one_error_line(err)
+    code, _, err = _run(["demo", "--quick", "--out", ""], capsys)
+    assert code == 1 and "--out is empty" in _one_error_line(err)
+
+
 # ---------------------------------------------------- 4. --columns with text
 @pytest.mark.parametrize("command", ["fit", "forecast", "states", "compare"])
 def test_columns_with_a_text_model_is_an_error(command, files, runs, tmp_path, capsys):
