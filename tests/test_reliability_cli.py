@@ -266,6 +266,13 @@ def test_read_only_out_is_refused_before_any_work(files, tmp_path, no_fitting, c
         locked.chmod(stat.S_IRWXU)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/1"), reason="needs Linux's /proc")
+def test_an_unwritable_out_is_refused_even_for_root(files, no_fitting, capsys):
+    """/proc/1 is a directory no user, root included, can create files in."""
+    code, _, err = _run(["fit", files["hmm"], "--data", files["text"], "--out", "/proc/1"], capsys)
+    assert code == 1 and "not writable" in _one_error_line(err)
+
+
 def test_a_refused_fit_leaves_no_directory_it_created(files, tmp_path, capsys):
     out = tmp_path / "new"
     code, _, err = _run(
@@ -325,6 +332,26 @@ def test_spec_text_round_trips_any_string(description, column):
 
     back = spec.parse_spec(tomllib.loads(spec.spec_text(s)))
     assert back == s
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rate=st.floats(min_value=1e-300, max_value=1e300),
+    norm=st.floats(min_value=5e-324, allow_infinity=False),
+    name=STRANGE,
+)
+def test_spec_text_round_trips_any_number(rate, norm, name):
+    s = spec.parse_spec(
+        {
+            "description": name,
+            "data": {"kind": "text", "split": [min(rate, 0.1), 0.5, 0.25]},
+            "model": {"family": "lru", "hidden_size": 3, "r_min": min(rate, 1.0)},
+            "fit": {"method": "sgd", "learning_rate": rate, "max_grad_norm": norm},
+        }
+    )
+    import tomllib
+
+    assert spec.parse_spec(tomllib.loads(spec.spec_text(s))) == s
 
 
 def test_a_spec_with_control_characters_fits_saves_and_loads(files, tmp_path, capsys):
