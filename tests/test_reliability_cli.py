@@ -220,7 +220,7 @@ def test_fit_sgd_refuses_a_checkpoint_of_other_optimizer_settings(tmp_path):
     common = dict(key=key(3), num_epochs=1, batch_size=4, progress=False)
     common["checkpoint_dir"] = str(tmp_path)
     fit_sgd(hmm, hmm.init(key(2)), x, learning_rate=0.05, **common)
-    with pytest.raises(CheckpointMismatchError, match="optimizer settings"):
+    with pytest.raises(CheckpointMismatchError, match="optimizer or stopping setting differs"):
         fit_sgd(hmm, hmm.init(key(2)), x, learning_rate=0.1, **common)
 
 

@@ -1003,7 +1003,7 @@ def _check_fingerprint(ckpt: checkpoint.Checkpoint, fingerprint: dict) -> None:
         "bptt_length": "bptt_length",
         "shuffle": "shuffle",
         "key": "key",
-        "settings": "optimizer settings or stopping rules",
+        "settings": "optimizer or stopping setting",
     }
     for name, label in labels.items():
         if stored.get(name) != fingerprint[name]:
