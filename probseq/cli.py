@@ -70,6 +70,13 @@ def _text_columns(kind: str, columns) -> None:
         raise _Usage("--columns picks CSV columns of a series; this is a text model.")
 
 
+def _read(workflow, kind, location, columns, echo):
+    source = workflow.read_source(kind, location, columns)
+    if source.notice:
+        echo(source.notice)  # a column left out is never silent
+    return source
+
+
 def _scores(run, kind) -> str:
     scores = ", ".join(
         f"{part} {run.info[f'{part}_bits_per_symbol']:.3f}"
@@ -89,7 +96,7 @@ def cmd_fit(args, echo) -> None:
         columns = s.data.get("columns")
     out, created = io.check_out(args.out)
     try:
-        source = workflow.read_source(s.kind, args.data, columns)
+        source = _read(workflow, s.kind, args.data, columns, echo)
         fingerprint = workflow.fit_fingerprint(s, source)
         state = io.claim(out, fingerprint)
     except BaseException:
@@ -156,7 +163,7 @@ def cmd_compare(args, echo) -> None:
     _text_columns(first.kind, columns)
     if columns is None and first.kind == "series":
         columns = list(first.columns) if not args.data.startswith("builtin:") else None
-    source = workflow.read_source(first.kind, args.data, columns)
+    source = _read(workflow, first.kind, args.data, columns, echo)
     # Each run sees the data in its own encoding (vocabulary, standardisation), cut
     # the same way (the first run's spec); densities are mapped back to the data's units.
     views = {n: workflow.prepare(r, source, args.part, layout=first.spec) for n, r in runs.items()}
@@ -215,7 +222,7 @@ def cmd_forecast(args, echo) -> None:
     _text_columns(run.kind, columns)
     if columns is None and run.kind == "series" and not args.data.startswith("builtin:"):
         columns = list(run.columns)
-    source = workflow.read_source(run.kind, args.data, columns)
+    source = _read(workflow, run.kind, args.data, columns, echo)
     history = workflow.encode(run, source)
     fc = forecast(run.model, run.params, _key(args.seed), history, args.horizon, args.num_samples)
     echo(f"forecast from {source.origin}: {len(history)} steps of history, horizon {args.horizon}")
@@ -262,7 +269,7 @@ def cmd_states(args, echo) -> None:
     _text_columns(run.kind, columns)
     if columns is None and run.kind == "series" and not args.data.startswith("builtin:"):
         columns = list(run.columns)
-    source = workflow.read_source(run.kind, args.data, columns)
+    source = _read(workflow, run.kind, args.data, columns, echo)
     x = workflow.encode(run, source)[: args.length]
     probs = np.asarray(run.model.smoother(run.params, x))
     path = np.asarray(run.model.most_likely_states(run.params, x))

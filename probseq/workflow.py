@@ -54,6 +54,7 @@ class Source(NamedTuple):
     values: np.ndarray | None = None
     names: tuple[str, ...] | None = None
     origin: str = ""
+    notice: str = ""  # CSV: the columns used and why any others were left out
 
 
 def read_source(kind: str, location, columns=None) -> Source:
@@ -95,7 +96,13 @@ def read_source(kind: str, location, columns=None) -> Source:
     if kind == "text":
         return Source("text", text=data_lib.read_text(location), origin=location)
     table = data_lib.read_csv(location, columns)
-    return Source("series", values=table.values, names=tuple(table.names), origin=location)
+    return Source(
+        "series",
+        values=table.values,
+        names=tuple(table.names),
+        origin=location,
+        notice=f"{location}: {table.notice}" if table.left_out else "",
+    )
 
 
 def fit_fingerprint(spec: Spec, source: Source) -> dict:

@@ -310,6 +310,19 @@ def test_columns_with_a_text_model_is_an_error(command, files, runs, tmp_path, c
     assert not (tmp_path / "o").exists()
 
 
+def test_the_terminal_says_which_csv_columns_were_left_out(files, tmp_path, capsys):
+    rows = np.cumsum(np.random.default_rng(1).normal(size=60))
+    csv = _write(
+        tmp_path / "dated.csv",
+        "date,level\n" + "".join(f"2020-01-{i % 28 + 1:02d},{v:.4f}\n" for i, v in enumerate(rows)),
+    )
+    code, out, err = _run(
+        ["fit", files["series"], "--data", csv, "--out", tmp_path / "o", "--quiet"], capsys
+    )
+    assert code == 0, err
+    assert "using column 'level'" in out and "left out 'date'" in out, out
+
+
 # ------------------------------------------------ 5. what is written reads back
 STRANGE = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",)),  # every code point but surrogates
