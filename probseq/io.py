@@ -182,7 +182,7 @@ def save_run(run: Run, directory, *, fingerprint: dict | None = None) -> str:
     """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    atomic.remove_stale(directory)
+    atomic.remove_stale(directory, (*_RUN_FILES, "run.json"))
     marker = os.path.join(directory, "run.json")
     if os.path.exists(marker):
         os.remove(marker)  # the directory is incomplete until run.json is back
@@ -289,7 +289,6 @@ def claim(directory, fingerprint: dict) -> str:
             files that are no probseq fit, or a damaged ``fit.json``.
     """
     directory = os.fspath(directory)
-    atomic.remove_stale(directory)
     path = os.path.join(directory, FIT_FILE)
     way_out = f"fit into another --out, or delete {directory} to start afresh"
     fingerprint = json.loads(json.dumps(fingerprint))
@@ -303,6 +302,7 @@ def claim(directory, fingerprint: dict) -> str:
             raise RunError(f"--out {directory} is not empty: it holds {what}; {way_out}.")
         _write_atomic(directory, FIT_FILE, _fit_text(fingerprint))
         return "new"
+    atomic.remove_stale(directory, (*_RUN_FILES, "run.json"))  # ours: fit.json is there
     stored = _read_json(path).get("fingerprint")
     if not isinstance(stored, dict):
         raise RunError(f"{path} is corrupt: no fingerprint; {way_out}.")

@@ -510,11 +510,13 @@ def test_stale_temporaries_are_removed_on_the_next_save_and_resume(runs, tmp_pat
     ]
     for path in stale:
         path.write_bytes(b"half a file")
-    keep = copy / "notes.tmp"  # not a temporary of ours
-    keep.write_text("mine")
+    keep = [copy / "notes.tmp", copy / ".notes-1.tmp", copy / "checkpoints" / ".x-1.tmp"]
+    for path in keep:  # not temporaries of ours: a user's files are never removed
+        path.write_text("mine")
     io.save_run(io.load(copy), copy)
-    checkpoint.save_checkpoint(copy / "checkpoints", {"p": np.zeros(2)}, {}, filename="x.npz")
-    assert not any(p.exists() for p in stale) and keep.exists()
+    checkpoint.save_checkpoint(copy / "checkpoints", {"p": np.zeros(2)}, {})
+    assert not any(p.exists() for p in stale)
+    assert all(p.read_text() == "mine" for p in keep)
 
 
 def test_a_changed_character_in_any_run_file_is_detected(runs, tmp_path):

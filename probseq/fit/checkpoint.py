@@ -126,13 +126,14 @@ def save_checkpoint(
     document = {"format_version": _FORMAT_VERSION, "trees": described, "metadata": metadata}
     arrays[_METADATA_KEY] = np.array(json.dumps(document))
     path = os.path.join(directory, filename)
-    remove_stale_temporaries(directory)
+    remove_stale_temporaries(directory, filename)
     return atomic.write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
-def remove_stale_temporaries(directory) -> None:
-    """Delete temporary files a killed writer left behind in ``directory``."""
-    atomic.remove_stale(directory)
+def remove_stale_temporaries(directory, filename: str = CHECKPOINT_FILE) -> None:
+    """Delete the temporaries a killed save of ``filename`` left in ``directory``
+    (no other file: the directory may hold the user's own)."""
+    atomic.remove_stale(directory, [filename])
     pattern = os.path.join(glob.escape(os.fspath(directory)), _LEGACY_TMP_PREFIX + "*.tmp")
     for tmp in glob.glob(pattern):
         try:
