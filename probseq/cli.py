@@ -100,8 +100,7 @@ def cmd_fit(args, echo) -> None:
         fingerprint = workflow.fit_fingerprint(s, source)
         state = io.claim(out, fingerprint)
     except BaseException:
-        if created and os.path.isdir(out) and not os.listdir(out):
-            os.rmdir(out)  # leave no empty directory behind a refused fit
+        io.undo_check_out(out, created)  # leave no empty directory behind a refused fit
         raise
     if state == "finished":
         run = io.load(out)

@@ -47,7 +47,8 @@ from probseq import data as data_lib
 from probseq.fit import checkpoint
 from probseq.spec import Spec, SpecError, load_spec, spec_text
 
-__all__ = ["Run", "save_run", "load", "RunError", "check_out", "claim", "FIT_FILE"]
+__all__ = ["Run", "save_run", "load", "RunError", "check_out", "undo_check_out", "claim"]
+__all__ += ["FIT_FILE"]
 
 FORMAT_VERSION = 2  # 2: run.json holds a checksum of each file
 _READABLE_VERSIONS = (1, 2)
@@ -224,12 +225,14 @@ def save_run(run: Run, directory, *, fingerprint: dict | None = None) -> str:
 
 
 # ----------------------------------------------------------- --out of probseq fit
-def check_out(directory) -> tuple[str, bool]:
+def check_out(directory) -> tuple[str, str | None]:
     """Make sure ``directory`` can take a run, before any work: create it if missing
     and prove it writable by creating and removing a probe file.
 
     Returns:
-        (the directory, whether this call created it).
+        (the directory, the topmost directory this call created, or None): pass
+        both to :func:`undo_check_out` to remove what it created if the fit is
+        refused.
 
     Raises:
         RunError: an empty path, a path that is a file, or a directory that cannot
@@ -240,7 +243,10 @@ def check_out(directory) -> tuple[str, bool]:
         raise RunError("--out is empty; give the run directory to write, e.g. --out runs/lstm.")
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise RunError(f"--out {directory} is an existing file, not a directory.")
-    created = not os.path.exists(directory)
+    created = None
+    head = os.path.abspath(directory)
+    while not os.path.exists(head):
+        created, head = head, os.path.dirname(head)
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
@@ -249,10 +255,24 @@ def check_out(directory) -> tuple[str, bool]:
         atomic.write_atomic(os.path.join(directory, ".probseq-probe"), b"")
         os.remove(os.path.join(directory, ".probseq-probe"))
     except OSError as e:
-        if created:
-            os.rmdir(directory)
+        undo_check_out(directory, created)
         raise RunError(f"--out {directory} is not writable ({e.strerror}).") from None
     return directory, created
+
+
+def undo_check_out(directory, created: str | None) -> None:
+    """Remove the empty directories :func:`check_out` created (none that hold files)."""
+    if created is None:
+        return
+    path = os.path.abspath(directory)
+    while True:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return  # not empty (or gone): keep it and everything above
+        if path == created or os.path.dirname(path) == path:
+            return
+        path = os.path.dirname(path)
 
 
 def _fit_text(fingerprint: dict) -> str:

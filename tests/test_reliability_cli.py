@@ -274,12 +274,14 @@ def test_an_unwritable_out_is_refused_even_for_root(files, no_fitting, capsys):
 
 
 def test_a_refused_fit_leaves_no_directory_it_created(files, tmp_path, capsys):
-    out = tmp_path / "new"
+    (tmp_path / "empty-before").mkdir()
+    out = tmp_path / "empty-before" / "new" / "deeper"
     code, _, err = _run(
         ["fit", files["hmm"], "--data", tmp_path / "missing.txt", "--out", out], capsys
     )
     assert code == 1 and "missing.txt" in _one_error_line(err)
-    assert not out.exists()
+    assert not (tmp_path / "empty-before" / "new").exists()
+    assert (tmp_path / "empty-before").is_dir()  # it was there before: kept
 
 
 def test_demo_does_not_replace_saved_runs(tmp_path, capsys, monkeypatch):
