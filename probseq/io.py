@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fnmatch
 import json
 import os
 from typing import Any
@@ -313,13 +314,15 @@ def claim(directory, fingerprint: dict) -> str:
     way_out = f"fit into another --out, or delete {directory} to start afresh"
     fingerprint = json.loads(json.dumps(fingerprint))
     if not os.path.exists(path):
-        if os.listdir(directory):
+        ours = [f".{n}-*{atomic.TMP_SUFFIX}" for n in (*_RUN_FILES, "run.json")]
+        if any(not any(fnmatch.fnmatch(e, p) for p in ours) for e in os.listdir(directory)):
             what = (
                 "a run saved without a record of its fit (by probseq.save_run or an older probseq)"
                 if os.path.exists(os.path.join(directory, "run.json"))
                 else "files that are not a probseq fit"
             )
             raise RunError(f"--out {directory} is not empty: it holds {what}; {way_out}.")
+        atomic.remove_stale(directory, (*_RUN_FILES, "run.json"))  # a save killed at once
         _write_atomic(directory, FIT_FILE, _fit_text(fingerprint))
         return "new"
     atomic.remove_stale(directory, (*_RUN_FILES, "run.json"))  # ours: fit.json is there

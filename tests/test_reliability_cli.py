@@ -521,6 +521,18 @@ def test_stale_temporaries_are_removed_on_the_next_save_and_resume(runs, tmp_pat
     assert all(p.read_text() == "mine" for p in keep)
 
 
+def test_a_fit_killed_while_claiming_its_out_is_not_refused(files, tmp_path, capsys):
+    """Only a temporary of fit.json (a kill in the first milliseconds): the same
+    directory is still fitted into, and the temporary is removed."""
+    (tmp_path / ".fit.json-0123abcd.tmp").write_text('{"half')
+    code, _, err = _run(
+        ["fit", files["hmm"], "--data", files["text"], "--out", tmp_path, "--quiet"], capsys
+    )
+    assert code == 0, err
+    assert not (tmp_path / ".fit.json-0123abcd.tmp").exists()
+    assert io.load(tmp_path).model.num_states == 2
+
+
 def test_a_changed_character_in_any_run_file_is_detected(runs, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(runs["hmm"], copy)
