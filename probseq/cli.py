@@ -10,13 +10,23 @@
 ``--data`` takes a text file (text models), a CSV file with a header row (series
 models), ``builtin:pydoc`` (English text that ships with Python) or
 ``builtin:sunspots`` / ``builtin:nile`` / ... (series shipped by statsmodels).
-Bad input ends with one line ``probseq: error: ...`` on stderr and exit status 1.
+Bad input ends with one line ``probseq: error: ...`` on stderr and exit status 1
+(2 for a command line that argparse refuses); so does every other failure, an
+out-of-memory error or an internal error included. Set ``PROBSEQ_DEBUG=1`` in the
+environment to get the exception and its traceback instead (for developers and
+bug reports).
+
+``probseq fit`` checks ``--out`` before any work (not a file, writable, not empty
+unless it holds this very fit). Into a directory that holds the same fit (same
+spec, every setting of it, same data) it resumes, or says the fit is done; anything
+else stops with one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 import numpy as np
@@ -28,11 +38,17 @@ class _Usage(ValueError):
     pass
 
 
+class _ArgumentError(Exception):
+    """A command line argparse refuses (exit status 2)."""
+
+
 def _columns(arg):
     if arg is None:
         return None
     names = [c.strip() for c in arg.split(",") if c.strip()]
-    return [int(c) if c.isdigit() else c for c in names]
+    if not names:
+        raise _Usage(f"--columns names no column; got {arg!r} (e.g. --columns flow,temp).")
+    return [int(c) if c.isascii() and c.isdigit() else c for c in names]
 
 
 def _key(seed: int):
@@ -49,35 +65,71 @@ def _save_plot(fig, path, echo) -> None:
 
 
 # ---------------------------------------------------------------------- commands
+def _text_columns(kind: str, columns) -> None:
+    if kind == "text" and columns is not None:
+        raise _Usage("--columns picks CSV columns of a series; this is a text model.")
+
+
+def _read(workflow, kind, location, columns, echo):
+    source = workflow.read_source(kind, location, columns)
+    if source.notice:
+        echo(source.notice)  # a column left out is never silent
+    return source
+
+
+def _scores(run, kind) -> str:
+    scores = ", ".join(
+        f"{part} {run.info[f'{part}_bits_per_symbol']:.3f}"
+        for part in ("valid", "test")
+        if isinstance(run.info.get(f"{part}_bits_per_symbol"), int | float)
+    )
+    return f"{scores} {'bits/char' if kind == 'text' else 'bits/step'}"
+
+
 def cmd_fit(args, echo) -> None:
     from probseq import io, plots, spec, workflow
-    from probseq.fit.sgd import CheckpointMismatchError
 
     s = spec.load_spec(args.spec)
     columns = _columns(args.columns)
+    _text_columns(s.kind, columns)
     if columns is None and s.kind == "series":
         columns = s.data.get("columns")
-    source = workflow.read_source(s.kind, args.data, columns)
-    echo(f"fitting {s.source} ({s.model['family']}, {s.method}) on {source.origin}")
-    checkpoints = f"{args.out}/checkpoints"
+    out, created = io.check_out(args.out)
+    try:
+        source = _read(workflow, s.kind, args.data, columns, echo)
+        fingerprint = workflow.fit_fingerprint(s, source)
+        state = io.claim(out, fingerprint)
+    except BaseException:
+        io.undo_check_out(out, created)  # leave no empty directory behind a refused fit
+        raise
+    if state == "finished":
+        run = io.load(out)
+        echo(f"{out} already holds this fit (same spec and data): {run.model!r}; "
+             f"{_scores(run, s.kind)}")  # fmt: skip
+    else:
+        run = _fit_into(s, source, out, fingerprint, state == "resume", args, echo)
+    if args.plot:
+        _save_plot(plots.plot_learning_curves(run.history, title=repr(run.model)), args.plot, echo)
+
+
+def _fit_into(s, source, out, fingerprint, resuming, args, echo):
+    from probseq import io, workflow
+    from probseq.fit.sgd import CheckpointMismatchError
+
+    verb = "resuming" if resuming else "fitting"
+    echo(f"{verb} {s.source} ({s.model['family']}, {s.method}) on {source.origin}")
+    checkpoints = os.path.join(out, "checkpoints")
     try:
         run = workflow.fit_spec(s, source, progress=not args.quiet, checkpoint_dir=checkpoints)
     except CheckpointMismatchError as e:
         raise ValueError(
-            f"{args.out} holds an unfinished or finished fit of another model, data or "
+            f"{out} holds an unfinished or finished fit of another model, data or "
             f"settings ({checkpoints}); fit into another --out, or delete {checkpoints} "
             f"to start afresh. ({e})"
         ) from None
-    io.save_run(run, args.out)
-    scores = ", ".join(
-        f"{part} {run.info[f'{part}_bits_per_symbol']:.3f}"
-        for part in ("valid", "test")
-        if f"{part}_bits_per_symbol" in run.info
-    )
-    unit = "bits/char" if s.kind == "text" else "bits/step"
-    echo(f"saved {args.out}: {run.model!r}; {scores} {unit} ({run.info['fit_seconds']:.1f} s)")
-    if args.plot:
-        _save_plot(plots.plot_learning_curves(run.history, title=repr(run.model)), args.plot, echo)
+    io.save_run(run, out, fingerprint=fingerprint)
+    echo(f"saved {out}: {run.model!r}; {_scores(run, s.kind)} ({run.info['fit_seconds']:.1f} s)")
+    return run
 
 
 def _load_runs(dirs):
@@ -107,9 +159,10 @@ def cmd_compare(args, echo) -> None:
                 f"models {', '.join(first.columns)}; compare runs of the same columns."
             )
     columns = _columns(args.columns)
+    _text_columns(first.kind, columns)
     if columns is None and first.kind == "series":
         columns = list(first.columns) if not args.data.startswith("builtin:") else None
-    source = workflow.read_source(first.kind, args.data, columns)
+    source = _read(workflow, first.kind, args.data, columns, echo)
     # Each run sees the data in its own encoding (vocabulary, standardisation), cut
     # the same way (the first run's spec); densities are mapped back to the data's units.
     views = {n: workflow.prepare(r, source, args.part, layout=first.spec) for n, r in runs.items()}
@@ -165,9 +218,10 @@ def cmd_forecast(args, echo) -> None:
 
     run = io.load(args.run)
     columns = _columns(args.columns)
+    _text_columns(run.kind, columns)
     if columns is None and run.kind == "series" and not args.data.startswith("builtin:"):
         columns = list(run.columns)
-    source = workflow.read_source(run.kind, args.data, columns)
+    source = _read(workflow, run.kind, args.data, columns, echo)
     history = workflow.encode(run, source)
     fc = forecast(run.model, run.params, _key(args.seed), history, args.horizon, args.num_samples)
     echo(f"forecast from {source.origin}: {len(history)} steps of history, horizon {args.horizon}")
@@ -211,9 +265,10 @@ def cmd_states(args, echo) -> None:
     if not isinstance(run.model, HMM):
         raise _Usage(f"{args.run} holds {run.model!r}; `probseq states` needs an HMM run.")
     columns = _columns(args.columns)
+    _text_columns(run.kind, columns)
     if columns is None and run.kind == "series" and not args.data.startswith("builtin:"):
         columns = list(run.columns)
-    source = workflow.read_source(run.kind, args.data, columns)
+    source = _read(workflow, run.kind, args.data, columns, echo)
     x = workflow.encode(run, source)[: args.length]
     probs = np.asarray(run.model.smoother(run.params, x))
     path = np.asarray(run.model.most_likely_states(run.params, x))
@@ -227,7 +282,15 @@ def cmd_states(args, echo) -> None:
 
 
 def cmd_demo(args, echo) -> None:
-    from probseq import demo
+    from probseq import demo, io
+
+    if args.out is not None:
+        out, _ = io.check_out(args.out)
+        for name in demo.DEMO_SPECS:
+            target = os.path.join(out, name)
+            if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
+                raise _Usage(f"--out {out}: {target} exists and is not empty; the demo saves "
+                             "its runs only into new directories, give another --out.")  # fmt: skip
 
     demo.run_demo(
         quick=args.quick, out=args.out, plot=args.plot, progress=not args.quiet, echo=echo
@@ -245,6 +308,19 @@ def _positive_int(text):
     return v
 
 
+MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits of a seed: larger ones would collide
+
+
+def _seed(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, {MAX_SEED}], got {text}")
+    return v
+
+
 def _temperature(text):
     try:
         v = float(text)
@@ -255,8 +331,15 @@ def _temperature(text):
     return v
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one error line (``probseq: error: ...``) raised, not printed."""
+
+    def error(self, message):
+        raise _ArgumentError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="probseq",
         description="Fit, compare, sample and forecast probabilistic sequence models.",
     )
@@ -291,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", help="text to continue (text runs)")
     p.add_argument("--temperature", type=_temperature, default=1.0)
     p.add_argument("--num-samples", type=_positive_int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help=f"0 to {MAX_SEED}")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("forecast", help="condition on data, then sample what follows")
@@ -300,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="CSV columns (default: the run's own)")
     p.add_argument("--horizon", type=_positive_int, required=True)
     p.add_argument("--num-samples", type=_positive_int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help=f"0 to {MAX_SEED}")
     p.add_argument("--plot", help="write the forecast fan chart to this image file")
     p.set_defaults(func=cmd_forecast)
 
@@ -321,10 +404,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str, limit: int = 600) -> str:
+    """``text`` as one printable line: control characters escaped, lines joined."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    joined = " ".join(lines)
+    out = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in joined)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+# What bad input (files, specs, arguments, sizes) can raise; anything else is a bug.
+_EXPECTED = (ValueError, OSError, ModuleNotFoundError, OverflowError, RecursionError)
+
+
+def describe_error(e: BaseException) -> str:
+    """The one line ``probseq: error: ...`` says for ``e``."""
+    message = _one_line(str(e)) or type(e).__name__
+    if _out_of_memory(e):
+        return (
+            f"out of memory ({type(e).__name__}): the model, data or requested size "
+            f"needs more memory than this machine has; use smaller sizes. ({message})"
+        )
+    if isinstance(e, RecursionError):
+        return f"input nested too deeply to read ({message})."
+    if isinstance(e, _EXPECTED):
+        return message
+    return (
+        f"internal error ({type(e).__name__}: {message}); set PROBSEQ_DEBUG=1 to see "
+        "the traceback, and please report it."
+    )
+
+
 def main(argv=None) -> int:
-    """Entry point of the ``probseq`` console script; returns the exit status."""
+    """Entry point of the ``probseq`` console script; returns the exit status.
+
+    Every failure ends with one line ``probseq: error: ...`` on stderr: exit status
+    2 for a command line that argparse refuses, 1 for anything else (bad input, a
+    run directory that cannot be used, out of memory, and an internal error, which
+    says so). With the environment variable ``PROBSEQ_DEBUG=1`` the exception is
+    raised instead, with its traceback.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    debug = os.environ.get("PROBSEQ_DEBUG", "") not in ("", "0")
+    try:
+        args = parser.parse_args(argv)
+    except _ArgumentError as e:
+        print(f"probseq: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
+        return 2
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
 
     def echo(line=""):
         print(line, flush=True)
@@ -334,9 +468,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("probseq: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, ModuleNotFoundError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"probseq: error: {message}", file=sys.stderr)
+    except Exception as e:
+        if debug:
+            raise
+        print(f"probseq: error: {describe_error(e)}", file=sys.stderr, flush=True)
         return 1
     return 0
 

@@ -7,12 +7,24 @@ A run directory holds
 * ``data.json``    how data is encoded: the character vocabulary (text) or the
   columns and the standardisation (series);
 * ``history.json`` the fit history and facts about the fit;
-* ``run.json``     written last: format version, probseq version, model.
+* ``run.json``     written last: format version, probseq version, model, and the
+  SHA-256 of every other file;
+* ``fit.json``     (``probseq fit``) what the directory is being fitted for: the
+  spec and the identity of the data (:func:`claim`), written before the fit starts;
+* ``checkpoints/`` (``probseq fit`` with SGD) the resumable state of the fit.
 
-Every file is written to a temporary name and moved into place (``os.replace``),
-and ``run.json`` goes last, so a fit killed while saving leaves no directory that
-:func:`load` would take for complete. Loading checks each file and names the one
-that is missing or corrupt.
+What a run directory promises:
+
+* every file is written by :func:`probseq.atomic.write_atomic` (a temporary name,
+  flushed, moved into place with ``os.replace``), with the user's umask, and
+  ``run.json`` goes last, so a fit killed while saving leaves no directory that
+  :func:`load` would take for complete; temporaries a killed save left are removed
+  by the next save;
+* :func:`load` checks each file against its checksum in ``run.json`` and names the
+  one that is missing, changed or corrupt;
+* ``probseq fit`` into a directory that is not empty resumes only the same fit (the
+  same spec, every setting of it, and the same data); anything else stops before
+  any work with one line.
 
 Example:
     >>> run = probseq.load("runs/lstm")                     # doctest: +SKIP
@@ -23,21 +35,26 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fnmatch
 import json
 import os
-import tempfile
 from typing import Any
 
 import jax
 import numpy as np
 
+from probseq import atomic
 from probseq import data as data_lib
 from probseq.fit import checkpoint
 from probseq.spec import Spec, SpecError, load_spec, spec_text
 
-__all__ = ["Run", "save_run", "load", "RunError"]
+__all__ = ["Run", "save_run", "load", "RunError", "check_out", "undo_check_out", "claim"]
+__all__ += ["FIT_FILE"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: run.json holds a checksum of each file
+_READABLE_VERSIONS = (1, 2)
+FIT_FILE = "fit.json"
+_RUN_FILES = ("spec.toml", "params.npz", "data.json", "history.json", FIT_FILE)
 
 
 class RunError(ValueError):
@@ -150,27 +167,33 @@ def _array(values: list) -> np.ndarray:
 
 
 def _write_atomic(directory: str, name: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(directory, name))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic.write_atomic(os.path.join(directory, name), text)
 
 
-def save_run(run: Run, directory) -> str:
+def save_run(run: Run, directory, *, fingerprint: dict | None = None) -> str:
     """Write ``run`` to ``directory`` (created if missing; an existing run there is
-    replaced file by file). Returns the directory."""
+    replaced file by file). Returns the directory.
+
+    Args:
+        run: the fitted run.
+        directory: where to write it.
+        fingerprint: what the run was fitted from (``probseq fit`` passes
+            :func:`probseq.workflow.fit_fingerprint`); written to ``fit.json``.
+            None removes a ``fit.json`` of an earlier fit, so that ``probseq fit``
+            never resumes into a run it did not write.
+    """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
+    atomic.remove_stale(directory, (*_RUN_FILES, "run.json"))
     marker = os.path.join(directory, "run.json")
     if os.path.exists(marker):
         os.remove(marker)  # the directory is incomplete until run.json is back
+    fit_path = os.path.join(directory, FIT_FILE)
+    if fingerprint is None:
+        if os.path.exists(fit_path):
+            os.remove(fit_path)
+    else:
+        _write_atomic(directory, FIT_FILE, _fit_text(fingerprint))
     _write_atomic(directory, "spec.toml", spec_text(run.spec))
     checkpoint.save_checkpoint(
         directory, {"params": run.params}, {"model": repr(run.model)}, filename="params.npz"
@@ -186,14 +209,141 @@ def save_run(run: Run, directory) -> str:
     _write_atomic(directory, "history.json", json.dumps(history, indent=1))
     from probseq import __version__
 
+    files = {
+        name: atomic.sha256_file(os.path.join(directory, name))
+        for name in _RUN_FILES
+        if os.path.isfile(os.path.join(directory, name))
+    }
     meta = {
         "format_version": FORMAT_VERSION,
         "probseq_version": __version__,
         "model": repr(run.model),
         "saved": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "sha256": files,
     }
     _write_atomic(directory, "run.json", json.dumps(meta, indent=1))
     return directory
+
+
+# ----------------------------------------------------------- --out of probseq fit
+def check_out(directory) -> tuple[str, str | None]:
+    """Make sure ``directory`` can take a run, before any work: create it if missing
+    and prove it writable by creating and removing a probe file.
+
+    Returns:
+        (the directory, the topmost directory this call created, or None): pass
+        both to :func:`undo_check_out` to remove what it created if the fit is
+        refused.
+
+    Raises:
+        RunError: an empty path, a path that is a file, or a directory that cannot
+            be created or written to.
+    """
+    directory = os.fspath(directory)
+    if not directory.strip():
+        raise RunError("--out is empty; give the run directory to write, e.g. --out runs/lstm.")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise RunError(f"--out {directory} is an existing file, not a directory.")
+    created = None
+    head = os.path.abspath(directory)
+    while not os.path.exists(head):
+        created, head = head, os.path.dirname(head)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"--out {directory}: cannot create the directory ({e.strerror}).") from None
+    try:
+        atomic.write_atomic(os.path.join(directory, ".probseq-probe"), b"")
+        os.remove(os.path.join(directory, ".probseq-probe"))
+    except OSError as e:
+        undo_check_out(directory, created)
+        raise RunError(f"--out {directory} is not writable ({e.strerror}).") from None
+    return directory, created
+
+
+def undo_check_out(directory, created: str | None) -> None:
+    """Remove the empty directories :func:`check_out` created (none that hold files)."""
+    if created is None:
+        return
+    path = os.path.abspath(directory)
+    while True:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return  # not empty (or gone): keep it and everything above
+        if path == created or os.path.dirname(path) == path:
+            return
+        path = os.path.dirname(path)
+
+
+def _fit_text(fingerprint: dict) -> str:
+    return json.dumps({"format_version": 1, "fingerprint": fingerprint}, indent=1)
+
+
+def _first_difference(old, new, where=""):
+    """(path, old value, new value) of the first difference between two JSON trees."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(new) + [k for k in old if k not in new]:
+            if old.get(key, _SKIP) != new.get(key, _SKIP):
+                return _first_difference(
+                    old.get(key), new.get(key), f"{where}.{key}" if where else key
+                )
+    return where, old, new
+
+
+_PARTS = {"model": "model", "fit": "fit settings", "seed": "seed", "data": "data settings"}
+
+
+def claim(directory, fingerprint: dict) -> str:
+    """Reserve a run directory for the fit described by ``fingerprint`` (a JSON dict;
+    ``probseq fit`` uses :func:`probseq.workflow.fit_fingerprint`).
+
+    An empty directory gets ``fit.json`` and is "new". A directory whose
+    ``fit.json`` holds the same fingerprint is the same fit: "finished" if its run
+    is saved, else "resume". Anything else is refused.
+
+    Returns:
+        "new", "resume" or "finished".
+
+    Raises:
+        RunError: the directory holds another fit (the message says what differs),
+            files that are no probseq fit, or a damaged ``fit.json``.
+    """
+    directory = os.fspath(directory)
+    path = os.path.join(directory, FIT_FILE)
+    way_out = f"fit into another --out, or delete {directory} to start afresh"
+    fingerprint = json.loads(json.dumps(fingerprint))
+    if not os.path.exists(path):
+        ours = [f".{n}-*{atomic.TMP_SUFFIX}" for n in (*_RUN_FILES, "run.json")]
+        if any(not any(fnmatch.fnmatch(e, p) for p in ours) for e in os.listdir(directory)):
+            what = (
+                "a run saved without a record of its fit (by probseq.save_run or an older probseq)"
+                if os.path.exists(os.path.join(directory, "run.json"))
+                else "files that are not a probseq fit"
+            )
+            raise RunError(f"--out {directory} is not empty: it holds {what}; {way_out}.")
+        atomic.remove_stale(directory, (*_RUN_FILES, "run.json"))  # a save killed at once
+        _write_atomic(directory, FIT_FILE, _fit_text(fingerprint))
+        return "new"
+    atomic.remove_stale(directory, (*_RUN_FILES, "run.json"))  # ours: fit.json is there
+    stored = _read_json(path).get("fingerprint")
+    if not isinstance(stored, dict):
+        raise RunError(f"{path} is corrupt: no fingerprint; {way_out}.")
+    if stored != fingerprint:
+        key, old, new = _first_difference(stored, fingerprint)
+        parts = key.split(".")
+        part = "data"
+        if parts[0] == "spec" and len(parts) > 1:
+            part = _PARTS.get(parts[1], parts[1])
+        shown = ", ".join(
+            f"{json.dumps(v, ensure_ascii=True)[:60]} {when}"
+            for v, when in ((old, "there"), (new, "now"))
+        )
+        raise RunError(
+            f"--out {directory} holds a fit of another spec or data: its {part} differs "
+            f"({key}: {shown}); {way_out}."
+        )
+    return "finished" if os.path.exists(os.path.join(directory, "run.json")) else "resume"
 
 
 def _read_json(path: str) -> dict:
@@ -204,9 +354,32 @@ def _read_json(path: str) -> dict:
             d = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunError(f"{path} is corrupt or unreadable ({e}).") from None
+    except RecursionError:
+        raise RunError(f"{path} is corrupt: nested too deeply to read.") from None
     if not isinstance(d, dict):
         raise RunError(f"{path} is corrupt: expected a JSON object.")
     return d
+
+
+def _verify_checksums(directory: str, meta_path: str, sums) -> None:
+    required = {"spec.toml", "params.npz", "data.json", "history.json"}
+    if not isinstance(sums, dict) or not required <= set(sums):
+        raise RunError(f"{meta_path} is corrupt: it lacks the checksums of the run's files.")
+    for name, expected in sums.items():
+        if name not in _RUN_FILES:
+            raise RunError(f"{meta_path} is corrupt: a checksum of an unknown file {name!r}.")
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            raise RunError(f"{path} is missing.")
+        try:
+            actual = atomic.sha256_file(path)
+        except OSError as e:
+            raise RunError(f"{path} is unreadable ({e.strerror}).") from None
+        if actual != expected:
+            raise RunError(
+                f"{path} is corrupt: it was changed or damaged after the run was saved "
+                f"(its SHA-256 differs from the one in {meta_path})."
+            )
 
 
 def load(directory) -> Run:
@@ -226,11 +399,14 @@ def load(directory) -> Run:
             "(the fit did not finish, or this is another kind of directory)."
         )
     meta = _read_json(meta_path)
-    if meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if version not in _READABLE_VERSIONS or isinstance(version, bool):
         raise RunError(
-            f"{meta_path}: run format version {meta.get('format_version')!r}; this probseq "
-            f"reads version {FORMAT_VERSION}."
+            f"{meta_path}: run format version {version!r}; this probseq reads versions "
+            f"{', '.join(map(str, _READABLE_VERSIONS))}."
         )
+    if version >= 2:
+        _verify_checksums(directory, meta_path, meta.get("sha256"))
     spec_path = os.path.join(directory, "spec.toml")
     try:
         spec = load_spec(spec_path)
@@ -250,7 +426,7 @@ def load(directory) -> Run:
             if encoding.get("scaler") is not None:
                 scaler = data_lib.Standardizer.from_dict(encoding["scaler"])
             model = spec.build_model(obs_dim=len(columns))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise RunError(f"{data_path} is corrupt ({e}).") from None
     params_path = os.path.join(directory, "params.npz")
     if not os.path.isfile(params_path):
@@ -262,8 +438,15 @@ def load(directory) -> Run:
     except Exception as e:  # zip, npz, JSON and shape errors all mean the same here
         raise RunError(f"{params_path} is corrupt or does not fit the spec ({e}).") from None
     params = jax.tree.map(jax.numpy.asarray, params)
-    hist = _read_json(os.path.join(directory, "history.json"))
-    history = {k: _array(v) for k, v in hist.get("history", {}).items() if isinstance(v, list)}
+    hist_path = os.path.join(directory, "history.json")
+    hist = _read_json(hist_path)
+    stored_history, info = hist.get("history", {}), hist.get("info", {})
+    if not isinstance(stored_history, dict) or not isinstance(info, dict):
+        raise RunError(f"{hist_path} is corrupt: 'history' and 'info' must be JSON objects.")
+    try:
+        history = {k: _array(v) for k, v in stored_history.items() if isinstance(v, list)}
+    except (TypeError, ValueError) as e:
+        raise RunError(f"{hist_path} is corrupt ({e}).") from None
     return Run(
         model=model,
         params=params,
@@ -272,6 +455,6 @@ def load(directory) -> Run:
         scaler=scaler,
         columns=columns,
         history=history,
-        info=hist.get("info", {}),
+        info=info,
         path=directory,
     )

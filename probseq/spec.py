@@ -80,10 +80,28 @@ def _fractions(v):
 
 
 def _names(v):
-    return len(v) > 0 and all(isinstance(c, str | int) and not isinstance(c, bool) for c in v)
+    return len(v) > 0 and all(
+        (isinstance(c, str) and _valid_text(c)) or (isinstance(c, int) and not isinstance(c, bool))
+        for c in v
+    )
 
 
-_TOP = {"description": ((str,), lambda v: True, "a string"), "seed": _NONNEG_INT}
+MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits of a seed (without x64): no more
+
+
+def _valid_text(v):
+    # A lone surrogate cannot be written as UTF-8: spec.toml could not be saved.
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_TOP = {
+    "description": ((str,), _valid_text, "a string of valid Unicode"),
+    "seed": ((int,), lambda v: 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+}
 _DATA = {
     "kind": _choice(*_KINDS),
     "sequence_length": _POSITIVE_INT,
@@ -377,6 +395,8 @@ def load_spec(path) -> Spec:
             d = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML ({e}).") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not a spec (nested too deeply to read).") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{path}: cannot read the spec ({e}).") from None
     return parse_spec(d, source=path)
@@ -395,15 +415,35 @@ def spec_text(spec: Spec) -> str:
     return "\n".join(lines) + "\n"
 
 
+# TOML basic strings: these escapes, \uXXXX for every other control character
+# (U+0000-U+001F, U+007F); everything else, non-BMP characters too, is written as is.
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n"}
+_TOML_ESCAPES.update({"\f": "\\f", "\r": "\\r"})
+
+
+def _toml_string(v: str) -> str:
+    out = []
+    for ch in v:
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        return repr(v)
+        if math.isnan(v):
+            return "nan"
+        return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf")
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(v, list):
+        return _toml_string(v)
+    if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")

@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import time
@@ -29,7 +31,15 @@ from probseq import data as data_lib
 from probseq.io import Run
 from probseq.spec import Spec
 
-__all__ = ["Source", "read_source", "fit_spec", "prepare", "encode", "PARTS"]
+__all__ = [
+    "Source",
+    "read_source",
+    "fit_spec",
+    "fit_fingerprint",
+    "prepare",
+    "encode",
+    "PARTS",
+]
 
 PARTS = ("all", "train", "valid", "test")
 BUILTIN = "builtin:"
@@ -44,6 +54,7 @@ class Source(NamedTuple):
     values: np.ndarray | None = None
     names: tuple[str, ...] | None = None
     origin: str = ""
+    notice: str = ""  # CSV: the columns used and why any others were left out
 
 
 def read_source(kind: str, location, columns=None) -> Source:
@@ -85,7 +96,41 @@ def read_source(kind: str, location, columns=None) -> Source:
     if kind == "text":
         return Source("text", text=data_lib.read_text(location), origin=location)
     table = data_lib.read_csv(location, columns)
-    return Source("series", values=table.values, names=tuple(table.names), origin=location)
+    return Source(
+        "series",
+        values=table.values,
+        names=tuple(table.names),
+        origin=location,
+        notice=f"{location}: {table.notice}" if table.left_out else "",
+    )
+
+
+def fit_fingerprint(spec: Spec, source: Source) -> dict:
+    """Everything that decides the result of ``fit_spec(spec, source)``, as JSON.
+
+    The spec's seed and its [data], [model] and [fit] tables (every setting, with
+    defaults filled in: the model and its sizes, the optimizer, its learning rate,
+    clipping, patience, epochs, batch size, the EM settings, the cut and split of
+    the data) and the identity of the data (its kind, the SHA-256 of its content,
+    its shape and the columns used). Only the description is left out. Two calls
+    with equal fingerprints fit the same model to the same data the same way.
+    """
+    digest = hashlib.sha256()
+    if source.kind == "text":
+        digest.update(source.text.encode("utf-8", "surrogatepass"))
+        shape = [len(source.text)]
+    else:
+        values = np.ascontiguousarray(source.values, dtype=np.float64)
+        digest.update(values.tobytes())
+        shape = list(values.shape)
+    data = {
+        "kind": source.kind,
+        "sha256": digest.hexdigest(),
+        "shape": shape,
+        "columns": None if source.names is None else list(source.names),
+    }
+    spec_part = {"seed": spec.seed, "data": spec.data, "model": spec.model, "fit": spec.fit}
+    return json.loads(json.dumps({"spec": spec_part, "data": data}))
 
 
 def _splits(spec: Spec, source_or_encoded, *, vocabulary=None) -> data_lib.DataSplits:

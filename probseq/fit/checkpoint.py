@@ -8,12 +8,15 @@ A checkpoint is a single file, ``<directory>/checkpoint.npz``, holding
   metadata and, per tree, the key paths, shapes and dtypes of its leaves.
 
 No pickle is written or read (``np.load(..., allow_pickle=False)``), so a checkpoint
-from an untrusted source cannot run code. The file is written to a temporary file in
-the same directory, flushed to disk and moved into place with ``os.replace``: a
-process killed at any moment leaves either the previous checkpoint or the new one,
-never a torn file. Restoring needs a template pytree (e.g. ``model.init(key)``): the
-structure comes from the template, and a stored tree whose paths, shapes or dtypes
-differ is refused with a ValueError.
+from an untrusted source cannot run code. The file is written by
+:func:`probseq.atomic.write_atomic` (a temporary file in the same directory, flushed
+to disk and moved into place with ``os.replace``): a process killed at any moment
+leaves either the previous checkpoint or the new one, never a torn file, and the
+temporaries a killed save left behind are removed by the next save or resume. A
+damaged file is refused with a :class:`CheckpointError` that names it. Restoring
+needs a template pytree (e.g. ``model.init(key)``): the structure comes from the
+template, and a stored tree whose paths, shapes or dtypes differ is refused with a
+ValueError.
 
 Example:
     >>> import tempfile, jax.numpy as jnp
@@ -31,11 +34,13 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
+import zipfile
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+
+from probseq import atomic
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -45,12 +50,18 @@ __all__ = [
     "read_metadata",
     "restore_tree",
     "remove_stale_temporaries",
+    "CheckpointError",
 ]
 
 CHECKPOINT_FILE = "checkpoint.npz"
 _METADATA_KEY = "__metadata__"
 _FORMAT_VERSION = 1
-_TMP_PREFIX = ".checkpoint-"
+_LEGACY_TMP_PREFIX = ".checkpoint-"  # temporaries of the writer before probseq.atomic
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, not a probseq checkpoint,
+    metadata that is not JSON); the message names the file."""
 
 
 class Checkpoint(NamedTuple):
@@ -115,23 +126,16 @@ def save_checkpoint(
     document = {"format_version": _FORMAT_VERSION, "trees": described, "metadata": metadata}
     arrays[_METADATA_KEY] = np.array(json.dumps(document))
     path = os.path.join(directory, filename)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    remove_stale_temporaries(directory, filename)
+    return atomic.write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
-def remove_stale_temporaries(directory) -> None:
-    """Delete temporary files a killed writer left behind in ``directory``."""
-    for tmp in glob.glob(os.path.join(glob.escape(os.fspath(directory)), _TMP_PREFIX + "*.tmp")):
+def remove_stale_temporaries(directory, filename: str = CHECKPOINT_FILE) -> None:
+    """Delete the temporaries a killed save of ``filename`` left in ``directory``
+    (no other file: the directory may hold the user's own)."""
+    atomic.remove_stale(directory, [filename])
+    pattern = os.path.join(glob.escape(os.fspath(directory)), _LEGACY_TMP_PREFIX + "*.tmp")
+    for tmp in glob.glob(pattern):
         try:
             os.remove(tmp)
         except FileNotFoundError:  # pragma: no cover - removed concurrently
@@ -140,43 +144,80 @@ def remove_stale_temporaries(directory) -> None:
 
 def _read_document(npz, path) -> dict:
     if _METADATA_KEY not in npz.files:
-        raise ValueError(f"{path} is not a probseq checkpoint (no {_METADATA_KEY} entry).")
-    document = json.loads(str(npz[_METADATA_KEY][()]))
+        raise CheckpointError(f"{path} is not a probseq checkpoint (no {_METADATA_KEY} entry).")
+    try:
+        document = json.loads(str(npz[_METADATA_KEY][()]))
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path} is corrupt: its metadata is not JSON ({e}).") from None
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{path} is corrupt: its metadata is not a JSON object.")
     version = document.get("format_version")
     if version != _FORMAT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} has checkpoint format version {version}; this probseq reads version "
             f"{_FORMAT_VERSION}."
         )
+    if not isinstance(document.get("trees"), dict) or not isinstance(
+        document.get("metadata"), dict
+    ):
+        raise CheckpointError(f"{path} is corrupt: its metadata lacks 'trees' or 'metadata'.")
     return document
 
 
+# What a damaged .npz raises on reading: a truncated zip, garbage bytes, a missing
+# member, a malformed array header.
+_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile)
+
+
 def load_checkpoint(directory, *, filename: str = CHECKPOINT_FILE) -> Checkpoint | None:
-    """Read ``<directory>/<filename>``; None if there is none."""
+    """Read ``<directory>/<filename>``; None if there is none.
+
+    Raises:
+        CheckpointError: the file is truncated, not a probseq checkpoint, or its
+            metadata is not JSON (the message names the file).
+    """
     path = os.path.join(directory, filename)
     if not os.path.exists(path):
         return None
-    with np.load(path, allow_pickle=False) as npz:
-        document = _read_document(npz, path)
-        arrays = {}
-        for name, info in document["trees"].items():
-            leaves = []
-            for i, dtype in enumerate(info["dtypes"]):
-                a = npz[f"{name}/{i}"]
-                if str(a.dtype) != dtype:
-                    a = a.view(np.dtype(jax.numpy.dtype(dtype)))
-                leaves.append(a)
-            arrays[name] = leaves
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            document = _read_document(npz, path)
+            arrays = {}
+            for name, info in document["trees"].items():
+                leaves = []
+                for i, dtype in enumerate(info["dtypes"]):
+                    a = npz[f"{name}/{i}"]
+                    if str(a.dtype) != dtype:
+                        a = a.view(np.dtype(jax.numpy.dtype(dtype)))
+                    leaves.append(a)
+                arrays[name] = leaves
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as e:
+        raise CheckpointError(
+            f"{path} is corrupt or unreadable ({type(e).__name__}: {e})."
+        ) from None
     return Checkpoint(path, document["metadata"], document["trees"], arrays)
 
 
 def read_metadata(directory) -> dict | None:
-    """Only the metadata of ``<directory>/checkpoint.npz`` (None if there is none)."""
+    """Only the metadata of ``<directory>/checkpoint.npz`` (None if there is none).
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint`.
+    """
     path = os.path.join(directory, CHECKPOINT_FILE)
     if not os.path.exists(path):
         return None
-    with np.load(path, allow_pickle=False) as npz:
-        return _read_document(npz, path)["metadata"]
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return _read_document(npz, path)["metadata"]
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as e:
+        raise CheckpointError(
+            f"{path} is corrupt or unreadable ({type(e).__name__}: {e})."
+        ) from None
 
 
 def restore_tree(template, checkpoint: Checkpoint, name: str, *, what: str | None = None):

@@ -43,8 +43,10 @@ How a fit runs:
   again with the same directory, model, data, key and settings resumes where the
   previous fit stopped (even one killed with SIGKILL) and ends with the same
   parameters as an uninterrupted fit; a checkpoint that does not match is refused
-  with a ValueError. The optimizer's hyperparameters cannot be checked: resume
-  with the same optimizer.
+  with a ValueError. The default optimizer's ``learning_rate`` and
+  ``max_grad_norm``, ``patience`` and ``max_nonfinite_steps`` are checked too; a
+  custom optimizer's hyperparameters cannot be: resume with the same optimizer.
+  ``num_epochs`` may grow between calls (the fit continues).
 * **Logging.** Each epoch's summary is logged at INFO level on the
   ``probseq.fit.sgd`` logger (silent unless logging is configured); ``progress=False``
   prints nothing.
@@ -751,6 +753,7 @@ def fit_sgd(
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {name}={flag!r}")
     validation.check_key(key)
+    custom_optimizer = optimizer is not None
     optimizer = _resolve_optimizer(optimizer, learning_rate, max_grad_norm)
     if patience is not None and valid_data is None:
         raise ValueError("patience= needs valid_data= to measure improvement on.")
@@ -797,6 +800,14 @@ def fit_sgd(
         fingerprint = _fingerprint(
             model, train, valid, bsz, window_len if bptt_length else None, shuffle, key
         )
+        # The default optimizer's settings and the stopping rules change the result.
+        fingerprint["settings"] = {
+            "optimizer": "custom" if custom_optimizer else "default",
+            "learning_rate": None if custom_optimizer else learning_rate,
+            "max_grad_norm": None if custom_optimizer else max_grad_norm,
+            "patience": patience,
+            "max_nonfinite_steps": max_nonfinite_steps,
+        }
         if os.path.isdir(checkpoint_dir):
             checkpoint.remove_stale_temporaries(checkpoint_dir)
         ckpt = checkpoint.load_checkpoint(checkpoint_dir)
@@ -992,6 +1003,7 @@ def _check_fingerprint(ckpt: checkpoint.Checkpoint, fingerprint: dict) -> None:
         "bptt_length": "bptt_length",
         "shuffle": "shuffle",
         "key": "key",
+        "settings": "optimizer or stopping setting",
     }
     for name, label in labels.items():
         if stored.get(name) != fingerprint[name]:
