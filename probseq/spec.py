@@ -45,6 +45,7 @@ import jax
 
 from probseq import heads as heads_lib
 from probseq.families import GRU, HMM, LRU, LSTM, RNN, MinGRU
+from probseq.families.hmm import SCAN_CHOICES as HMM_SCAN_CHOICES
 from probseq.fit.em import ESTEPS
 from probseq.scan import SCAN_MODES
 
@@ -139,6 +140,7 @@ _MODEL = {
         "num_states": _POSITIVE_INT,
         "head": _choice(*HEADS),
         "num_components": _POSITIVE_INT,
+        "scan": _choice(*HMM_SCAN_CHOICES),
     },
 }
 _FIT = {
@@ -263,7 +265,7 @@ class Spec:
                     "bernoulli": heads_lib.BernoulliHead,
                 }[head_name](obs_dim)
         if family is HMM:
-            return HMM(num_states=m.pop("num_states"), head=head)
+            return HMM(num_states=m.pop("num_states"), head=head, scan=m.pop("scan", "auto"))
         if head_name == "categorical":
             return family(vocab_size=vocab_size, **m)
         if head_name == "normal":

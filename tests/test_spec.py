@@ -142,6 +142,24 @@ def test_build_model_for_each_head():
         }
     ).build_model(obs_dim=2)
     assert hmm.head == probseq.heads.PoissonHead(2) and hmm.num_states == 2
+    assert hmm.scan == "auto"
+    for scan in ("sequential", "chunked", "parallel"):
+        hmm = spec.parse_spec(
+            {
+                "data": {"kind": "series"},
+                "model": {"family": "hmm", "num_states": 2, "head": "normal", "scan": scan},
+                "fit": {"method": "em"},
+            }
+        ).build_model(obs_dim=1)
+        assert hmm.scan == scan
+    with pytest.raises(spec.SpecError, match="scan"):
+        spec.parse_spec(
+            {
+                "data": {"kind": "series"},
+                "model": {"family": "hmm", "num_states": 2, "head": "normal", "scan": "fast"},
+                "fit": {"method": "em"},
+            }
+        )
     text = spec.parse_spec(_minimal()).build_model(vocab_size=7)
     assert text == probseq.GRU(vocab_size=7, hidden_size=8)
 
