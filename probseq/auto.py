@@ -8,9 +8,10 @@ conditioned on a history, fit_sgd) has three exact paths
 (:func:`probseq.hmm_inference.hmm_filter_batch`):
 
 * CPU (measured, 2-core x86, jax 0.10.2; RESULTS.md "HMM filter paths"): the
-  sequential scan, except for long sequences with few states, where the time-chunked
-  filter wins (:func:`chunking_pays`, the same rule as the E-step). The associative
-  scan never wins on CPU (O(T K^3) work on two cores).
+  sequential scan, except for a few sequences (B <= 16) of 128 to 200,000 steps,
+  where the time-chunked filter wins (:func:`chunked_filter_pays_on_cpu`). The
+  associative scan never wins on CPU (O(T K^3) work on two cores: 8-150x slower on
+  the benchmark workloads).
 * GPU and other accelerators (provisional: from the H200 run that filed issue 10 and
   ECOSYSTEM.md, i.e. dynamax's parallel filter 1.75 ms vs sequential 7.8 ms on
   medium K32 B64 T1000, 3.5 ms vs ~6.9 s on T=1e6 K=8, and 78 ms vs 10.3 ms on
@@ -42,6 +43,7 @@ import jax
 
 __all__ = [
     "chunking_pays",
+    "chunked_filter_pays_on_cpu",
     "choose_hmm_filter",
     "choose_smoother",
     "default_chunk_size",
@@ -84,6 +86,19 @@ def chunking_pays(num_steps: int, num_states: int) -> bool:
     T=1e6 (about 1.7x), a little at K=32, B=64, T=1000; at K=256 each step is a real
     matrix product and the fix-up's extra work loses (0.8x)."""
     return num_states <= 64 and num_steps >= 128
+
+
+def chunked_filter_pays_on_cpu(num_sequences: int, num_steps: int, num_states: int) -> bool:
+    """Whether the time-chunked filter beats the sequential one on the 2-core CPU.
+
+    Measured (jax 0.10.2, 2026-11-30, compiled filter alone, sequential / chunked
+    time): it pays where a sequential step is mostly loop overhead, i.e. few sequences:
+    K4 B10 T1000 1.6x, K8 B10 T1000 1.1x, K16 B10 T1000 1.1x, K4 B1 T1e5 1.3x,
+    K8 B1 T1e5 1.2x, K16 B1 T1e5 3.9x; not with a wider batch (K4 B64 T1000 0.7x, K8 B64
+    0.98x, K32 B8 0.96x, K32 B64 T1000 0.8x) nor on a 1e6-step sequence, where the
+    sequential loop is memory-bound and chunking only adds traffic (K4 1.02x, K8 0.9x).
+    """
+    return num_sequences <= 16 and num_states <= 64 and 128 <= num_steps <= 200_000
 
 
 def device_memory_bytes(device=None) -> int:
@@ -132,7 +147,7 @@ def choose_hmm_filter(
     rules and the measurements behind them."""
     backend = jax.default_backend() if backend is None else backend
     if backend == "cpu":
-        if chunking_pays(num_steps, num_states):
+        if chunked_filter_pays_on_cpu(num_sequences, num_steps, num_states):
             return "chunked", None
         return "sequential", None
     budget = memory_budget_bytes() if budget is None else budget
