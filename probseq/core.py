@@ -49,6 +49,7 @@ __all__ = [
     "sample",
     "batch_step_log_probs",
     "as_batch",
+    "param_dtype",
 ]
 
 PyTree = Any
@@ -67,8 +68,9 @@ class SequenceModel(abc.ABC):
     input_dim: int = 0
 
     @abc.abstractmethod
-    def init(self, key: jax.Array, *, dtype=jnp.float32) -> PyTree:
-        """Random parameters, a pytree of arrays."""
+    def init(self, key: jax.Array, *, dtype=None) -> PyTree:
+        """Random parameters, a pytree of arrays, of floating ``dtype`` (None: JAX's
+        default float, i.e. float64 under ``jax_enable_x64``; see :func:`param_dtype`)."""
 
     @abc.abstractmethod
     def initial_state(self, params: PyTree) -> PyTree:
@@ -148,6 +150,16 @@ class ScoreResult(NamedTuple):
     final_state: PyTree
 
 
+def param_dtype(dtype=None) -> jnp.dtype:
+    """The floating dtype parameters are made in: ``dtype``, or when None JAX's default
+    float at call time (float32; float64 under ``jax_enable_x64``, as in numpyro and
+    dynamax). Resolved per call, never at import, so turning x64 on later is honoured."""
+    resolved = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
+    if not jnp.issubdtype(resolved, jnp.floating):
+        raise ValueError(f"dtype must be a floating dtype (float32, float64, ...); got {dtype=}")
+    return resolved
+
+
 # ----------------------------------------------------------------- pure batch kernels
 def batch_step_log_probs(model, params, x, mask, inputs=None, initial_state=None):
     """Per-step log-likelihoods of a padded batch and each row's final state.
@@ -185,13 +197,20 @@ def _score_kernel(model, params, x, mask, inputs, initial_state):
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
 def _sample_kernel(model, params, keys, states, num_timesteps, temperature, inputs):
+    # numpyro draws in JAX's default float (float64 under x64) whatever the parameters'
+    # dtype: real draws take the parameters' dtype, as as_batch gives observed data.
+    obs_dtype = None if model.head.is_token else jax.tree.leaves(params)[0].dtype
+
     def chain(key, h, us):
         def step(h, ku):
             k, u = ku
             d = model.emission(params, h, u)
             tempered = temper(d, temperature)
-            x = tempered if temperature == 0 else tempered.sample(k)
-            return model.update(params, h, x, u), x
+            x = tempered if isinstance(tempered, jax.Array) else tempered.sample(k)
+            if obs_dtype is not None:
+                x = x.astype(obs_dtype)
+            h_next = model.update(params, h, x, u)
+            return jax.tree.map(lambda new, old: new.astype(old.dtype), h_next, h), x
 
         return jax.lax.scan(step, h, (jax.random.split(key, num_timesteps), us))[1]
 

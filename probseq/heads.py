@@ -395,23 +395,32 @@ class BernoulliHead(_VectorHead):
 
 
 # ---------------------------------------------------------------------- tempering
+_GREEDY_BELOW = float(np.finfo(np.float32).tiny)
+
+
 def temper(d: dist.Distribution, temperature: float) -> dist.Distribution | jax.Array:
     """Sharpen (t < 1) or flatten (t > 1) a distribution for sampling.
 
     Discrete distributions get ``p^(1/t)`` renormalized (logits / t); Normals get their
     scale multiplied by ``sqrt(t)``; mixtures temper both the mixing weights and the
-    components. ``temperature == 0`` returns the greedy value (the mode) as an array
-    instead of a distribution.
+    components. ``temperature == 0`` (and any t below float32's smallest normal number,
+    ~1.2e-38, where p^(1/t) is the mode to every digit) returns the greedy value (the
+    mode) as an array instead of a distribution.
     """
-    if temperature == 0:
-        return _mode(d)
     if temperature == 1:
         return d
+    # Below float32's smallest normal number (~1.2e-38) t is subnormal or 0 in float32,
+    # which the CPU flushes to 0 (0/0); p^(1/t) is the mode to every representable digit.
+    if temperature < _GREEDY_BELOW:
+        return _mode(d)
     t = temperature
     if isinstance(d, dist.Independent):
         return temper(d.base_dist, t).to_event(d.reinterpreted_batch_ndims)
     if isinstance(d, dist.CategoricalLogits | dist.CategoricalProbs):
-        return dist.CategoricalLogits(_log_probs_of(d) / t)
+        # Shift the best symbol to 0 before dividing: for tiny t the others go to -inf
+        # (greedy), never all of them (which would sample symbol 0).
+        log_p = _log_probs_of(d)
+        return dist.CategoricalLogits((log_p - jnp.max(log_p, axis=-1, keepdims=True)) / t)
     if isinstance(d, dist.BernoulliLogits | dist.BernoulliProbs):
         return dist.BernoulliLogits(d.logits / t)
     if isinstance(d, dist.Normal):

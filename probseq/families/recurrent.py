@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from probseq import validation
-from probseq.core import SequenceModel
+from probseq.core import SequenceModel, param_dtype
 from probseq.heads import CategoricalHead, Head, NormalHead
 
 __all__ = ["RecurrentNetwork", "RecurrentState"]
@@ -137,8 +137,10 @@ class RecurrentNetwork(SequenceModel):
         base = self._embed_size if self.head.is_token else self.head.event_shape[0]
         return base + self.input_dim
 
-    def init(self, key, *, dtype=jnp.float32):
-        """Random parameters: {"embed"?, "layers": (per layer), "head": readout}."""
+    def init(self, key, *, dtype=None):
+        """Random parameters: {"embed"?, "layers": (per layer), "head": readout}, of
+        ``dtype`` (None: JAX's default float, float64 under ``jax_enable_x64``)."""
+        dtype = param_dtype(dtype)
         k_embed, k_head, *k_layers = jax.random.split(key, 2 + self.num_layers)
         params = {}
         if self.head.is_token:
