@@ -186,7 +186,34 @@ def batch_step_log_probs(model, params, x, mask, inputs=None, initial_state=None
         last = jnp.maximum(n - 1, 0)
         return jax.tree.map(lambda hs, h: jnp.where(n > 0, hs[last], h), after_b, h0)
 
-    return lps, jax.vmap(final_state)(after, mask, initial_state)
+    final = jax.vmap(final_state)(after, mask, initial_state)
+    # Values a traced call could not check make the row NaN, never a plausible number.
+    lps = poison_invalid_rows(model, lps, x, mask)
+    return lps, jax.tree.map(lambda a: poison_invalid_rows(model, a, x, mask), final)
+
+
+def invalid_row(model, x, mask) -> jax.Array:
+    """True when one row (x (T, *event), mask (T,)) holds what eager validation would
+    refuse and a traced call cannot: a token id outside [0, vocab_size) on a valid step,
+    or a mask that is not a prefix (a valid step after a masked one)."""
+    hole = jnp.any(mask[1:] & ~mask[:-1])
+    if not model.head.is_token:
+        return hole
+    vocab = model.head.vocab_size
+    return hole | jnp.any(mask & ((x < 0) | (x >= vocab)))
+
+
+def _poison(a, bad):
+    if not jnp.issubdtype(a.dtype, jnp.inexact):
+        return a
+    return jnp.where(bad, jnp.full((), jnp.nan, a.dtype), a)
+
+
+def poison_invalid_rows(model, out, x, mask):
+    """``out`` (B, ...) with NaN in the rows of the batch (x (B, T, ...), mask (B, T))
+    that :func:`invalid_row` flags; integer arrays are returned unchanged."""
+    bad = jax.vmap(lambda xb, mb: invalid_row(model, xb, mb))(x, mask)
+    return _poison(out, bad.reshape(bad.shape + (1,) * (jnp.ndim(out) - 1)))
 
 
 @functools.partial(jax.jit, static_argnums=0)

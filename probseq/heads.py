@@ -192,7 +192,11 @@ class CategoricalHead(Head):
     def component_log_probs(self, raw, x):
         # A gather of the normalized log table: O(K), not O(K V).
         logits = raw["logits"]
-        return logits[:, x] - jax.nn.logsumexp(logits, axis=-1)
+        # An id outside [0, V) (only a traced call can pass one) gives NaN, never the
+        # clamped or wrapped-around entry a plain gather would read.
+        ok = (x >= 0) & (x < self.vocab_size)
+        out = logits[:, jnp.where(ok, x, 0)] - jax.nn.logsumexp(logits, axis=-1)
+        return jnp.where(ok, out, jnp.full((), jnp.nan, out.dtype))
 
     def mixture(self, probs, raw):
         # A mixture of categoricals is a categorical: collapse it exactly.

@@ -31,7 +31,7 @@ import numpy as np
 
 from probseq import validation
 from probseq.auto import choose_hmm_filter, choose_smoother
-from probseq.core import SequenceModel, as_batch, param_dtype
+from probseq.core import SequenceModel, as_batch, param_dtype, poison_invalid_rows
 from probseq.heads import CategoricalHead, Head, NormalHead
 from probseq.hmm_inference import (
     FILTER_METHODS,
@@ -246,6 +246,8 @@ class HMM(SequenceModel):
     def _posterior(self, kernel, params, x, mask):
         batch = as_batch(self, params, x, mask)
         out = kernel(self, params, batch.x, batch.mask)
+        # Rows a traced call could not validate are NaN (integer paths: undefined).
+        out = poison_invalid_rows(self, out, batch.x, batch.mask)
         return out if batch.batched else out[0]
 
 

@@ -163,7 +163,11 @@ class RecurrentNetwork(SequenceModel):
 
     def _encode(self, params, x, u):
         if self.head.is_token:
-            e = jnp.take(params["embed"], x, axis=0)
+            # Out-of-range ids (which only a traced call can pass) give NaN, never a
+            # clamped or wrapped-around row: jnp.take reads x = -1 as the last one.
+            ok = (x >= 0) & (x < self.head.vocab_size)
+            e = jnp.take(params["embed"], jnp.where(ok, x, 0), axis=0)
+            e = jnp.where(ok[..., None], e, jnp.full((), jnp.nan, e.dtype))
         else:
             e = x.astype(params["head"]["bias"].dtype)
         return e if u is None else jnp.concatenate([e, u.astype(e.dtype)], axis=-1)
