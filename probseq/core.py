@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from probseq import sharding, validation
+from probseq import memory, sharding, validation
 from probseq.heads import Head, temper
 from probseq.scan import pairwise_sum
 
@@ -50,6 +50,7 @@ __all__ = [
     "batch_step_log_probs",
     "as_batch",
     "param_dtype",
+    "sample_bytes",
 ]
 
 PyTree = Any
@@ -396,9 +397,14 @@ def sample(
         batched = False
         states = jax.tree.map(lambda a: a[None], model.initial_state(params))
     num_starts = jax.tree.leaves(states)[0].shape[0]
+    draws = 1 if num_samples is None else num_samples
+    memory.check_fits(
+        sample_bytes(model, params, draws * num_starts, num_timesteps),
+        f"sample(num_timesteps={num_timesteps}, num_samples={num_samples}) from "
+        f"{num_starts} starting point(s)",
+    )
     us = _prepare_future_inputs(model, inputs, num_timesteps, num_starts, batched)
 
-    draws = 1 if num_samples is None else num_samples
     states = jax.tree.map(
         lambda a: jnp.broadcast_to(a[None], (draws,) + a.shape).reshape((-1,) + a.shape[1:]), states
     )
@@ -408,6 +414,19 @@ def sample(
     xs = _sample_kernel(model, params, keys, states, num_timesteps, float(temperature), us)
     lead = ((num_samples,) if num_samples is not None else ()) + ((num_starts,) if batched else ())
     return xs.reshape(lead + xs.shape[1:])
+
+
+def sample_bytes(model: SequenceModel, params, num_chains: int, num_timesteps: int) -> int:
+    """Estimated peak bytes of drawing ``num_timesteps`` steps for ``num_chains`` chains:
+    parameters, one state per chain, a PRNG key (8 bytes) per step and the draws, held
+    twice (the scan's stacked output and the returned array)."""
+    state = memory.nbytes_of(jax.eval_shape(model.initial_state, params))
+    if model.head.is_token:
+        step = 4  # int32 ids
+    else:
+        itemsize = jax.tree.leaves(params)[0].dtype.itemsize
+        step = math.prod(model.head.event_shape) * itemsize
+    return memory.nbytes_of(params) + num_chains * (state + num_timesteps * (8 + 2 * step))
 
 
 def _prepare_future_inputs(model, inputs, num_timesteps, num_starts, batched):

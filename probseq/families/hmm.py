@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probseq import validation
+from probseq import memory, validation
 from probseq.auto import choose_hmm_filter, choose_smoother
 from probseq.core import SequenceModel, as_batch, param_dtype, poison_invalid_rows
 from probseq.heads import CategoricalHead, Head, NormalHead
@@ -99,6 +99,8 @@ class HMM(SequenceModel):
         (0.5 I + 0.5 Dirichlet(1) rows) and the head's random per-state parameters.
         """
         k, dtype = self.num_states, param_dtype(dtype)
+        if not isinstance(key, jax.core.Tracer):  # eval_shape (the estimate) traces the key
+            memory.check_fits(memory.param_bytes(self, dtype), f"{self!r}.init (parameters)")
         k_trans, k_emit = jax.random.split(key)
         if initial_probs is None:
             initial_logits = jnp.zeros((k,), dtype)

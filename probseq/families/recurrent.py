@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from probseq import validation
+from probseq import memory, validation
 from probseq.core import SequenceModel, param_dtype
 from probseq.heads import CategoricalHead, Head, NormalHead
 
@@ -141,6 +141,8 @@ class RecurrentNetwork(SequenceModel):
         """Random parameters: {"embed"?, "layers": (per layer), "head": readout}, of
         ``dtype`` (None: JAX's default float, float64 under ``jax_enable_x64``)."""
         dtype = param_dtype(dtype)
+        if not isinstance(key, jax.core.Tracer):  # eval_shape (the estimate) traces the key
+            memory.check_fits(memory.param_bytes(self, dtype), f"{self!r}.init (parameters)")
         k_embed, k_head, *k_layers = jax.random.split(key, 2 + self.num_layers)
         params = {}
         if self.head.is_token:
