@@ -294,6 +294,13 @@ def score(
 
     Returns:
         A :class:`ScoreResult`.
+
+    What a traced call checks: called eagerly, the arrays are validated (shapes, token
+    ids in [0, vocab_size), finite values, prefix masks) and bad input raises a
+    ValueError. Under ``jax.jit`` / ``grad`` / ``vmap`` only shapes and dtypes can be
+    checked; a row with a token id outside [0, vocab_size) on a valid step, or whose
+    mask is not a prefix, then gets NaN log-likelihoods and a NaN final state (never a
+    clamped, plausible number). NaN or inf in real-valued data give NaN arithmetically.
     """
     mesh = sharding.check_mesh(mesh)
     batch = as_batch(model, params, x, mask, inputs)
@@ -315,7 +322,8 @@ def log_prob(
 ):
     """Total log-likelihood log p(x_{1:T}) of each sequence: () or (B,).
 
-    Accepts the same inputs as :func:`score`. Example::
+    Accepts the same inputs as :func:`score`, with the same checks (eager: ValueError;
+    traced: a NaN total for a row with an out-of-range token or a holed mask). Example::
 
         lp = probseq.log_prob(model, params, x)          # x: (B, T) tokens
         lp = probseq.log_prob(model, params, [x1, x2])   # ragged, padded for you
