@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
+from numpyro.distributions import constraints
 
 from probseq import validation
 from probseq.scan import EXACT, NEURAL
@@ -246,6 +247,14 @@ class _VectorHead(Head):
         return (self.obs_dim,)
 
 
+class _DiagonalNormal(dist.Independent):
+    """``Normal(loc, scale).to_event(1)`` with the parameter-free support ``real_vector``:
+    numpyro 0.21's MixtureSameFamily refuses components whose support is a plain
+    ``independent(real, 1)``."""
+
+    support = constraints.real_vector
+
+
 @dataclasses.dataclass(frozen=True)
 class NormalHead(_VectorHead):
     """Diagonal Normal over ``obs_dim`` reals: ``x_t ~ N(loc, diag(exp(log_scale))^2)``."""
@@ -254,7 +263,7 @@ class NormalHead(_VectorHead):
         return {"loc": (self.obs_dim,), "log_scale": (self.obs_dim,)}
 
     def distribution(self, raw):
-        return dist.Normal(raw["loc"], jnp.exp(raw["log_scale"])).to_event(1)
+        return _DiagonalNormal(dist.Normal(raw["loc"], jnp.exp(raw["log_scale"])), 1)
 
     def init_components(self, key, num_components, dtype):
         return {
@@ -304,7 +313,7 @@ class MixtureNormalHead(_VectorHead):
         return {"mixture_logits": (m,), "loc": (m, d), "log_scale": (m, d)}
 
     def distribution(self, raw):
-        comps = dist.Normal(raw["loc"], jnp.exp(raw["log_scale"])).to_event(1)
+        comps = _DiagonalNormal(dist.Normal(raw["loc"], jnp.exp(raw["log_scale"])), 1)
         return dist.MixtureSameFamily(dist.CategoricalLogits(raw["mixture_logits"]), comps)
 
     def init_readout(self, key, in_features, dtype):
@@ -418,8 +427,8 @@ def temper(d: dist.Distribution, temperature: float) -> dist.Distribution | jax.
     if temperature < _GREEDY_BELOW:
         return _mode(d)
     t = temperature
-    if isinstance(d, dist.Independent):
-        return temper(d.base_dist, t).to_event(d.reinterpreted_batch_ndims)
+    if isinstance(d, dist.Independent):  # type(d): keeps a _DiagonalNormal one
+        return type(d)(temper(d.base_dist, t), d.reinterpreted_batch_ndims)
     if isinstance(d, dist.CategoricalLogits | dist.CategoricalProbs):
         # Shift the best symbol to 0 before dividing: for tiny t the others go to -inf
         # (greedy), never all of them (which would sample symbol 0).
