@@ -226,8 +226,9 @@ def _score_kernel(model, params, x, mask, inputs, initial_state):
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
 def _sample_kernel(model, params, keys, states, num_timesteps, temperature, inputs):
     # numpyro draws in JAX's default float (float64 under x64) whatever the parameters'
-    # dtype: real draws take the parameters' dtype, as as_batch gives observed data.
-    obs_dtype = None if model.head.is_token else jax.tree.leaves(params)[0].dtype
+    # dtype: real draws take the parameters' dtype, as as_batch gives observed data;
+    # integer draws (tokens, counts) keep theirs.
+    obs_dtype = jax.tree.leaves(params)[0].dtype
 
     def chain(key, h, us):
         def step(h, ku):
@@ -235,7 +236,7 @@ def _sample_kernel(model, params, keys, states, num_timesteps, temperature, inpu
             d = model.emission(params, h, u)
             tempered = temper(d, temperature)
             x = tempered if isinstance(tempered, jax.Array) else tempered.sample(k)
-            if obs_dtype is not None:
+            if jnp.issubdtype(x.dtype, jnp.floating):
                 x = x.astype(obs_dtype)
             h_next = model.update(params, h, x, u)
             return jax.tree.map(lambda new, old: new.astype(old.dtype), h_next, h), x
