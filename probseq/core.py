@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from probseq import sharding, validation
+from probseq import memory, sharding, validation
 from probseq.heads import Head, temper
 from probseq.scan import pairwise_sum
 
@@ -49,6 +49,8 @@ __all__ = [
     "sample",
     "batch_step_log_probs",
     "as_batch",
+    "param_dtype",
+    "sample_bytes",
 ]
 
 PyTree = Any
@@ -67,8 +69,9 @@ class SequenceModel(abc.ABC):
     input_dim: int = 0
 
     @abc.abstractmethod
-    def init(self, key: jax.Array, *, dtype=jnp.float32) -> PyTree:
-        """Random parameters, a pytree of arrays."""
+    def init(self, key: jax.Array, *, dtype=None) -> PyTree:
+        """Random parameters, a pytree of arrays, of floating ``dtype`` (None: JAX's
+        default float, i.e. float64 under ``jax_enable_x64``; see :func:`param_dtype`)."""
 
     @abc.abstractmethod
     def initial_state(self, params: PyTree) -> PyTree:
@@ -148,6 +151,16 @@ class ScoreResult(NamedTuple):
     final_state: PyTree
 
 
+def param_dtype(dtype=None) -> jnp.dtype:
+    """The floating dtype parameters are made in: ``dtype``, or when None JAX's default
+    float at call time (float32; float64 under ``jax_enable_x64``, as in numpyro and
+    dynamax). Resolved per call, never at import, so turning x64 on later is honoured."""
+    resolved = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
+    if not jnp.issubdtype(resolved, jnp.floating):
+        raise ValueError(f"dtype must be a floating dtype (float32, float64, ...); got {dtype=}")
+    return resolved
+
+
 # ----------------------------------------------------------------- pure batch kernels
 def batch_step_log_probs(model, params, x, mask, inputs=None, initial_state=None):
     """Per-step log-likelihoods of a padded batch and each row's final state.
@@ -174,7 +187,34 @@ def batch_step_log_probs(model, params, x, mask, inputs=None, initial_state=None
         last = jnp.maximum(n - 1, 0)
         return jax.tree.map(lambda hs, h: jnp.where(n > 0, hs[last], h), after_b, h0)
 
-    return lps, jax.vmap(final_state)(after, mask, initial_state)
+    final = jax.vmap(final_state)(after, mask, initial_state)
+    # Values a traced call could not check make the row NaN, never a plausible number.
+    lps = poison_invalid_rows(model, lps, x, mask)
+    return lps, jax.tree.map(lambda a: poison_invalid_rows(model, a, x, mask), final)
+
+
+def invalid_row(model, x, mask) -> jax.Array:
+    """True when one row (x (T, *event), mask (T,)) holds what eager validation would
+    refuse and a traced call cannot: a token id outside [0, vocab_size) on a valid step,
+    or a mask that is not a prefix (a valid step after a masked one)."""
+    hole = jnp.any(mask[1:] & ~mask[:-1])
+    if not model.head.is_token:
+        return hole
+    vocab = model.head.vocab_size
+    return hole | jnp.any(mask & ((x < 0) | (x >= vocab)))
+
+
+def _poison(a, bad):
+    if not jnp.issubdtype(a.dtype, jnp.inexact):
+        return a
+    return jnp.where(bad, jnp.full((), jnp.nan, a.dtype), a)
+
+
+def poison_invalid_rows(model, out, x, mask):
+    """``out`` (B, ...) with NaN in the rows of the batch (x (B, T, ...), mask (B, T))
+    that :func:`invalid_row` flags; integer arrays are returned unchanged."""
+    bad = jax.vmap(lambda xb, mb: invalid_row(model, xb, mb))(x, mask)
+    return _poison(out, bad.reshape(bad.shape + (1,) * (jnp.ndim(out) - 1)))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -185,13 +225,21 @@ def _score_kernel(model, params, x, mask, inputs, initial_state):
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
 def _sample_kernel(model, params, keys, states, num_timesteps, temperature, inputs):
+    # numpyro draws in JAX's default float (float64 under x64) whatever the parameters'
+    # dtype: real draws take the parameters' dtype, as as_batch gives observed data;
+    # integer draws (tokens, counts) keep theirs.
+    obs_dtype = jax.tree.leaves(params)[0].dtype
+
     def chain(key, h, us):
         def step(h, ku):
             k, u = ku
             d = model.emission(params, h, u)
             tempered = temper(d, temperature)
-            x = tempered if temperature == 0 else tempered.sample(k)
-            return model.update(params, h, x, u), x
+            x = tempered if isinstance(tempered, jax.Array) else tempered.sample(k)
+            if jnp.issubdtype(x.dtype, jnp.floating):
+                x = x.astype(obs_dtype)
+            h_next = model.update(params, h, x, u)
+            return jax.tree.map(lambda new, old: new.astype(old.dtype), h_next, h), x
 
         return jax.lax.scan(step, h, (jax.random.split(key, num_timesteps), us))[1]
 
@@ -247,6 +295,13 @@ def score(
 
     Returns:
         A :class:`ScoreResult`.
+
+    What a traced call checks: called eagerly, the arrays are validated (shapes, token
+    ids in [0, vocab_size), finite values, prefix masks) and bad input raises a
+    ValueError. Under ``jax.jit`` / ``grad`` / ``vmap`` only shapes and dtypes can be
+    checked; a row with a token id outside [0, vocab_size) on a valid step, or whose
+    mask is not a prefix, then gets NaN log-likelihoods and a NaN final state (never a
+    clamped, plausible number). NaN or inf in real-valued data give NaN arithmetically.
     """
     mesh = sharding.check_mesh(mesh)
     batch = as_batch(model, params, x, mask, inputs)
@@ -268,7 +323,8 @@ def log_prob(
 ):
     """Total log-likelihood log p(x_{1:T}) of each sequence: () or (B,).
 
-    Accepts the same inputs as :func:`score`. Example::
+    Accepts the same inputs as :func:`score`, with the same checks (eager: ValueError;
+    traced: a NaN total for a row with an out-of-range token or a holed mask). Example::
 
         lp = probseq.log_prob(model, params, x)          # x: (B, T) tokens
         lp = probseq.log_prob(model, params, [x1, x2])   # ragged, padded for you
@@ -350,9 +406,14 @@ def sample(
         batched = False
         states = jax.tree.map(lambda a: a[None], model.initial_state(params))
     num_starts = jax.tree.leaves(states)[0].shape[0]
+    draws = 1 if num_samples is None else num_samples
+    memory.check_fits(
+        sample_bytes(model, params, draws * num_starts, num_timesteps),
+        f"sample(num_timesteps={num_timesteps}, num_samples={num_samples}) from "
+        f"{num_starts} starting point(s)",
+    )
     us = _prepare_future_inputs(model, inputs, num_timesteps, num_starts, batched)
 
-    draws = 1 if num_samples is None else num_samples
     states = jax.tree.map(
         lambda a: jnp.broadcast_to(a[None], (draws,) + a.shape).reshape((-1,) + a.shape[1:]), states
     )
@@ -362,6 +423,19 @@ def sample(
     xs = _sample_kernel(model, params, keys, states, num_timesteps, float(temperature), us)
     lead = ((num_samples,) if num_samples is not None else ()) + ((num_starts,) if batched else ())
     return xs.reshape(lead + xs.shape[1:])
+
+
+def sample_bytes(model: SequenceModel, params, num_chains: int, num_timesteps: int) -> int:
+    """Estimated peak bytes of drawing ``num_timesteps`` steps for ``num_chains`` chains:
+    parameters, one state per chain, a PRNG key (8 bytes) per step and the draws, held
+    twice (the scan's stacked output and the returned array)."""
+    state = memory.nbytes_of(jax.eval_shape(model.initial_state, params))
+    if model.head.is_token:
+        step = 4  # int32 ids
+    else:
+        itemsize = jax.tree.leaves(params)[0].dtype.itemsize
+        step = math.prod(model.head.event_shape) * itemsize
+    return memory.nbytes_of(params) + num_chains * (state + num_timesteps * (8 + 2 * step))
 
 
 def _prepare_future_inputs(model, inputs, num_timesteps, num_starts, batched):

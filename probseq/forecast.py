@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probseq import validation
-from probseq.core import SequenceModel, sample, score
+from probseq import memory, validation
+from probseq.core import SequenceModel, sample, sample_bytes, score
 
 __all__ = ["Forecast", "forecast", "DEFAULT_QUANTILES"]
 
@@ -129,6 +129,11 @@ def forecast(
     levels = _check_levels(quantiles)
     res = score(model, params, history, mask, inputs=inputs)
     batched = np.ndim(res.log_prob) == 1
+    paths = num_samples * (res.log_prob.shape[0] if batched else 1)
+    needed = sample_bytes(model, params, paths, horizon)
+    if not model.head.is_token:  # float64 copies for the mean and the quantile bands
+        needed += 8 * paths * horizon * math.prod(model.head.event_shape) * 2
+    memory.check_fits(needed, f"forecast(horizon={horizon}, num_samples={num_samples})")
     samples = sample(
         model,
         params,

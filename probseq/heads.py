@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
+from numpyro.distributions import constraints
 
 from probseq import validation
 from probseq.scan import EXACT, NEURAL
@@ -192,7 +193,11 @@ class CategoricalHead(Head):
     def component_log_probs(self, raw, x):
         # A gather of the normalized log table: O(K), not O(K V).
         logits = raw["logits"]
-        return logits[:, x] - jax.nn.logsumexp(logits, axis=-1)
+        # An id outside [0, V) (only a traced call can pass one) gives NaN, never the
+        # clamped or wrapped-around entry a plain gather would read.
+        ok = (x >= 0) & (x < self.vocab_size)
+        out = logits[:, jnp.where(ok, x, 0)] - jax.nn.logsumexp(logits, axis=-1)
+        return jnp.where(ok, out, jnp.full((), jnp.nan, out.dtype))
 
     def mixture(self, probs, raw):
         # A mixture of categoricals is a categorical: collapse it exactly.
@@ -242,6 +247,14 @@ class _VectorHead(Head):
         return (self.obs_dim,)
 
 
+class _DiagonalNormal(dist.Independent):
+    """``Normal(loc, scale).to_event(1)`` with the parameter-free support ``real_vector``:
+    numpyro 0.21's MixtureSameFamily refuses components whose support is a plain
+    ``independent(real, 1)``."""
+
+    support = constraints.real_vector
+
+
 @dataclasses.dataclass(frozen=True)
 class NormalHead(_VectorHead):
     """Diagonal Normal over ``obs_dim`` reals: ``x_t ~ N(loc, diag(exp(log_scale))^2)``."""
@@ -250,7 +263,7 @@ class NormalHead(_VectorHead):
         return {"loc": (self.obs_dim,), "log_scale": (self.obs_dim,)}
 
     def distribution(self, raw):
-        return dist.Normal(raw["loc"], jnp.exp(raw["log_scale"])).to_event(1)
+        return _DiagonalNormal(dist.Normal(raw["loc"], jnp.exp(raw["log_scale"])), 1)
 
     def init_components(self, key, num_components, dtype):
         return {
@@ -300,7 +313,7 @@ class MixtureNormalHead(_VectorHead):
         return {"mixture_logits": (m,), "loc": (m, d), "log_scale": (m, d)}
 
     def distribution(self, raw):
-        comps = dist.Normal(raw["loc"], jnp.exp(raw["log_scale"])).to_event(1)
+        comps = _DiagonalNormal(dist.Normal(raw["loc"], jnp.exp(raw["log_scale"])), 1)
         return dist.MixtureSameFamily(dist.CategoricalLogits(raw["mixture_logits"]), comps)
 
     def init_readout(self, key, in_features, dtype):
@@ -395,23 +408,32 @@ class BernoulliHead(_VectorHead):
 
 
 # ---------------------------------------------------------------------- tempering
+_GREEDY_BELOW = float(np.finfo(np.float32).tiny)
+
+
 def temper(d: dist.Distribution, temperature: float) -> dist.Distribution | jax.Array:
     """Sharpen (t < 1) or flatten (t > 1) a distribution for sampling.
 
     Discrete distributions get ``p^(1/t)`` renormalized (logits / t); Normals get their
     scale multiplied by ``sqrt(t)``; mixtures temper both the mixing weights and the
-    components. ``temperature == 0`` returns the greedy value (the mode) as an array
-    instead of a distribution.
+    components. ``temperature == 0`` (and any t below float32's smallest normal number,
+    ~1.2e-38, where p^(1/t) is the mode to every digit) returns the greedy value (the
+    mode) as an array instead of a distribution.
     """
-    if temperature == 0:
-        return _mode(d)
     if temperature == 1:
         return d
+    # Below float32's smallest normal number (~1.2e-38) t is subnormal or 0 in float32,
+    # which the CPU flushes to 0 (0/0); p^(1/t) is the mode to every representable digit.
+    if temperature < _GREEDY_BELOW:
+        return _mode(d)
     t = temperature
-    if isinstance(d, dist.Independent):
-        return temper(d.base_dist, t).to_event(d.reinterpreted_batch_ndims)
+    if isinstance(d, dist.Independent):  # type(d): keeps a _DiagonalNormal one
+        return type(d)(temper(d.base_dist, t), d.reinterpreted_batch_ndims)
     if isinstance(d, dist.CategoricalLogits | dist.CategoricalProbs):
-        return dist.CategoricalLogits(_log_probs_of(d) / t)
+        # Shift the best symbol to 0 before dividing: for tiny t the others go to -inf
+        # (greedy), never all of them (which would sample symbol 0).
+        log_p = _log_probs_of(d)
+        return dist.CategoricalLogits((log_p - jnp.max(log_p, axis=-1, keepdims=True)) / t)
     if isinstance(d, dist.BernoulliLogits | dist.BernoulliProbs):
         return dist.BernoulliLogits(d.logits / t)
     if isinstance(d, dist.Normal):

@@ -243,3 +243,19 @@ def truth_a():
 
 def truth_b():
     return jnp.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+
+
+def test_mixture_components_have_parameter_free_support():
+    # numpyro 0.21 (within the dependency floor) refuses MixtureSameFamily components
+    # whose support is a plain independent(real, 1): the Gaussian HMM failed there.
+    from probseq.heads import MixtureNormalHead, NormalHead
+
+    raw = {"loc": jnp.zeros((3, 2)), "log_scale": jnp.zeros((3, 2))}
+    assert isinstance(NormalHead(2).distribution(raw).support, constraints.ParameterFreeConstraint)
+    mix = MixtureNormalHead(obs_dim=2, num_components=3)
+    d = mix.distribution(dict(raw, mixture_logits=jnp.zeros(3)))
+    assert isinstance(d.component_distribution.support, constraints.ParameterFreeConstraint)
+    ghmm = probseq.GaussianHMM(3, 2)
+    p = ghmm.init(jax.random.key(0))
+    e = ghmm.emission(p, ghmm.initial_state(p))
+    assert isinstance(e.component_distribution.support, constraints.ParameterFreeConstraint)

@@ -192,3 +192,39 @@ def test_conditional_model_samples_with_future_inputs():
     assert probseq.sample(model, p, jax.random.key(2), 6, inputs=u).shape == (6,)
     with pytest.raises(ValueError, match="needs future inputs"):
         probseq.sample(model, p, jax.random.key(2), 6)
+
+
+_TINY_TEMPERATURES = [1e-45, 1e-40, 1e-37, 1e-31]
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        probseq.GRU(vocab_size=6, hidden_size=8),
+        probseq.CategoricalHMM(3, 4),
+        probseq.RNN(obs_dim=2, hidden_size=8),
+        probseq.GaussianHMM(2, 2),
+        probseq.RNN(head=probseq.heads.BernoulliHead(3), hidden_size=8),
+        probseq.RNN(
+            head=probseq.heads.MixtureNormalHead(obs_dim=2, num_components=3), hidden_size=8
+        ),
+    ],
+    ids=repr,
+)
+def test_tiny_temperatures_are_greedy_never_token_zero(model):
+    # t in (0, ~1e-30) used to overflow logits / t to -inf everywhere: token 0 forever.
+    if isinstance(model, probseq.CategoricalHMM):  # a mode other than token 0
+        b = np.array([[0.1, 0.1, 0.7, 0.1], [0.1, 0.1, 0.2, 0.6], [0.2, 0.1, 0.6, 0.1]])
+        p = model.init(jax.random.key(7), emission_probs=b)
+    else:
+        p = model.init(jax.random.key(7))
+    if isinstance(p, dict):  # break the exact tie of a fresh network's first prediction
+        bias = jax.random.normal(jax.random.key(8), p["head"]["bias"].shape)
+        p = dict(p, head=dict(p["head"], bias=bias))
+    greedy = np.asarray(probseq.sample(model, p, jax.random.key(0), 12, temperature=0.0))
+    if model.head.is_token:
+        assert greedy.any(), "the reference must not be all zeros"
+    for t in _TINY_TEMPERATURES:
+        cold = np.asarray(probseq.sample(model, p, jax.random.key(1), 12, temperature=t))
+        assert np.isfinite(cold).all(), t
+        np.testing.assert_allclose(cold, greedy, rtol=1e-5, atol=1e-5, err_msg=f"t={t}")

@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probseq import validation
+from probseq import memory, validation
 from probseq.auto import choose_hmm_filter, choose_smoother
-from probseq.core import SequenceModel, as_batch
+from probseq.core import SequenceModel, as_batch, param_dtype, poison_invalid_rows
 from probseq.heads import CategoricalHead, Head, NormalHead
 from probseq.hmm_inference import (
     FILTER_METHODS,
@@ -91,23 +91,23 @@ class HMM(SequenceModel):
             raise ValueError(f"head must be a probseq.heads.Head, got {type(self.head).__name__}")
         validation.check_choice("scan", self.scan, SCAN_CHOICES)
 
-    def init(
-        self, key, *, initial_probs=None, transition_matrix=None, emission=None, dtype=jnp.float32
-    ):
+    def init(self, key, *, initial_probs=None, transition_matrix=None, emission=None, dtype=None):
         """Random parameters; any of initial_probs (K,), transition_matrix (K, K) and
         emission (raw head parameters with a leading K axis) given are used as is.
 
         At random: uniform initial probabilities, a sticky transition matrix
         (0.5 I + 0.5 Dirichlet(1) rows) and the head's random per-state parameters.
         """
-        k = self.num_states
+        k, dtype = self.num_states, param_dtype(dtype)
+        if not isinstance(key, jax.core.Tracer):  # eval_shape (the estimate) traces the key
+            memory.check_fits(memory.param_bytes(self, dtype), f"{self!r}.init (parameters)")
         k_trans, k_emit = jax.random.split(key)
         if initial_probs is None:
             initial_logits = jnp.zeros((k,), dtype)
         else:
             initial_logits = _log(_check_stochastic("initial_probs", initial_probs, (k,)), dtype)
         if transition_matrix is None:
-            rows = jax.random.dirichlet(k_trans, jnp.ones((k,), dtype), (k,))
+            rows = jax.random.dirichlet(k_trans, jnp.ones((k,), dtype), (k,), dtype)
             transition_logits = jnp.log(0.5 * jnp.eye(k, dtype=dtype) + 0.5 * rows)
         else:
             a = _check_stochastic("transition_matrix", transition_matrix, (k, k))
@@ -248,6 +248,8 @@ class HMM(SequenceModel):
     def _posterior(self, kernel, params, x, mask):
         batch = as_batch(self, params, x, mask)
         out = kernel(self, params, batch.x, batch.mask)
+        # Rows a traced call could not validate are NaN (integer paths: undefined).
+        out = poison_invalid_rows(self, out, batch.x, batch.mask)
         return out if batch.batched else out[0]
 
 
@@ -326,11 +328,11 @@ class CategoricalHMM(HMM):
         transition_matrix=None,
         emission_probs=None,
         *,
-        dtype=jnp.float32,
+        dtype=None,
     ):
         """Parameters with any of the given probability arrays set exactly:
         initial_probs (K,), transition_matrix (K, K), emission_probs (K, V)."""
-        emission = None
+        emission, dtype = None, param_dtype(dtype)
         if emission_probs is not None:
             shape = (self.num_states, self.vocab_size)
             b = _check_stochastic("emission_probs", emission_probs, shape)
@@ -381,10 +383,11 @@ class GaussianHMM(HMM):
         means=None,
         scales=None,
         *,
-        dtype=jnp.float32,
+        dtype=None,
     ):
         """Parameters with any given array set exactly: initial_probs (K,),
         transition_matrix (K, K), means (K, D), scales (K, D) standard deviations."""
+        dtype = param_dtype(dtype)
         params = super().init(
             key, initial_probs=initial_probs, transition_matrix=transition_matrix, dtype=dtype
         )

@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from probseq import validation
-from probseq.core import SequenceModel
+from probseq import memory, validation
+from probseq.core import SequenceModel, param_dtype
 from probseq.heads import CategoricalHead, Head, NormalHead
 
 __all__ = ["RecurrentNetwork", "RecurrentState"]
@@ -137,8 +137,12 @@ class RecurrentNetwork(SequenceModel):
         base = self._embed_size if self.head.is_token else self.head.event_shape[0]
         return base + self.input_dim
 
-    def init(self, key, *, dtype=jnp.float32):
-        """Random parameters: {"embed"?, "layers": (per layer), "head": readout}."""
+    def init(self, key, *, dtype=None):
+        """Random parameters: {"embed"?, "layers": (per layer), "head": readout}, of
+        ``dtype`` (None: JAX's default float, float64 under ``jax_enable_x64``)."""
+        dtype = param_dtype(dtype)
+        if not isinstance(key, jax.core.Tracer):  # eval_shape (the estimate) traces the key
+            memory.check_fits(memory.param_bytes(self, dtype), f"{self!r}.init (parameters)")
         k_embed, k_head, *k_layers = jax.random.split(key, 2 + self.num_layers)
         params = {}
         if self.head.is_token:
@@ -161,7 +165,11 @@ class RecurrentNetwork(SequenceModel):
 
     def _encode(self, params, x, u):
         if self.head.is_token:
-            e = jnp.take(params["embed"], x, axis=0)
+            # Out-of-range ids (which only a traced call can pass) give NaN, never a
+            # clamped or wrapped-around row: jnp.take reads x = -1 as the last one.
+            ok = (x >= 0) & (x < self.head.vocab_size)
+            e = jnp.take(params["embed"], jnp.where(ok, x, 0), axis=0)
+            e = jnp.where(ok[..., None], e, jnp.full((), jnp.nan, e.dtype))
         else:
             e = x.astype(params["head"]["bias"].dtype)
         return e if u is None else jnp.concatenate([e, u.astype(e.dtype)], axis=-1)
