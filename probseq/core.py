@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 
 from probseq import memory, sharding, validation
@@ -389,6 +390,7 @@ def sample(
 
     if prefix is not None:
         res = score(model, params, prefix)
+        check_possible(res, "prefix")
         batched = res.log_prob.ndim == 1
         states = res.final_state if batched else jax.tree.map(lambda a: a[None], res.final_state)
     elif initial_state is not None:
@@ -436,6 +438,27 @@ def sample_bytes(model: SequenceModel, params, num_chains: int, num_timesteps: i
         itemsize = jax.tree.leaves(params)[0].dtype.itemsize
         step = math.prod(model.head.event_shape) * itemsize
     return memory.nbytes_of(params) + num_chains * (state + num_timesteps * (8 + 2 * step))
+
+
+def check_possible(res: ScoreResult, name: str) -> None:
+    """Refuse to continue a sequence the model gives probability 0 (or a NaN score):
+    its state after that step is undefined (an HMM's forward message is all zeros), so
+    nothing sampled or forecast from it would mean anything."""
+    lp = np.atleast_1d(np.asarray(res.log_prob))
+    bad = ~np.isfinite(lp)
+    if not bad.any():
+        return
+    row = int(np.flatnonzero(bad)[0])
+    steps = np.atleast_2d(np.asarray(res.step_log_probs))[row]
+    first = np.flatnonzero(~np.isfinite(steps))
+    where = f" at step {int(first[0])}" if first.size else ""
+    seq = f"sequence {row} of the {name}" if lp.size > 1 else f"the {name}"
+    raise ValueError(
+        f"{seq} is impossible under the model (log-likelihood {lp[row]}{where}), so "
+        "nothing can be sampled or forecast after it; an HMM fitted without a prior gives "
+        "probability 0 to symbols unseen in training: fit with a Dirichlet prior "
+        "(e.g. prior={'emission': 1.1}) or drop such symbols."
+    )
 
 
 def _prepare_future_inputs(model, inputs, num_timesteps, num_starts, batched):

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from probseq import memory, validation
-from probseq.core import SequenceModel, sample, sample_bytes, score
+from probseq.core import SequenceModel, check_possible, sample, sample_bytes, score
 
 __all__ = ["Forecast", "forecast", "DEFAULT_QUANTILES"]
 
@@ -128,6 +128,7 @@ def forecast(
     num_samples = validation.check_int("num_samples", num_samples)
     levels = _check_levels(quantiles)
     res = score(model, params, history, mask, inputs=inputs)
+    check_possible(res, "history")
     batched = np.ndim(res.log_prob) == 1
     paths = num_samples * (res.log_prob.shape[0] if batched else 1)
     needed = sample_bytes(model, params, paths, horizon)

@@ -112,3 +112,21 @@ def test_bad_history_is_reported_before_any_work():
     params = model.init(jax.random.key(0))
     with pytest.raises(ValueError, match="outside"):
         probseq.forecast(model, params, jax.random.key(1), np.array([0, 9]), 2, 2)
+
+
+def test_an_impossible_history_is_refused_not_continued():
+    """A history with probability 0 (an HMM that never emits a symbol it contains)
+    leaves no defined state: forecast and sample say so instead of returning draws
+    from an all-zero message (which used to give token 0 forever)."""
+    hmm = probseq.CategoricalHMM(2, 3)
+    params = hmm.init(
+        jax.random.key(0), emission_probs=np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]])
+    )
+    history = np.array([0, 2, 1])
+    with pytest.raises(ValueError, match="impossible under the model .* at step 1"):
+        probseq.forecast(hmm, params, jax.random.key(1), history, horizon=3, num_samples=2)
+    with pytest.raises(ValueError, match="sequence 1 of the prefix is impossible"):
+        probseq.sample(hmm, params, jax.random.key(1), 3, prefix=[np.array([0, 1]), history])
+    # a possible history still forecasts
+    fc = probseq.forecast(hmm, params, jax.random.key(1), np.array([0, 1]), 3, 2)
+    assert np.isfinite(np.asarray(fc.next_step_probs)).all()
