@@ -30,16 +30,18 @@ times both E-steps.
 
 Memory: the parallel path's need is estimated by :func:`parallel_filter_bytes`
 (checked against ``compiled.memory_analysis()`` in tests/test_hmm_filters.py) and
-compared with :func:`memory_budget_bytes`; a batch that does not fit at once runs in
-groups of sequences, and a single sequence that does not fit falls back to chunking.
+compared with :func:`memory_budget_bytes` (a quarter of
+:func:`probseq.memory.memory_limit`); a batch that does not fit at once runs in groups
+of sequences, and a single sequence that does not fit falls back to chunking.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import jax
+
+from probseq import memory
 
 __all__ = [
     "chunking_pays",
@@ -47,7 +49,6 @@ __all__ = [
     "choose_hmm_filter",
     "choose_smoother",
     "default_chunk_size",
-    "device_memory_bytes",
     "memory_budget_bytes",
     "parallel_filter_bytes",
     "PARALLEL_MAX_WORK",
@@ -101,27 +102,13 @@ def chunked_filter_pays_on_cpu(num_sequences: int, num_steps: int, num_states: i
     return num_sequences <= 16 and num_states <= 64 and 128 <= num_steps <= 200_000
 
 
-def device_memory_bytes(device=None) -> int:
-    """Memory of ``device`` (default: JAX's first device): the allocator's limit where
-    the backend reports one (GPUs, TPUs), else the machine's physical memory."""
-    device = jax.devices()[0] if device is None else device
-    stats = None
-    try:
-        stats = device.memory_stats()
-    except Exception:  # backends without memory statistics (CPU) raise or return None
-        stats = None
-    if stats and stats.get("bytes_limit"):
-        return int(stats["bytes_limit"])
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
-
-
-def memory_budget_bytes(device=None) -> int:
-    """What one filter call may allocate: a quarter of the device's memory (the rest
-    holds parameters, data, optimizer state and XLA's own buffers)."""
-    return device_memory_bytes(device) // 4
+def memory_budget_bytes() -> int:
+    """What one filter call may allocate: a quarter of probseq's memory limit
+    (:func:`probseq.memory.memory_limit`: the user's setting, else the accelerator's
+    own limit, else half the machine's memory); the rest holds parameters, data,
+    optimizer state and XLA's own buffers."""
+    limit = memory.memory_limit()
+    return (8 * 2**30 if limit is None else limit) // 4
 
 
 def parallel_filter_bytes(
