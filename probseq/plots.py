@@ -22,14 +22,12 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 import pathlib
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from probseq import validation
+from probseq import atomic, validation
 
 __all__ = [
     "plot_learning_curves",
@@ -719,12 +717,6 @@ def plot_comparison(comparison, *, ax=None):
 
 
 # -------------------------------------------------------------------------- save
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_figure(fig, path) -> pathlib.Path:
     """Write ``fig`` to ``path`` as PNG, PDF or SVG (by its extension), at 120 dpi.
 
@@ -766,15 +758,6 @@ def save_figure(fig, path) -> pathlib.Path:
             f"cannot write {str(path)!r}: the directory {str(directory)!r} does not exist "
             "(save_figure does not create directories; make it first)."
         )
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=_SAVE_DPI)
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # The one atomic writer of the package (mode from the umask, never a torn file).
+    atomic.write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=_SAVE_DPI))
     return path
