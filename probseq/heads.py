@@ -193,11 +193,14 @@ class CategoricalHead(Head):
     def component_log_probs(self, raw, x):
         # A gather of the normalized log table: O(K), not O(K V).
         logits = raw["logits"]
-        # An id outside [0, V) (only a traced call can pass one) gives NaN, never the
-        # clamped or wrapped-around entry a plain gather would read.
-        ok = (x >= 0) & (x < self.vocab_size)
-        out = logits[:, jnp.where(ok, x, 0)] - jax.nn.logsumexp(logits, axis=-1)
-        return jnp.where(ok, out, jnp.full((), jnp.nan, out.dtype))
+        # An id outside [0, V) (only a traced call can pass one) reads a NaN column
+        # appended to the table, never the clamped or wrapped-around entry a plain
+        # gather would read. (A NaN `where` on the gathered (T, K) values instead cost
+        # 15% of an HMM log_prob at T=1e6 on CPU; this costs nothing measurable.)
+        table = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+        nan = jnp.full(table.shape[:-1] + (1,), jnp.nan, table.dtype)
+        v = self.vocab_size
+        return jnp.concatenate([table, nan], axis=-1)[:, jnp.where((x >= 0) & (x < v), x, v)]
 
     def mixture(self, probs, raw):
         # A mixture of categoricals is a categorical: collapse it exactly.

