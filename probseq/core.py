@@ -190,8 +190,9 @@ def batch_step_log_probs(model, params, x, mask, inputs=None, initial_state=None
 
     final = jax.vmap(final_state)(after, mask, initial_state)
     # Values a traced call could not check make the row NaN, never a plausible number.
-    lps = poison_invalid_rows(model, lps, x, mask)
-    return lps, jax.tree.map(lambda a: poison_invalid_rows(model, a, x, mask), final)
+    bad = jax.vmap(lambda xb, mb: invalid_row(model, xb, mb))(x, mask)
+    return jax.tree.map(lambda a: _poison(a, bad.reshape(bad.shape + (1,) * (a.ndim - 1))),
+                        (lps, final))  # fmt: skip
 
 
 def invalid_row(model, x, mask) -> jax.Array:
