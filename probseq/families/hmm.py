@@ -146,16 +146,15 @@ class HMM(SequenceModel):
     def filter_batch(self, params, x, mask=None, initial_probs=None):
         """:func:`probseq.hmm_inference.hmm_filter_batch` of a padded batch x (B, T, ...)
         by this model's filter path, from ``initial_probs`` (B, K) or p(z_1)."""
-        a = self.transition_matrix(params)
-        ll = jax.vmap(lambda xs: self.emission_log_likelihoods(params, xs))(x)
-        pi = self.initial_state(params) if initial_probs is None else initial_probs
+        pi, a, ll = _batch_inputs(self, params, x)
+        pi = pi if initial_probs is None else initial_probs
         method, group = self.filter_path(ll.shape[0], ll.shape[1], ll.dtype)
         return hmm_filter_batch(pi, a, ll, mask, method=method, group_size=group)
 
     def batch_sequence_log_probs(self, params, states, xs, us=None):
         """The whole batch through :meth:`filter_batch` (the path ``scan`` names); the
-        sequential path is :meth:`sequence_log_probs` vmapped (the generic batching:
-        measured ~10% faster than the batch kernel at T=1e6 on CPU)."""
+        sequential path is :meth:`sequence_log_probs` vmapped, the generic batching (the
+        code RESULTS.md measured before the batch paths existed)."""
         dtype = jax.tree.leaves(params)[0].dtype
         if self.filter_path(xs.shape[0], xs.shape[1], dtype)[0] == "sequential":
             return super().batch_sequence_log_probs(params, states, xs, us)
