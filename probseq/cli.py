@@ -90,6 +90,7 @@ def cmd_fit(args, echo) -> None:
     from probseq import io, plots, spec, workflow
 
     s = spec.load_spec(args.spec)
+    mesh = _mesh(args.devices)
     columns = _columns(args.columns)
     _text_columns(s.kind, columns)
     if columns is None and s.kind == "series":
@@ -107,12 +108,29 @@ def cmd_fit(args, echo) -> None:
         echo(f"{out} already holds this fit (same spec and data): {run.model!r}; "
              f"{_scores(run, s.kind)}")  # fmt: skip
     else:
-        run = _fit_into(s, source, out, fingerprint, state == "resume", args, echo)
+        run = _fit_into(s, source, out, fingerprint, state == "resume", args, echo, mesh)
     if args.plot:
         _save_plot(plots.plot_learning_curves(run.history, title=repr(run.model)), args.plot, echo)
 
 
-def _fit_into(s, source, out, fingerprint, resuming, args, echo):
+def _mesh(devices):
+    """--devices: None (one device), "all", or a count of this process's devices; the
+    fit is the same on any number (sequences split over a mesh, probseq.sharding)."""
+    if devices is None:
+        return None
+    from probseq import sharding
+
+    if devices != "all":
+        try:
+            devices = int(devices)
+        except ValueError:
+            raise ValueError(
+                f"--devices must be 'all' or a positive count; got {devices!r}."
+            ) from None
+    return sharding.mesh_of(devices)
+
+
+def _fit_into(s, source, out, fingerprint, resuming, args, echo, mesh=None):
     from probseq import io, workflow
     from probseq.fit.sgd import CheckpointMismatchError
 
@@ -120,7 +138,9 @@ def _fit_into(s, source, out, fingerprint, resuming, args, echo):
     echo(f"{verb} {s.source} ({s.model['family']}, {s.method}) on {source.origin}")
     checkpoints = os.path.join(out, "checkpoints")
     try:
-        run = workflow.fit_spec(s, source, progress=not args.quiet, checkpoint_dir=checkpoints)
+        run = workflow.fit_spec(
+            s, source, progress=not args.quiet, checkpoint_dir=checkpoints, mesh=mesh
+        )
     except CheckpointMismatchError as e:
         raise ValueError(
             f"{out} holds an unfinished or finished fit of another model, data or "
@@ -352,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="CSV columns, comma-separated names or indices")
     p.add_argument("--plot", help="write the learning curves to this image file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--devices",
+        help="split the sequences over 'all' of this process's devices, or the first N "
+        "(the same fit as on one; e.g. GPUs, or CPU devices with "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N)",
+    )
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("compare", help="held-out likelihood table of fitted runs")

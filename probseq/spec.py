@@ -276,7 +276,9 @@ class Spec:
         """Random starting parameters from ``seed``."""
         return model.init(jax.random.fold_in(jax.random.key(self.seed), 0))
 
-    def fit_model(self, model, params, train, valid=None, *, progress=True, checkpoint_dir=None):
+    def fit_model(
+        self, model, params, train, valid=None, *, progress=True, checkpoint_dir=None, mesh=None
+    ):
         """Fit ``model`` from ``params`` as the [fit] table says.
 
         Args:
@@ -284,6 +286,7 @@ class Spec:
                 used for early stopping by SGD (EM ignores it).
             progress: show progress bars.
             checkpoint_dir: SGD checkpoints (a killed fit resumes from them).
+            mesh: a ``jax.sharding.Mesh`` to split the sequences over (the same fit).
 
         Returns:
             :class:`probseq.FitResult`.
@@ -301,7 +304,7 @@ class Spec:
             key = jax.random.fold_in(jax.random.key(self.seed), 1)
             return fit_em(
                 model, params, train.x, mask=train.mask, prior=prior, key=key,
-                progress=progress, **f,
+                progress=progress, mesh=mesh, **f,
             )  # fmt: skip
         kwargs = {}
         if valid is not None:
@@ -309,7 +312,7 @@ class Spec:
         return fit_sgd(
             model, params, train.x, mask=train.mask,
             key=jax.random.fold_in(jax.random.key(self.seed), 2),
-            progress=progress, checkpoint_dir=checkpoint_dir, **kwargs, **f,
+            progress=progress, checkpoint_dir=checkpoint_dir, mesh=mesh, **kwargs, **f,
         )  # fmt: skip
 
 

@@ -157,7 +157,9 @@ def _check_kind(spec: Spec, source: Source) -> None:
                          f"{source.kind}.")  # fmt: skip
 
 
-def fit_spec(spec: Spec, source: Source, *, progress: bool = True, checkpoint_dir=None) -> Run:
+def fit_spec(
+    spec: Spec, source: Source, *, progress: bool = True, checkpoint_dir=None, mesh=None
+) -> Run:
     """Fit the model of ``spec`` to ``source``: split, encode, fit, score the test part.
 
     Text is encoded with a character vocabulary built from the whole source; a series
@@ -188,6 +190,7 @@ def fit_spec(spec: Spec, source: Source, *, progress: bool = True, checkpoint_di
         parts["valid"],
         progress=progress,
         checkpoint_dir=checkpoint_dir,
+        mesh=mesh,
     )
     info = {
         "source": source.origin,

@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -271,3 +272,41 @@ def test_console_script_is_installed():
     for argv in ([str(script)], [sys.executable, "-m", "probseq.cli"]):
         proc = subprocess.run([*argv, "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "fit" in proc.stdout and "forecast" in proc.stdout
+
+
+def test_fit_on_devices_is_the_same_fit(tmp_path, csv_file, capsys):
+    """--devices splits the sequences over this process's devices (here the one CPU
+    device: 'all' and 1); the run equals the plain fit's. A bad count is one line,
+    before any work."""
+    spec_path = _spec(tmp_path, "ghmm", SERIES_HMM)
+    params = {}
+    for name, extra in {
+        "plain": [],
+        "all": ["--devices", "all"],
+        "one": ["--devices", "1"],
+    }.items():
+        code, out, err = _run(
+            ["fit", spec_path, "--data", csv_file, "--out", tmp_path / name, "--quiet", *extra],
+            capsys,
+        )
+        assert code == 0, err
+        params[name] = jax.tree.leaves(probseq.load(tmp_path / name).params)
+    for name in ("all", "one"):
+        for a, b in zip(params[name], params["plain"], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    for bad in ("0", "99", "many"):
+        code, out, err = _run(
+            [
+                "fit",
+                spec_path,
+                "--data",
+                csv_file,
+                "--out",
+                tmp_path / f"bad{bad}",
+                "--devices",
+                bad,
+            ],
+            capsys,
+        )
+        assert code == 1 and err.count("\n") == 1 and "devices" in err, err
+        assert not (tmp_path / bad).exists()
