@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -169,6 +170,21 @@ def _read_document(npz, path) -> dict:
 _READ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile)
 
 
+@contextlib.contextmanager
+def _open_npz(path):
+    """The open .npz at ``path``; whatever a damaged file raises while it is read
+    (inside the block too) becomes one :class:`CheckpointError` naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            yield npz
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as e:
+        raise CheckpointError(
+            f"{path} is corrupt or unreadable ({type(e).__name__}: {e})."
+        ) from None
+
+
 def load_checkpoint(directory, *, filename: str = CHECKPOINT_FILE) -> Checkpoint | None:
     """Read ``<directory>/<filename>``; None if there is none.
 
@@ -179,24 +195,17 @@ def load_checkpoint(directory, *, filename: str = CHECKPOINT_FILE) -> Checkpoint
     path = os.path.join(directory, filename)
     if not os.path.exists(path):
         return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            document = _read_document(npz, path)
-            arrays = {}
-            for name, info in document["trees"].items():
-                leaves = []
-                for i, dtype in enumerate(info["dtypes"]):
-                    a = npz[f"{name}/{i}"]
-                    if str(a.dtype) != dtype:
-                        a = a.view(np.dtype(jax.numpy.dtype(dtype)))
-                    leaves.append(a)
-                arrays[name] = leaves
-    except CheckpointError:
-        raise
-    except _READ_ERRORS as e:
-        raise CheckpointError(
-            f"{path} is corrupt or unreadable ({type(e).__name__}: {e})."
-        ) from None
+    with _open_npz(path) as npz:
+        document = _read_document(npz, path)
+        arrays = {}
+        for name, info in document["trees"].items():
+            leaves = []
+            for i, dtype in enumerate(info["dtypes"]):
+                a = npz[f"{name}/{i}"]
+                if str(a.dtype) != dtype:
+                    a = a.view(np.dtype(jax.numpy.dtype(dtype)))
+                leaves.append(a)
+            arrays[name] = leaves
     return Checkpoint(path, document["metadata"], document["trees"], arrays)
 
 
@@ -209,15 +218,8 @@ def read_metadata(directory) -> dict | None:
     path = os.path.join(directory, CHECKPOINT_FILE)
     if not os.path.exists(path):
         return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return _read_document(npz, path)["metadata"]
-    except CheckpointError:
-        raise
-    except _READ_ERRORS as e:
-        raise CheckpointError(
-            f"{path} is corrupt or unreadable ({type(e).__name__}: {e})."
-        ) from None
+    with _open_npz(path) as npz:
+        return _read_document(npz, path)["metadata"]
 
 
 def restore_tree(template, checkpoint: Checkpoint, name: str, *, what: str | None = None):
