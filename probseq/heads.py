@@ -116,6 +116,16 @@ class Head(abc.ABC):
         """log p(x | component k) for every component: raw leaves (K, ...) -> (K,)."""
         return self.distribution(raw).log_prob(jnp.expand_dims(x, 0) if self.is_token else x)
 
+    def component_likelihoods(self, raw: dict, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """p(x | component k) up to a common factor: (l (K,), m ()) with
+        l_k = exp(log p(x | k) - m) and m = max_k log p(x | k) (0 when that is not
+        finite), so the largest l_k is 1 and emissions far in a tail stay representable.
+        The HMM smoothers run on these; a head with a cheaper exact form overrides it."""
+        ll = self.component_log_probs(raw, x)
+        m = jnp.max(ll)
+        m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), m.dtype))
+        return jnp.exp(ll - m), m
+
     def mixture(self, probs: jax.Array, raw: dict) -> dist.Distribution:
         """Mixture over components with weights ``probs`` (K,) and raw leaves (K, ...)."""
         return dist.MixtureSameFamily(dist.CategoricalProbs(probs), self.distribution(raw))
@@ -201,6 +211,26 @@ class CategoricalHead(Head):
         nan = jnp.full(table.shape[:-1] + (1,), jnp.nan, table.dtype)
         v = self.vocab_size
         return jnp.concatenate([table, nan], axis=-1)[:, jnp.where((x >= 0) & (x < v), x, v)]
+
+    def component_likelihoods(self, raw, x):
+        # The same gather from a (K, V + 1) table normalized per symbol once: no exp and
+        # no max per step (5x cheaper than the default at K=32 on CPU). Out-of-range ids
+        # read the NaN column, as in component_log_probs (and m = 0, as the default).
+        logits = raw["logits"]
+        table = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+        m = jnp.max(table, axis=0)
+        m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), m.dtype))
+        # Rows (V + 1, K), built once: the barrier keeps XLA from fusing the exp into the
+        # gather (which would redo it for every step).
+        v = self.vocab_size
+        i = jnp.where((x >= 0) & (x < v), x, v)
+        lik, m = jax.lax.optimization_barrier(
+            (
+                jnp.concatenate([jnp.exp(table - m).T, jnp.full_like(table[:, :1].T, jnp.nan)]),
+                jnp.concatenate([m, jnp.zeros_like(m[:1])]),
+            )
+        )
+        return lik[i], m[i]
 
     def mixture(self, probs, raw):
         # A mixture of categoricals is a categorical: collapse it exactly.

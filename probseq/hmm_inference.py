@@ -50,6 +50,7 @@ __all__ = [
     "hmm_smoother",
     "hmm_smoother_batch",
     "hmm_smoother_chunked",
+    "hmm_smoother_from_likelihoods",
     "default_chunk_size",
     "chunking_pays",
     "hmm_viterbi",
@@ -167,12 +168,14 @@ def _sum_of_outer_products(p: jax.Array, q: jax.Array) -> jax.Array:
 
     Products over chunks of steps, then a pairwise sum over chunks, so float32 counts
     over 1e6 steps keep ~1e-7 relative accuracy (a running float32 sum loses ~1e-4).
-    For K <= 16 the outer products of 64-step chunks are summed by broadcasting (4x
-    faster than a batched matrix product at K=8 on CPU); for larger K, matrix products
-    over chunks of 256 steps."""
+    For K <= 16 the outer products of chunks of up to 64 steps are summed by
+    broadcasting (4x faster than a batched matrix product at K=8 on CPU); for larger K,
+    matrix products over chunks of up to 256 steps."""
     *batch, t, k = p.shape
-    chunk = 64 if k <= 16 else 256
-    n = -(-t // chunk) if t else 1
+    # n chunks of at most 64 / 256 steps, as even as possible: T = 1000 takes four
+    # chunks of 250 and no padded copy of p and q (a pad of T to 1024 costs two copies).
+    n = -(-t // (64 if k <= 16 else 256)) if t else 1
+    chunk = -(-t // n) if t else 1
     pad = [(0, 0)] * len(batch) + [(0, n * chunk - t), (0, 0)]
     # Batch and chunks on one leading axis: XLA compiles the 3-d forms much better.
     p = jnp.pad(p, pad).reshape((-1, chunk, k))
@@ -274,10 +277,9 @@ def hmm_smoother(
         >>> post.smoothed_probs.shape, round(float(post.expected_transitions.sum()), 5)
         ((3, 2), 2.0)
     """
-    post = _posterior(
-        initial_probs,
-        jnp.asarray(transition_matrix),
-        *(z[None] for z in _messages(initial_probs, transition_matrix, log_likelihoods, mask)),
+    ll = jnp.asarray(log_likelihoods)
+    post = hmm_smoother_batch(
+        initial_probs, transition_matrix, ll[None], _prefix_mask(ll, mask)[None]
     )
     return jax.tree.map(lambda z: z[0], post)
 
@@ -291,59 +293,102 @@ def hmm_smoother_batch(
     """``jax.vmap(hmm_smoother)`` over a batch (B, T, K) with masks (B, T), the loops
     vmapped and the rest (posteriors, counts) written for the batch: the same values,
     about twice as fast for long sequences on CPU."""
-    a = jnp.asarray(transition_matrix)
-    msgs = jax.vmap(_messages, in_axes=(None, None, 0, 0))(initial_probs, a, log_likelihoods, mask)
-    return _posterior(initial_probs, a, *msgs)
+    lik, shift = _shifted_likelihoods(jnp.asarray(log_likelihoods))
+    return hmm_smoother_from_likelihoods(
+        initial_probs, transition_matrix, lik, shift, mask, method="forward_backward"
+    )
 
 
-def _messages(initial_probs, transition_matrix, log_likelihoods, mask):
-    """The two loops of :func:`hmm_smoother` for one sequence: (shifted likelihoods,
-    shifts, mask, normalizers, filtered probabilities, backward messages)."""
-    log_likelihoods = jnp.asarray(log_likelihoods)
-    valid = _prefix_mask(log_likelihoods, mask)
+def hmm_smoother_from_likelihoods(
+    initial_probs: jax.Array,
+    transition_matrix: jax.Array,
+    likelihoods: jax.Array,
+    shifts: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    method: str = "forward_backward",
+    chunk_size: int | None = None,
+    tol: float | None = None,
+) -> HMMPosterior:
+    """The smoother of a batch from its emission likelihoods given up to a factor per
+    step, log p(x_t | k) = log likelihoods[..., t, k] + shifts[..., t] (what
+    :meth:`probseq.HMM.emission_likelihoods` returns; the largest entry of a step
+    should be about 1): the EM E-step's entry, which skips the exp of a (B, T, K)
+    log-likelihood array where a head has a cheaper exact form.
+
+    Args:
+        initial_probs: (K,) p(z_1). transition_matrix: (K, K).
+        likelihoods: (B, T, K). shifts: (B, T).
+        mask: (B, T) prefix masks, or None.
+        method: "forward_backward" (:func:`hmm_smoother_batch`) or "chunked"
+            (:func:`hmm_smoother_chunked`, with ``chunk_size`` and ``tol``).
+    """
+    lik = jnp.asarray(likelihoods)
+    b, num_steps, k = lik.shape
+    valid = jnp.broadcast_to(
+        jnp.ones((b, num_steps), bool) if mask is None else jnp.asarray(mask, bool), (b, num_steps)
+    )
+    lik = jnp.where(valid[..., None], lik, jnp.ones((), lik.dtype))
+    shift = jnp.where(valid, jnp.asarray(shifts, lik.dtype), jnp.zeros((), lik.dtype))
+    pi = jnp.asarray(initial_probs)
     a = jnp.asarray(transition_matrix)
-    ll = jnp.where(valid[:, None], log_likelihoods, jnp.zeros((), log_likelihoods.dtype))
-    lik, shift = _shifted_likelihoods(ll)
+    if method == "chunked":
+        c, filtered, betas, s = _chunked_messages(pi, a, lik, valid, chunk_size, tol)
+    elif method == "forward_backward":
+        c, filtered, betas, s = jax.vmap(_messages, in_axes=(None, None, 0, 0))(pi, a, lik, valid)
+    else:
+        raise ValueError(f"method must be 'forward_backward' or 'chunked'; got {method!r}.")
+    return _posterior(pi, a, lik, shift, valid, c, filtered, betas, s)
+
+
+def _messages(initial_probs, a, lik, valid):
+    """The two loops of :func:`hmm_smoother` for one sequence of shifted likelihoods
+    (T, K) (1 on padded steps) and its mask (T,): (normalizers, filtered probabilities,
+    backward messages normalized to sum 1, and their normalizers)."""
     c, filtered = _forward(initial_probs, a, lik)
     dtype = filtered.dtype
     num_states = a.shape[-1]
 
     def step(beta_next, inputs):
         lik_next, has_next = inputs
-        beta = _safe_normalize(_mm(a, lik_next * beta_next))
+        u = _mm(a, lik_next * beta_next)
+        s = jnp.sum(u)
+        beta = u / jnp.where(s > 0, s, jnp.ones((), dtype))
         beta = jnp.where(has_next, beta, jnp.ones_like(beta_next))
-        return beta, beta
+        return beta, (beta, s)
 
-    _, betas = jax.lax.scan(
+    _, (betas, s) = jax.lax.scan(
         step, jnp.ones((num_states,), dtype), (lik[1:], valid[1:]), reverse=True
     )
     betas = jnp.concatenate([betas, jnp.ones((1, num_states), dtype)])
-    return lik, shift, valid, c, filtered, betas
+    s = jnp.concatenate([s, jnp.ones((1,), dtype)])
+    return c, filtered, betas, s
 
 
-def _posterior(initial_probs, a, lik, shift, valid, c, filtered, betas) -> HMMPosterior:
+def _posterior(initial_probs, a, lik, shift, valid, c, filtered, betas, s) -> HMMPosterior:
     """The smoother's outputs from the forward normalizers c (B, T), filtered
-    probabilities (B, T, K) and backward messages (B, T, K) (any positive scale per
-    step) of a batch: everything after the two loops, shared by the sequential and the
-    chunked smoothers (written for a batch axis: under vmap the roll and the chunked
-    contraction cost XLA twice as much)."""
+    probabilities (B, T, K), backward messages (B, T, K) normalized to sum 1 and their
+    normalizers s (B, T) (beta_t = A (lik_{t+1} * beta_{t+1}) / s_t) of a batch:
+    everything after the two loops, shared by the sequential and the chunked smoothers
+    (written for a batch axis: under vmap the roll and the chunked contraction cost XLA
+    twice as much)."""
     dtype = filtered.dtype
     zero = jnp.zeros((), dtype)
     log_c = jnp.where(valid, jnp.log(c) + shift, zero)
-    # xi_t = alpha_t(i) A_ij v_{t+1}(j) / Z_t with v = lik * beta and Z_t = alpha_t . (A v):
-    # the sum over t is A * (P^T V) with p_t = alpha_t / Z_t, one contraction over time
-    # outside the loop. v_{t+1} is rolled back to step t once, so every other array is
-    # used unshifted (misaligned [1:] slices cost XLA a copy each).
-    has_next = jnp.roll(valid, -1, axis=-1).at[:, -1].set(False)
-    v_next = jnp.roll(lik * betas, -1, axis=-2)
-    # (A fused multiply-and-sum over the last axis is ~10x slower on XLA CPU than this.)
-    z = jnp.einsum("btk,btk->bt", filtered, _mm(v_next, a.T), precision=EXACT)[..., None]
-    ok = has_next[..., None] & (z > 0)
-    p = jnp.where(ok, filtered / jnp.where(z > 0, z, jnp.ones((), dtype)), zero)
-    counts = a * _sum_of_outer_products(p, v_next)
     prod = filtered * betas
     total = jnp.sum(prod, axis=-1, keepdims=True)
     smoothed = prod / jnp.where(total > 0, total, jnp.ones((), dtype))
+    # xi_t = alpha_t(i) A_ij v_{t+1}(j) / Z_t with v = lik * beta and Z_t = alpha_t . (A v):
+    # the sum over t is A * (P^T V) with p_t = alpha_t / Z_t, one contraction over time
+    # outside the loop. A v_{t+1} = s_t beta_t, so Z_t = s_t (alpha_t . beta_t) needs no
+    # product with A (the backward loop kept s_t). v_{t+1} is rolled back to step t once,
+    # so every other array is used unshifted (misaligned [1:] slices cost a copy each).
+    has_next = jnp.roll(valid, -1, axis=-1).at[:, -1].set(False)
+    v_next = jnp.roll(lik * betas, -1, axis=-2)
+    z = s[..., None] * total
+    ok = has_next[..., None] & (z > 0)
+    p = jnp.where(ok, filtered / jnp.where(z > 0, z, jnp.ones((), dtype)), zero)
+    counts = a * _sum_of_outer_products(p, v_next)
     predicted = jnp.concatenate(
         [jnp.broadcast_to(initial_probs, filtered[:, :1].shape), _mm(filtered[:, :-1], a)], axis=1
     )
@@ -576,11 +621,25 @@ def hmm_smoother_chunked(
     )
     ll = log_likelihoods.reshape((-1, num_steps, k))
     valid = valid.reshape((-1, num_steps))
-    b = ll.shape[0]
-    a = jnp.asarray(transition_matrix)
-    pi = jnp.asarray(initial_probs)
-    ll = jnp.where(valid[..., None], ll, jnp.zeros((), ll.dtype))
-    lik, shift = _shifted_likelihoods(ll)
+    lik, shift = _shifted_likelihoods(jnp.where(valid[..., None], ll, jnp.zeros((), ll.dtype)))
+    post = hmm_smoother_from_likelihoods(
+        initial_probs,
+        transition_matrix,
+        lik,
+        shift,
+        valid,
+        method="chunked",
+        chunk_size=chunk_size,
+        tol=tol,
+    )
+    return jax.tree.map(lambda z: z.reshape(tuple(batch) + z.shape[1:]), post)
+
+
+def _chunked_messages(pi, a, lik, valid, chunk_size, tol):
+    """The two loops of :func:`hmm_smoother_chunked` over a batch of shifted
+    likelihoods (B, T, K) (1 on padded steps) and masks (B, T): (normalizers (B, T),
+    filtered probabilities, backward messages normalized to sum 1, their normalizers)."""
+    b, num_steps, k = lik.shape
     dtype = lik.dtype
     layout = _ChunkLayout.of(num_steps, b, k, chunk_size)
     length, num_chunks, rows = layout.length, layout.num_chunks, layout.rows
@@ -612,9 +671,9 @@ def hmm_smoother_chunked(
         s = jnp.sum(u, axis=-1, keepdims=True)
         beta = u / jnp.where(s > 0, s, jnp.ones((), dtype))
         beta = jnp.where(has_next[:, None], beta, ones)
-        return beta, None, beta
+        return beta, s[:, 0], beta
 
-    betas, _, _ = _chunked_recursion(
+    betas, s, _ = _chunked_recursion(
         backward,
         (last_chunk, ones),
         ones,
@@ -623,12 +682,11 @@ def hmm_smoother_chunked(
         length,
         True,
         tol,
-        False,
+        True,
     )
 
     unchunk = layout.unchunk
-    post = _posterior(pi, a, lik, shift, valid, unchunk(c), unchunk(filtered), unchunk(betas))
-    return jax.tree.map(lambda z: z.reshape(tuple(batch) + z.shape[1:]), post)
+    return unchunk(c), unchunk(filtered), unchunk(betas), unchunk(s)
 
 
 # ------------------------------------------------------- filters of a whole batch

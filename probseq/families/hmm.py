@@ -135,6 +135,12 @@ class HMM(SequenceModel):
         """log p(x_t | z_t = k) for a whole sequence: (T, K)."""
         return jax.vmap(lambda x: self.head.component_log_probs(params.emission, x))(xs)
 
+    def emission_likelihoods(self, params, xs):
+        """p(x_t | z_t = k) up to a factor per step, for a whole sequence: (l (T, K),
+        m (T,)) with log p(x_t | k) = log l_tk + m_t (see
+        :meth:`probseq.heads.Head.component_likelihoods`); what the smoothers run on."""
+        return jax.vmap(lambda x: self.head.component_likelihoods(params.emission, x))(xs)
+
     def filter_path(self, num_sequences: int, num_steps: int, dtype) -> tuple[str, int | None]:
         """(method, group_size) of :func:`probseq.hmm_inference.hmm_filter_batch` for a
         batch of this size: ``scan`` unless it is "auto" (then :mod:`probseq.auto`)."""

@@ -45,11 +45,7 @@ from probseq.core import as_batch
 from probseq.families.hmm import HMM, HMMParams
 from probseq.fit.result import FitResult
 from probseq.heads import Head
-from probseq.hmm_inference import (
-    hmm_filter,
-    hmm_smoother_batch,
-    hmm_smoother_chunked,
-)
+from probseq.hmm_inference import hmm_filter, hmm_smoother_from_likelihoods
 from probseq.scan import pairwise_sum
 from probseq.validation import check_key
 
@@ -99,17 +95,17 @@ ESTEPS = ("auto", "autodiff", "forward_backward", "chunked")
 def _statistics(model: HMM, params: HMMParams, x, mask, estep: str) -> HMMStatistics:
     log_pi = jax.nn.log_softmax(params.initial_logits)
     log_a = jax.nn.log_softmax(params.transition_logits, axis=-1)
-    ll = jax.vmap(lambda xs: model.emission_log_likelihoods(params, xs))(x)
     estep = _resolve_estep(estep, x.shape[0], x.shape[1], model.num_states)
     if estep == "autodiff":
+        ll = jax.vmap(lambda xs: model.emission_log_likelihoods(params, xs))(x)
         value, (n_init, n_trans, gamma) = jax.value_and_grad(_log_marginal, argnums=(0, 1, 2))(
             log_pi, log_a, ll, mask
         )
         return HMMStatistics(value, n_init, n_trans, gamma)
-    if estep == "chunked":
-        post = hmm_smoother_chunked(jnp.exp(log_pi), jnp.exp(log_a), ll, mask)
-    else:
-        post = hmm_smoother_batch(jnp.exp(log_pi), jnp.exp(log_a), ll, mask)
+    lik, shift = jax.vmap(lambda xs: model.emission_likelihoods(params, xs))(x)
+    post = hmm_smoother_from_likelihoods(
+        jnp.exp(log_pi), jnp.exp(log_a), lik, shift, mask, method=estep
+    )
     return HMMStatistics(
         pairwise_sum(post.marginal_loglik),
         jnp.sum(post.smoothed_probs[:, 0], axis=0),
