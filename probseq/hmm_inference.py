@@ -379,16 +379,17 @@ def _posterior(initial_probs, a, lik, shift, valid, c, filtered, betas, s) -> HM
     total = jnp.sum(prod, axis=-1, keepdims=True)
     smoothed = prod / jnp.where(total > 0, total, jnp.ones((), dtype))
     # xi_t = alpha_t(i) A_ij v_{t+1}(j) / Z_t with v = lik * beta and Z_t = alpha_t . (A v):
-    # the sum over t is A * (P^T V) with p_t = alpha_t / Z_t, one contraction over time
+    # the sum over t is A * (F^T W) with w_t = v_{t+1} / Z_t, one contraction over time
     # outside the loop. A v_{t+1} = s_t beta_t, so Z_t = s_t (alpha_t . beta_t) needs no
-    # product with A (the backward loop kept s_t). v_{t+1} is rolled back to step t once,
-    # so every other array is used unshifted (misaligned [1:] slices cost a copy each).
+    # product with A (the backward loop kept s_t). v_{t+1} is rolled back to step t in
+    # the one pass that makes w, so the filtered probabilities enter the contraction as
+    # they are (misaligned [1:] slices cost a copy each).
     has_next = jnp.roll(valid, -1, axis=-1).at[:, -1].set(False)
-    v_next = jnp.roll(lik * betas, -1, axis=-2)
     z = s[..., None] * total
     ok = has_next[..., None] & (z > 0)
-    p = jnp.where(ok, filtered / jnp.where(z > 0, z, jnp.ones((), dtype)), zero)
-    counts = a * _sum_of_outer_products(p, v_next)
+    v_next = jnp.roll(lik * betas, -1, axis=-2)
+    w = jnp.where(ok, v_next / jnp.where(z > 0, z, jnp.ones((), dtype)), zero)
+    counts = a * _sum_of_outer_products(filtered, w)
     predicted = jnp.concatenate(
         [jnp.broadcast_to(initial_probs, filtered[:, :1].shape), _mm(filtered[:, :-1], a)], axis=1
     )
@@ -451,8 +452,11 @@ def _chunked_recursion(step, boundary, guess, exit_map, num_chunks, length, reve
             scal = jax.lax.dynamic_update_index_in_dim(scal, sc, j, axis=1)
         return carry, msgs, scal
 
-    msgs = jnp.zeros((rows, length, k), dtype)
-    scal = jnp.zeros((rows, length if extra else 0), dtype)
+    # Every entry is written by the sweep. A different fill per direction keeps XLA from
+    # sharing one buffer between the forward and backward loops (and copying it).
+    fill = 1.0 if reverse else 0.0
+    msgs = jnp.full((rows, length, k), fill, dtype)
+    scal = jnp.full((rows, length if extra else 0), fill, dtype)
     start = jnp.where(edge[:, None], boundary, guess)
     _, msgs, scal = jax.lax.fori_loop(0, length, sweep, (start, msgs, scal))
 
