@@ -28,6 +28,7 @@ from probseq.families import (
     GaussianHMM,
     HMMParams,
     MinGRU,
+    MinLSTM,
     RecurrentState,
 )
 from probseq.fit import (
@@ -60,6 +61,7 @@ __all__ = [
     "LSTM",
     "GRU",
     "MinGRU",
+    "MinLSTM",
     "LRU",
     "HMM",
     "CategoricalHMM",

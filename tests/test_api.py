@@ -27,6 +27,7 @@ def test_public_names_are_pinned():
             "LSTM",
             "GRU",
             "MinGRU",
+            "MinLSTM",
             "LRU",
             "HMM",
             "CategoricalHMM",

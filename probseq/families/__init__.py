@@ -5,17 +5,18 @@ its model-spec keys, their checks and its constructor); :data:`FAMILY_SPECS` lis
 in the order messages show them.
 """
 
-from probseq.families import gru, hmm, lru, lstm, mingru, rnn
+from probseq.families import gru, hmm, lru, lstm, mingru, minlstm, rnn
 from probseq.families.gru import GRU
 from probseq.families.hmm import HMM, CategoricalHMM, GaussianHMM, HMMParams
 from probseq.families.lru import LRU
 from probseq.families.lstm import LSTM
 from probseq.families.mingru import MinGRU
+from probseq.families.minlstm import MinLSTM
 from probseq.families.recurrent import RecurrentNetwork, RecurrentState
 from probseq.families.registry import FamilySpec, register, registered
 from probseq.families.rnn import RNN
 
-for _family in (rnn, lstm, gru, mingru, lru, hmm):
+for _family in (rnn, lstm, gru, mingru, minlstm, lru, hmm):
     register(_family.SPEC)
 
 #: Every family a model spec can name, by name (families registered later appear too).
@@ -26,6 +27,7 @@ __all__ = [
     "LSTM",
     "GRU",
     "MinGRU",
+    "MinLSTM",
     "LRU",
     "HMM",
     "CategoricalHMM",
