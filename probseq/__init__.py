@@ -19,6 +19,7 @@ from probseq.core import (
 )
 from probseq.distribution import SequenceDistribution
 from probseq.families import (
+    AR,
     GRU,
     HMM,
     LRU,
@@ -38,6 +39,7 @@ from probseq.fit import (
     SGDState,
     em_step,
     fit_em,
+    fit_ls,
     fit_sgd,
     sgd_init,
     sgd_update,
@@ -67,10 +69,12 @@ __all__ = [
     "CategoricalHMM",
     "GaussianHMM",
     "HMMParams",
+    "AR",
     "RecurrentState",
     "fit_sgd",
     "NonFiniteLossError",
     "fit_em",
+    "fit_ls",
     "em_step",
     "sgd_init",
     "sgd_update",

@@ -21,7 +21,7 @@ Example ``models/lstm_text.toml``::
     hidden_size = 256
 
     [fit]
-    method = "sgd"           # "sgd" (every family) or "em" (hmm)
+    method = "sgd"           # "sgd" (every family), "em" (hmm) or "ls" (ar)
     num_epochs = 3
     batch_size = 32
 
@@ -122,7 +122,7 @@ _DATA = {
     "columns": ((list,), _names, "a non-empty list of column names or 0-based indices"),
     "standardize": BOOL,
 }
-_FIT_METHODS = ("sgd", "em")
+_FIT_METHODS = ("sgd", "em", "ls")
 _FIT = {
     "sgd": {
         "method": choice(*_FIT_METHODS),
@@ -144,7 +144,8 @@ _FIT = {
         "estep": choice(*ESTEPS),
     },
 }
-_FIT_DEFAULTS = {"sgd": {"num_epochs": 1, "batch_size": 32}, "em": {"num_iters": 100}}
+_FIT["ls"] = {"method": choice(*_FIT_METHODS)}  # closed form: nothing to set
+_FIT_DEFAULTS = {"sgd": {"num_epochs": 1, "batch_size": 32}, "em": {"num_iters": 100}, "ls": {}}
 _DATA_DEFAULTS = {"text": {"sequence_length": 256, "split": [0.9, 0.05, 0.05]}}
 _DATA_DEFAULTS["series"] = {"split": [0.8, 0.1, 0.1], "standardize": True}
 
@@ -196,7 +197,7 @@ class Spec:
 
     @property
     def method(self) -> str:
-        """ "sgd" or "em"."""
+        """ "sgd", "em" or "ls"."""
         return self.fit["method"]
 
     def to_dict(self) -> dict:
@@ -256,10 +257,13 @@ class Spec:
         Returns:
             :class:`probseq.FitResult`.
         """
-        from probseq.fit import fit_em, fit_sgd
+        from probseq.fit import fit_em, fit_ls, fit_sgd
 
         f = dict(self.fit)
         method = f.pop("method")
+        if method == "ls":
+            dtype = jax.tree.leaves(params)[0].dtype
+            return fit_ls(model, train.x, mask=train.mask, dtype=dtype)
         if method == "em":
             prior = f.pop("prior", None)
             if prior is not None:

@@ -28,6 +28,8 @@ def test_public_names_are_pinned():
             "GRU",
             "MinGRU",
             "MinLSTM",
+            "AR",
+            "fit_ls",
             "LRU",
             "HMM",
             "CategoricalHMM",

@@ -5,7 +5,8 @@ its model-spec keys, their checks and its constructor); :data:`FAMILY_SPECS` lis
 in the order messages show them.
 """
 
-from probseq.families import gru, hmm, lru, lstm, mingru, minlstm, rnn
+from probseq.families import ar, gru, hmm, lru, lstm, mingru, minlstm, rnn
+from probseq.families.ar import AR, ARState
 from probseq.families.gru import GRU
 from probseq.families.hmm import HMM, CategoricalHMM, GaussianHMM, HMMParams
 from probseq.families.lru import LRU
@@ -16,7 +17,7 @@ from probseq.families.recurrent import RecurrentNetwork, RecurrentState
 from probseq.families.registry import FamilySpec, register, registered
 from probseq.families.rnn import RNN
 
-for _family in (rnn, lstm, gru, mingru, minlstm, lru, hmm):
+for _family in (rnn, lstm, gru, mingru, minlstm, lru, hmm, ar):
     register(_family.SPEC)
 
 #: Every family a model spec can name, by name (families registered later appear too).
@@ -33,6 +34,8 @@ __all__ = [
     "CategoricalHMM",
     "GaussianHMM",
     "HMMParams",
+    "AR",
+    "ARState",
     "RecurrentNetwork",
     "RecurrentState",
     "FamilySpec",
