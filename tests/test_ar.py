@@ -156,3 +156,35 @@ def test_spec_and_command_line_fit_sunspots(tmp_path, capsys):
     run = probseq.load(out)
     assert run.model == probseq.AR(order=9)
     assert np.isfinite(run.info["test_log_lik"])
+
+
+def test_compare_scores_every_model_on_the_steps_the_ar_does_not_condition_on():
+    y = _sunspots()[:120, None]
+    ar, hmm = probseq.AR(order=2), probseq.GaussianHMM(num_states=2, obs_dim=1)
+    p_ar = probseq.fit_ls(ar, y).params
+    p_hmm = hmm.init(jax.random.key(0))
+    table = probseq.compare({"ar": (ar, p_ar), "hmm": (hmm, p_hmm)}, y)
+    rows = {r.name: r for r in table.rows}
+    assert rows["ar"].num_symbols == rows["hmm"].num_symbols == 118
+    hmm_steps = np.asarray(probseq.step_log_probs(hmm, p_hmm, y), np.float64)
+    np.testing.assert_allclose(rows["hmm"].log_likelihood, hmm_steps[2:].sum(), rtol=1e-6)
+    np.testing.assert_allclose(
+        rows["ar"].log_likelihood, float(probseq.log_prob(ar, p_ar, y)), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="no step is left to score"):
+        probseq.compare({"ar": (ar, p_ar), "hmm": (hmm, p_hmm)}, y[:2])
+
+
+def test_forecast_fan_speaks_the_series_language():
+    from probseq import plots
+
+    series = probseq.data.series("sunspots")
+    y = np.asarray(series.values, np.float64).reshape(-1, 1)
+    model = probseq.AR(order=2)
+    p = probseq.fit_ls(model, y[:250]).params
+    fc = probseq.forecast(model, p, jax.random.key(0), y[:250], 10, 50)
+    fig = plots.plot_forecast(y[:250], fc, time=series.index[:260], xlabel="year",
+                              ylabel=series.name)  # fmt: skip
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("year", "sunspots")
+    assert ax.get_xlim()[0] < 1710 and ax.get_xlim()[1] > 1950  # years, not steps

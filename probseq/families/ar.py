@@ -85,6 +85,12 @@ class AR(SequenceModel):
         # What the data checks and shapes see: real vectors of obs_dim values.
         object.__setattr__(self, "head", NormalHead(self.obs_dim))
 
+    @property
+    def num_conditioned_steps(self) -> int:
+        """The first ``order`` steps of each sequence are conditioned on, not scored
+        (:func:`probseq.compare` scores every model on the same later steps)."""
+        return self.order
+
     def init(self, key, *, dtype=None):
         """Random parameters: small coefficients (a stable start), zero intercept, unit
         noise. ``coef`` (d, D, D), ``intercept`` (D,), ``input_coef`` (m, D),
