@@ -99,7 +99,11 @@ def run(args) -> dict:
             series.values[:num_hist], shown, time=series.index[: num_hist + horizon],
             xlabel="year", ylabel=series.name,
         )  # fmt: skip
-        fig.axes[0].set_title(f"{results['ranking'][0]} forecast of {series.name}")
+        ax = fig.axes[0]
+        ax.plot(series.index[num_hist : num_hist + horizon], truth[:, 0], color="tab:blue",
+                lw=1.2, label="held out")  # fmt: skip
+        ax.legend(loc="best")
+        ax.set_title(f"{results['ranking'][0]} forecast of {series.name}")
         plots.save_figure(fig, args.plot)
         print(f"wrote {args.plot}")
     return results
