@@ -23,7 +23,13 @@ import probseq
 from probseq import data
 from probseq.fit.sgd import fit_sgd
 
-FAMILIES = {"lstm": probseq.LSTM, "gru": probseq.GRU, "mingru": probseq.MinGRU, "lru": probseq.LRU}
+FAMILIES = {
+    "lstm": probseq.LSTM,
+    "gru": probseq.GRU,
+    "mingru": probseq.MinGRU,
+    "minlstm": probseq.MinLSTM,
+    "lru": probseq.LRU,
+}
 BITS = 1 / math.log(2)
 
 

@@ -19,6 +19,7 @@ from probseq.core import (
 )
 from probseq.distribution import SequenceDistribution
 from probseq.families import (
+    AR,
     GRU,
     HMM,
     LRU,
@@ -28,6 +29,7 @@ from probseq.families import (
     GaussianHMM,
     HMMParams,
     MinGRU,
+    MinLSTM,
     RecurrentState,
 )
 from probseq.fit import (
@@ -37,6 +39,7 @@ from probseq.fit import (
     SGDState,
     em_step,
     fit_em,
+    fit_ls,
     fit_sgd,
     sgd_init,
     sgd_update,
@@ -60,15 +63,18 @@ __all__ = [
     "LSTM",
     "GRU",
     "MinGRU",
+    "MinLSTM",
     "LRU",
     "HMM",
     "CategoricalHMM",
     "GaussianHMM",
     "HMMParams",
+    "AR",
     "RecurrentState",
     "fit_sgd",
     "NonFiniteLossError",
     "fit_em",
+    "fit_ls",
     "em_step",
     "sgd_init",
     "sgd_update",

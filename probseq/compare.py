@@ -252,6 +252,12 @@ def _views(entries, data, mask):
     return views
 
 
+def conditioned_steps(model) -> int:
+    """Steps at the start of every sequence that ``model`` conditions on instead of
+    scoring (``model.num_conditioned_steps``: an AR(d)'s d; 0 for most families)."""
+    return int(getattr(model, "num_conditioned_steps", 0))
+
+
 def compare(
     models,
     data,
@@ -284,6 +290,11 @@ def compare(
         mesh: a ``jax.sharding.Mesh`` to split the sequences over (see
             :func:`probseq.score`); the same table as on one device.
 
+    When a model conditions on the first steps of each sequence (an AR(d) scores
+    log p(x_{d+1:T} | x_{1:d})), every model is scored on the same steps: the first
+    ``max(conditioned_steps)`` of each sequence are conditioned on by all of them
+    (``num_symbols`` counts the steps scored).
+
     Returns:
         A :class:`Comparison`: rows best first (highest total log-likelihood), with
         ``elpd_diff`` and its paired standard error ``dse`` computed from the
@@ -307,6 +318,8 @@ def compare(
     if unknown:
         raise ValueError(f"log_det_jacobians names no model: {unknown}.")
     pointwise, lengths, kind = {}, None, None
+    # Steps some model conditions on (an AR(d)'s first d) are scored by no model.
+    skip = max(conditioned_steps(model) for _, model, _ in entries)
     bar = tqdm(entries, desc="scoring", unit="model", disable=not progress, leave=False)
     for name, model, params in bar:
         bar.set_postfix_str(name)
@@ -314,10 +327,14 @@ def compare(
         try:
             # Validated here for the lengths; score validates again (cheap, NumPy).
             batch = validation.prepare_batch(model, x, m, inputs)
-            lp = score(model, params, x, m, inputs=inputs, mesh=mesh).log_prob
+            res = score(model, params, x, m, inputs=inputs, mesh=mesh)
         except ValueError as e:
             raise ValueError(f"model {name!r} ({model!r}) cannot score the data: {e}") from None
+        lp = res.log_prob
+        if skip:
+            lp = np.asarray(res.step_log_probs, np.float64)[..., skip:].sum(-1)
         steps = np.asarray(batch.mask).reshape(-1, np.shape(batch.mask)[-1]).sum(-1)
+        steps = np.maximum(steps - skip, 0)
         if lengths is None:
             lengths, first, kind = steps, name, "tokens" if model.head.is_token else "real"
         elif steps.shape != lengths.shape or (steps != lengths).any():
@@ -329,6 +346,9 @@ def compare(
         ll = np.atleast_1d(np.asarray(jax.device_get(lp), np.float64))
         pointwise[name] = ll - float(jacobians.get(name, 0.0)) * steps.reshape(ll.shape)
     num_symbols = int(lengths.sum())
+    if num_symbols == 0:
+        raise ValueError(f"no step is left to score: every sequence is within the first {skip} "
+                         "steps that the models condition on; give longer sequences.")  # fmt: skip
 
     totals = {name: float(ll.sum()) for name, ll in pointwise.items()}
     # Stable: ties keep the order the models were given in.

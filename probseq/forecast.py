@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, NamedTuple
 
 import jax
@@ -91,6 +92,20 @@ def _next_step_probs(model: SequenceModel, params, state, batched: bool) -> np.n
     return np.asarray(_token_probs(log_probs))
 
 
+def _exact_bands(model, params, state, horizon, levels, batched, future_inputs):
+    """Mean and per-coordinate quantiles of ``model.predict``'s Gaussian predictive."""
+
+    def one(h, u):
+        return model.predict(params, h, horizon, u)
+
+    us = None if future_inputs is None else jnp.asarray(future_inputs)
+    mean, cov = jax.vmap(one)(state, us) if batched else one(state, us)
+    mean = np.asarray(mean, np.float64)
+    sd = np.sqrt(np.diagonal(np.asarray(cov, np.float64), axis1=-2, axis2=-1))
+    z = np.array([statistics.NormalDist().inv_cdf(q) for q in levels])
+    return mean, mean[None] + z.reshape((-1,) + (1,) * mean.ndim) * sd[None]
+
+
 def forecast(
     model: SequenceModel,
     params,
@@ -122,7 +137,9 @@ def forecast(
 
     Returns:
         A :class:`Forecast`. Real-valued bands are Monte Carlo estimates from the
-        ``num_samples`` paths: their error shrinks as 1/sqrt(num_samples).
+        ``num_samples`` paths: their error shrinks as 1/sqrt(num_samples); a model with
+        a closed-form predictive (``model.predict``: :class:`probseq.AR`) gets the
+        exact mean and Normal quantiles instead (temperature 1).
     """
     horizon = validation.check_int("horizon", horizon)
     num_samples = validation.check_int("num_samples", num_samples)
@@ -149,6 +166,11 @@ def forecast(
     if model.head.is_token:
         mean = bands = None
         probs = _next_step_probs(model, params, res.final_state, batched)
+    elif callable(getattr(model, "predict", None)) and temperature == 1:
+        # A closed-form predictive (probseq.AR): the exact mean and Normal bands.
+        mean, bands = _exact_bands(model, params, res.final_state, horizon, levels, batched,
+                                   future_inputs)  # fmt: skip
+        probs = None
     else:
         mean = samples.mean(axis=0)
         bands = np.quantile(samples, levels, axis=0)

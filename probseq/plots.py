@@ -449,7 +449,10 @@ def _quantile_pairs(levels: tuple[float, ...]):
     return pairs, median, rest
 
 
-def plot_forecast(history, forecast, *, time=None, dim: int = 0, ax=None, max_paths: int = 20):
+def plot_forecast(
+    history, forecast, *, time=None, dim: int = 0, ax=None, max_paths: int = 20,
+    xlabel=None, ylabel=None,
+):  # fmt: skip
     """A fan chart: the observed history, then the forecast's mean, bands and paths.
 
     Each symmetric pair of quantile levels (0.05 / 0.95, 0.25 / 0.75, ...) becomes a
@@ -470,6 +473,8 @@ def plot_forecast(history, forecast, *, time=None, dim: int = 0, ax=None, max_pa
         ax: a matplotlib Axes to draw into; by default a new Figure.
         max_paths: at most this many sample paths are drawn (the first ones); 0 for
             none.
+        xlabel, ylabel: the axes' labels, in the data's own terms (e.g. "year" and
+            the series' name); by default "time" / "time step" and "x" / "x[dim]".
 
     Returns:
         The Figure (``ax.figure`` when ``ax`` was given).
@@ -607,8 +612,10 @@ def plot_forecast(history, forecast, *, time=None, dim: int = 0, ax=None, max_pa
         ax.plot(xf, anchored(bands[median]), "--", color=color, lw=1.0, label="median")
     for i in rest:
         ax.plot(xf, anchored(bands[i]), ":", color=color, lw=1.0, label=f"q={levels[i]:g}")
-    ax.set_xlabel("time" if time is not None else "time step")
-    ax.set_ylabel(f"x[{dim}]" if obs_dim > 1 else "x")
+    if xlabel is None:
+        xlabel = "time" if time is not None else "time step"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel if ylabel is not None else (f"x[{dim}]" if obs_dim > 1 else "x"))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
     return fig

@@ -8,6 +8,11 @@ real) from a given ``h_0``, either with ``lax.scan`` or with
 ``h_0`` at the end, so a non-zero starting state is exact (public minGRU ports often
 drop it).
 
+``log_linear_recurrence`` solves the same recurrence with positive ``a_t, b_t`` given
+as logarithms (minLSTM's log-space scan): the parallel path combines
+``(log a, log b)`` pairs with ``logaddexp``, so products of many gates < 1 never
+underflow; ``h_0`` of any sign enters linearly at the end.
+
 ``pairwise_sum`` adds long float32 sequences of per-step log-likelihoods with a
 balanced tree: the rounding error grows like log2(T) instead of T, which keeps a
 T = 1,000,000 HMM log-likelihood within 1e-6 relative of float64.
@@ -22,6 +27,7 @@ from probseq.validation import check_choice
 
 __all__ = [
     "linear_recurrence",
+    "log_linear_recurrence",
     "pairwise_sum",
     "resolve_scan_mode",
     "SCAN_MODES",
@@ -83,6 +89,39 @@ def linear_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array, *, parallel: bo
 
     prod_a, acc_b = jax.lax.associative_scan(combine, (a, b))
     return prod_a * h0 + acc_b
+
+
+def log_linear_recurrence(
+    log_a: jax.Array, log_b: jax.Array, h0: jax.Array, *, parallel: bool
+) -> jax.Array:
+    """All states of ``h_t = a_t * h_{t-1} + b_t`` for positive ``a_t = exp(log_a)`` and
+    ``b_t = exp(log_b)`` (time on axis 0), from any real ``h_0``.
+
+    The parallel path is an associative scan in log space,
+    ``(la1, lb1) o (la2, lb2) = (la1 + la2, logaddexp(la2 + lb1, lb2))``, which gives
+    ``log prod a`` and ``log`` of the accumulated ``b``; then
+    ``h_t = exp(log prod a) h_0 + exp(acc)``. The sequential path is the plain update.
+
+    Args:
+        log_a: (T, ...) log multipliers, broadcastable against ``log_b``.
+        log_b: (T, ...) log additive terms (-inf: b = 0).
+        h0: (...) the state before the first step.
+        parallel: use ``lax.associative_scan`` instead of ``lax.scan``.
+
+    Returns:
+        (T, ...) array of h_1..h_T.
+    """
+    log_a = jnp.broadcast_to(log_a, log_b.shape)
+    if not parallel:
+        return linear_recurrence(jnp.exp(log_a), jnp.exp(log_b), h0, parallel=False)
+
+    def combine(earlier, later):
+        la1, lb1 = earlier
+        la2, lb2 = later
+        return la1 + la2, jnp.logaddexp(la2 + lb1, lb2)
+
+    log_prod_a, log_acc_b = jax.lax.associative_scan(combine, (log_a, log_b))
+    return jnp.exp(log_prod_a) * h0 + jnp.exp(log_acc_b)
 
 
 def pairwise_sum(x: jax.Array, axis: int = -1) -> jax.Array:

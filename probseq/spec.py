@@ -17,11 +17,11 @@ Example ``models/lstm_text.toml``::
     split = [0.9, 0.05, 0.05]
 
     [model]
-    family = "lstm"          # rnn, lstm, gru, mingru, lru, hmm
+    family = "lstm"          # any registered family: probseq.families.FAMILY_SPECS
     hidden_size = 256
 
     [fit]
-    method = "sgd"           # "sgd" (every family) or "em" (hmm)
+    method = "sgd"           # "sgd" (every family), "em" (hmm) or "ls" (ar)
     num_epochs = 3
     batch_size = 32
 
@@ -39,15 +39,21 @@ import dataclasses
 import math
 import os
 import tomllib
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 
-from probseq import heads as heads_lib
-from probseq.families import GRU, HMM, LRU, LSTM, RNN, MinGRU
-from probseq.families.hmm import SCAN_CHOICES as HMM_SCAN_CHOICES
+from probseq.families import FAMILY_SPECS
+from probseq.families.registry import (
+    BOOL,
+    HEADS,
+    POSITIVE_INT,
+    POSITIVE_NUMBER,
+    choice,
+    make_head,
+)
 from probseq.fit.em import ESTEPS
-from probseq.scan import SCAN_MODES
 
 __all__ = ["Spec", "SpecError", "load_spec", "parse_spec", "spec_text", "FAMILIES", "HEADS"]
 
@@ -56,20 +62,22 @@ class SpecError(ValueError):
     """A model spec that cannot be used; the message names the file and the key."""
 
 
-FAMILIES = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "mingru": MinGRU, "lru": LRU, "hmm": HMM}
-HEADS = ("categorical", "normal", "mixture_normal", "poisson", "bernoulli")
+class _FamilyClasses(Mapping):
+    """family name -> class, a live view of the registered families."""
+
+    def __getitem__(self, name):
+        return FAMILY_SPECS[name].model
+
+    def __iter__(self):
+        return iter(FAMILY_SPECS)
+
+    def __len__(self):
+        return len(FAMILY_SPECS)
+
+
+#: family name -> model class, for every registered family (probseq.families.registry).
+FAMILIES = _FamilyClasses()
 _KINDS = ("text", "series")
-
-# key -> (accepted Python types, check, description); the check gets the value.
-_POSITIVE_INT = ((int,), lambda v: v >= 1, "a positive integer")
-_NONNEG_INT = ((int,), lambda v: v >= 0, "an integer >= 0")
-_POSITIVE_NUMBER = ((int, float), lambda v: math.isfinite(v) and v > 0, "a positive number")
-_FRACTION = ((int, float), lambda v: 0 <= v <= 1, "a number in [0, 1]")
-_BOOL = ((bool,), lambda v: True, "true or false")
-
-
-def _choice(*options):
-    return (str,), lambda v: v in options, "one of " + ", ".join(repr(o) for o in options)
 
 
 def _fractions(v):
@@ -104,67 +112,40 @@ _TOP = {
     "seed": ((int,), lambda v: 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
 }
 _DATA = {
-    "kind": _choice(*_KINDS),
-    "sequence_length": _POSITIVE_INT,
+    "kind": choice(*_KINDS),
+    "sequence_length": POSITIVE_INT,
     "split": (
         (list,),
         _fractions,
         "[train, valid, test]: three positive fractions summing to at most 1",
     ),
     "columns": ((list,), _names, "a non-empty list of column names or 0-based indices"),
-    "standardize": _BOOL,
+    "standardize": BOOL,
 }
-_RECURRENT = {
-    "family": _choice(*FAMILIES),
-    "hidden_size": _POSITIVE_INT,
-    "num_layers": _POSITIVE_INT,
-    "embed_size": _POSITIVE_INT,
-    "head": _choice(*HEADS),
-    "num_components": _POSITIVE_INT,
-}
-_MODEL = {
-    "rnn": _RECURRENT,
-    "lstm": _RECURRENT,
-    "gru": _RECURRENT,
-    "mingru": {**_RECURRENT, "scan": _choice(*SCAN_MODES)},
-    "lru": {
-        **_RECURRENT,
-        "scan": _choice(*SCAN_MODES),
-        "state_size": _POSITIVE_INT,
-        "r_min": _FRACTION,
-        "r_max": _FRACTION,
-        "max_phase": _POSITIVE_NUMBER,
-    },
-    "hmm": {
-        "family": _choice(*FAMILIES),
-        "num_states": _POSITIVE_INT,
-        "head": _choice(*HEADS),
-        "num_components": _POSITIVE_INT,
-        "scan": _choice(*HMM_SCAN_CHOICES),
-    },
-}
+_FIT_METHODS = ("sgd", "em", "ls")
 _FIT = {
     "sgd": {
-        "method": _choice("sgd", "em"),
-        "num_epochs": _POSITIVE_INT,
-        "batch_size": _POSITIVE_INT,
-        "learning_rate": _POSITIVE_NUMBER,
-        "max_grad_norm": _POSITIVE_NUMBER,
-        "bptt_length": _POSITIVE_INT,
-        "patience": _POSITIVE_INT,
-        "shuffle": _BOOL,
-        "steps_per_call": _POSITIVE_INT,
+        "method": choice(*_FIT_METHODS),
+        "num_epochs": POSITIVE_INT,
+        "batch_size": POSITIVE_INT,
+        "learning_rate": POSITIVE_NUMBER,
+        "max_grad_norm": POSITIVE_NUMBER,
+        "bptt_length": POSITIVE_INT,
+        "patience": POSITIVE_INT,
+        "shuffle": BOOL,
+        "steps_per_call": POSITIVE_INT,
     },
     "em": {
-        "method": _choice("sgd", "em"),
-        "num_iters": _POSITIVE_INT,
+        "method": choice(*_FIT_METHODS),
+        "num_iters": POSITIVE_INT,
         "tol": ((int, float), lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
-        "num_restarts": _POSITIVE_INT,
+        "num_restarts": POSITIVE_INT,
         "prior": ((int, float), lambda v: math.isfinite(v) and v >= 1, "a number >= 1"),
-        "estep": _choice(*ESTEPS),
+        "estep": choice(*ESTEPS),
     },
 }
-_FIT_DEFAULTS = {"sgd": {"num_epochs": 1, "batch_size": 32}, "em": {"num_iters": 100}}
+_FIT["ls"] = {"method": choice(*_FIT_METHODS)}  # closed form: nothing to set
+_FIT_DEFAULTS = {"sgd": {"num_epochs": 1, "batch_size": 32}, "em": {"num_iters": 100}, "ls": {}}
 _DATA_DEFAULTS = {"text": {"sequence_length": 256, "split": [0.9, 0.05, 0.05]}}
 _DATA_DEFAULTS["series"] = {"split": [0.8, 0.1, 0.1], "standardize": True}
 
@@ -216,7 +197,7 @@ class Spec:
 
     @property
     def method(self) -> str:
-        """ "sgd" or "em"."""
+        """ "sgd", "em" or "ls"."""
         return self.fit["method"]
 
     def to_dict(self) -> dict:
@@ -245,32 +226,17 @@ class Spec:
             obs_dim: dimension of each observation (series data).
         """
         m = dict(self.model)
-        family = FAMILIES[m.pop("family")]
-        head_name = m.pop("head")
-        num_components = m.pop("num_components", None)
-        if head_name == "categorical":
-            if vocab_size is None:
-                raise SpecError(f"{self.source}: a categorical head needs vocab_size.")
-            head = heads_lib.CategoricalHead(vocab_size)
-        else:
-            if obs_dim is None:
-                raise SpecError(f"{self.source}: a {head_name} head needs obs_dim.")
-            if head_name == "mixture_normal":
-                extra = {} if num_components is None else {"num_components": num_components}
-                head = heads_lib.MixtureNormalHead(obs_dim, **extra)
-            else:
-                head = {
-                    "normal": heads_lib.NormalHead,
-                    "poisson": heads_lib.PoissonHead,
-                    "bernoulli": heads_lib.BernoulliHead,
-                }[head_name](obs_dim)
-        if family is HMM:
-            return HMM(num_states=m.pop("num_states"), head=head, scan=m.pop("scan", "auto"))
-        if head_name == "categorical":
-            return family(vocab_size=vocab_size, **m)
-        if head_name == "normal":
-            return family(obs_dim=obs_dim, **m)
-        return family(head=head, **m)
+        family = FAMILY_SPECS[m.pop("family")]
+        try:
+            head = make_head(
+                m.pop("head"),
+                vocab_size=vocab_size,
+                obs_dim=obs_dim,
+                num_components=m.pop("num_components", None),
+            )
+        except ValueError as e:
+            raise SpecError(f"{self.source}: {e}") from None
+        return family.build(m, head)
 
     def init_params(self, model):
         """Random starting parameters from ``seed``."""
@@ -291,10 +257,13 @@ class Spec:
         Returns:
             :class:`probseq.FitResult`.
         """
-        from probseq.fit import fit_em, fit_sgd
+        from probseq.fit import fit_em, fit_ls, fit_sgd
 
         f = dict(self.fit)
         method = f.pop("method")
+        if method == "ls":
+            dtype = jax.tree.leaves(params)[0].dtype
+            return fit_ls(model, train.x, mask=train.mask, dtype=dtype)
         if method == "em":
             prior = f.pop("prior", None)
             if prior is not None:
@@ -348,32 +317,44 @@ def parse_spec(d: dict, *, source: str = "<dict>") -> Spec:
     if not isinstance(d["model"], dict):
         raise SpecError(f"{source}: [model] must be a table.")
     family = _require(d["model"], "family", "[model]", source)
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILY_SPECS:
         raise SpecError(
-            f"{source}: [model].family must be one of {', '.join(FAMILIES)}; got {family!r}."
+            f"{source}: [model].family must be one of {', '.join(FAMILY_SPECS)}; got {family!r}."
         )
-    model = _check_table(d["model"], _MODEL[family], f"[model] (family {family!r})", source)
-    model.setdefault("head", "categorical" if kind == "text" else "normal")
+    fam = FAMILY_SPECS[family]
+    allowed = {"family": choice(*FAMILY_SPECS), **fam.keys, "head": choice(*fam.heads)}
+    if "mixture_normal" in fam.heads:
+        allowed["num_components"] = POSITIVE_INT
+    model = _check_table(d["model"], allowed, f"[model] (family {family!r})", source)
+    for key in fam.required:
+        _require(model, key, f"[model] (family {family!r})", source)
+    real_heads = [h for h in fam.heads if h != "categorical"]
+    if kind == "text" and "categorical" not in fam.heads:
+        raise SpecError(f"{source}: family {family!r} models real-valued series, not text.")
+    if kind == "series" and not real_heads:
+        raise SpecError(f"{source}: family {family!r} models tokens, not real-valued series.")
+    model.setdefault("head", "categorical" if kind == "text" else real_heads[0])
     if kind == "text" and model["head"] != "categorical":
         raise SpecError(f"{source}: text data needs head = 'categorical'; got {model['head']!r}.")
     if kind == "series" and model["head"] == "categorical":
         raise SpecError(f"{source}: series data needs a real-valued head, not 'categorical'.")
     if "num_components" in model and model["head"] != "mixture_normal":
         raise SpecError(f"{source}: [model].num_components needs head = 'mixture_normal'.")
-    if family == "hmm":
-        _require(model, "num_states", "[model] (family 'hmm')", source)
-        if model["head"] == "mixture_normal":
-            raise SpecError(f"{source}: an hmm takes head 'categorical', 'normal', 'poisson' "
-                            "or 'bernoulli'.")  # fmt: skip
 
     if not isinstance(d["fit"], dict):
         raise SpecError(f"{source}: [fit] must be a table.")
     method = _require(d["fit"], "method", "[fit]", source)
     if method not in _FIT:
-        raise SpecError(f"{source}: [fit].method must be 'sgd' or 'em'; got {method!r}.")
+        raise SpecError(
+            f"{source}: [fit].method must be {_or(repr(m) for m in _FIT_METHODS)}; got {method!r}."
+        )
     fit = _check_table(d["fit"], _FIT[method], f"[fit] (method {method!r})", source)
-    if method == "em" and family != "hmm":
-        raise SpecError(f"{source}: method = 'em' fits family = 'hmm' only; use 'sgd'.")
+    if method not in fam.fit_methods:
+        fitted = [n for n, f in FAMILY_SPECS.items() if method in f.fit_methods]
+        raise SpecError(
+            f"{source}: method = {method!r} fits family = {_or(repr(n) for n in fitted)} only; "
+            f"for {family!r} use {_or(repr(m) for m in fam.fit_methods)}."
+        )
     fit = {**_FIT_DEFAULTS[method], **fit}
     return Spec(
         data=data,
@@ -383,6 +364,11 @@ def parse_spec(d: dict, *, source: str = "<dict>") -> Spec:
         description=top.get("description", ""),
         source=source,
     )
+
+
+def _or(items) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
 def load_spec(path) -> Spec:

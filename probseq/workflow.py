@@ -202,9 +202,14 @@ def fit_spec(
 
     # Scores in the data's own units: a standardised series' density is mapped back.
     log_det = 0.0 if splits.scaler is None else splits.scaler.log_abs_det_jacobian
+    from probseq.compare import conditioned_steps
+
     for part in ("valid", "test"):
         total = float(np.sum(log_prob(model, fit.params, parts[part].x, parts[part].mask)))
-        per = total / int(parts[part].mask.sum()) - log_det
+        # per step scored: an AR(d) conditions on the first d steps of each row
+        lengths = parts[part].mask.sum(axis=-1)
+        scored = int(np.maximum(lengths - conditioned_steps(model), 0).sum())
+        per = total / max(scored, 1) - log_det
         info[f"{part}_log_lik"] = per
         info[f"{part}_bits_per_symbol"] = -per / math.log(2)
     return Run(

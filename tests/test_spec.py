@@ -53,7 +53,7 @@ def test_there_is_a_spec_for_every_required_model():
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
 def test_every_spec_loads_fits_a_few_steps_and_scores(path, tmp_path):
     s = spec.load_spec(path)
-    short = {"num_iters": 2} if s.method == "em" else {"num_epochs": 1}
+    short = {"em": {"num_iters": 2}, "ls": {}}.get(s.method, {"num_epochs": 1})
     s = s.replace(fit=short)
     source = _text_source() if s.kind == "text" else _series_source()
     run = workflow.fit_spec(s, source, progress=False)
@@ -94,7 +94,7 @@ def test_unknown_key_lists_the_allowed_ones(tmp_path):
         ({"model": {"family": "gru", "head": "normal"}}, "text data needs head = 'categorical'"),
         ({"fit": {"method": "em"}}, "method = 'em' fits family = 'hmm' only"),
         ({"fit": {"method": "sgd", "num_iters": 3}}, r"unknown key 'num_iters' in \[fit\]"),
-        ({"fit": {"method": "adam"}}, "method must be 'sgd' or 'em'"),
+        ({"fit": {"method": "adam"}}, "method must be 'sgd', 'em' or 'ls'"),
         ({"fit": {"method": "sgd", "learning_rate": -1.0}}, "learning_rate must be a positive"),
         ({"data": {"kind": "text", "split": [0.9, 0.9]}}, r"split must be \[train, valid, test\]"),
         ({"data": {"kind": "text", "columns": ["a"]}}, "columns applies to kind = 'series'"),

@@ -1,23 +1,44 @@
-"""Model families: one short file each, all meeting the contract in probseq.core."""
+"""Model families: one short file each, all meeting the contract in probseq.core.
 
+Each family file ends with its ``SPEC`` (a :class:`probseq.families.registry.FamilySpec`:
+its model-spec keys, their checks and its constructor); :data:`FAMILY_SPECS` lists them
+in the order messages show them.
+"""
+
+from probseq.families import ar, gru, hmm, lru, lstm, mingru, minlstm, rnn
+from probseq.families.ar import AR, ARState
 from probseq.families.gru import GRU
 from probseq.families.hmm import HMM, CategoricalHMM, GaussianHMM, HMMParams
 from probseq.families.lru import LRU
 from probseq.families.lstm import LSTM
 from probseq.families.mingru import MinGRU
+from probseq.families.minlstm import MinLSTM
 from probseq.families.recurrent import RecurrentNetwork, RecurrentState
+from probseq.families.registry import FamilySpec, register, registered
 from probseq.families.rnn import RNN
+
+for _family in (rnn, lstm, gru, mingru, minlstm, lru, hmm, ar):
+    register(_family.SPEC)
+
+#: Every family a model spec can name, by name (families registered later appear too).
+FAMILY_SPECS = registered()
 
 __all__ = [
     "RNN",
     "LSTM",
     "GRU",
     "MinGRU",
+    "MinLSTM",
     "LRU",
     "HMM",
     "CategoricalHMM",
     "GaussianHMM",
     "HMMParams",
+    "AR",
+    "ARState",
     "RecurrentNetwork",
     "RecurrentState",
+    "FamilySpec",
+    "FAMILY_SPECS",
+    "register",
 ]

@@ -18,7 +18,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from probseq.families.recurrent import RecurrentNetwork, dense_init, recurrent_init
+from probseq.families.recurrent import (
+    RecurrentNetwork,
+    dense_init,
+    recurrent_init,
+    recurrent_spec,
+)
 
 __all__ = ["GRU"]
 
@@ -51,3 +56,6 @@ class GRU(RecurrentNetwork):
         n = jnp.tanh(xn + r * hn)
         h = (1.0 - z) * n + z * h
         return h, h
+
+
+SPEC = recurrent_spec("gru", GRU)

@@ -32,6 +32,7 @@ import numpy as np
 from probseq import memory, validation
 from probseq.auto import choose_hmm_filter, choose_smoother
 from probseq.core import SequenceModel, as_batch, param_dtype, poison_invalid_rows
+from probseq.families.registry import POSITIVE_INT, FamilySpec, choice
 from probseq.heads import CategoricalHead, Head, NormalHead
 from probseq.hmm_inference import (
     FILTER_METHODS,
@@ -423,3 +424,14 @@ class GaussianHMM(HMM):
             self.transition_matrix(params),
             (e["loc"], jnp.exp(e["log_scale"])),
         )
+
+
+SPEC = FamilySpec(
+    name="hmm",
+    model=HMM,
+    keys={"num_states": POSITIVE_INT, "scan": choice(*SCAN_CHOICES)},
+    build=lambda options, head: HMM(head=head, **options),
+    heads=("categorical", "normal", "poisson", "bernoulli"),
+    required=("num_states",),
+    fit_methods=("sgd", "em"),
+)

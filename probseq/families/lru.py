@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from probseq import validation
-from probseq.families.recurrent import RecurrentNetwork, dense_init
+from probseq.families.recurrent import RecurrentNetwork, dense_init, recurrent_spec
+from probseq.families.registry import FRACTION, POSITIVE_INT, POSITIVE_NUMBER, choice
 from probseq.scan import NEURAL, SCAN_MODES, linear_recurrence, resolve_scan_mode
 
 __all__ = ["LRU"]
@@ -137,3 +138,14 @@ class LRU(RecurrentNetwork):
         parallel = resolve_scan_mode(self.scan) == "parallel"
         hs = linear_recurrence(self._eigenvalues(p), bu, h, parallel=parallel)
         return hs, self._output(p, hs, xn, z)
+
+
+SPEC = recurrent_spec(
+    "lru",
+    LRU,
+    scan=choice(*SCAN_MODES),
+    state_size=POSITIVE_INT,
+    r_min=FRACTION,
+    r_max=FRACTION,
+    max_phase=POSITIVE_NUMBER,
+)

@@ -19,7 +19,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from probseq.families.recurrent import RecurrentNetwork, dense_init, recurrent_init
+from probseq.families.recurrent import (
+    RecurrentNetwork,
+    dense_init,
+    recurrent_init,
+    recurrent_spec,
+)
 
 __all__ = ["LSTM"]
 
@@ -51,3 +56,6 @@ class LSTM(RecurrentNetwork):
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return (h, c), h
+
+
+SPEC = recurrent_spec("lstm", LSTM)

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from probseq import validation
-from probseq.families.recurrent import RecurrentNetwork, dense_init
+from probseq.families.recurrent import RecurrentNetwork, dense_init, recurrent_spec
+from probseq.families.registry import choice
 from probseq.scan import NEURAL, SCAN_MODES, linear_recurrence, resolve_scan_mode
 
 __all__ = ["MinGRU"]
@@ -75,3 +76,6 @@ class MinGRU(RecurrentNetwork):
         a, b = pre
         hs = linear_recurrence(a, b, h, parallel=resolve_scan_mode(self.scan) == "parallel")
         return hs, hs
+
+
+SPEC = recurrent_spec("mingru", MinGRU, scan=choice(*SCAN_MODES))

@@ -28,9 +28,10 @@ import jax.numpy as jnp
 
 from probseq import memory, validation
 from probseq.core import SequenceModel, param_dtype
+from probseq.families.registry import POSITIVE_INT, FamilySpec, Key
 from probseq.heads import CategoricalHead, Head, NormalHead
 
-__all__ = ["RecurrentNetwork", "RecurrentState"]
+__all__ = ["RecurrentNetwork", "RecurrentState", "recurrent_spec"]
 
 
 class RecurrentState(NamedTuple):
@@ -210,3 +211,26 @@ def recurrent_init(key, hidden_size: int, blocks: int, dtype):
     keys = jax.random.split(key, blocks)
     ortho = jax.nn.initializers.orthogonal()
     return jnp.concatenate([ortho(k, (hidden_size, hidden_size), dtype) for k in keys], axis=1)
+
+
+#: The [model] keys every recurrent network takes (besides family, head, num_components).
+RECURRENT_KEYS = {
+    "hidden_size": POSITIVE_INT,
+    "num_layers": POSITIVE_INT,
+    "embed_size": POSITIVE_INT,
+}
+
+
+def recurrent_spec(name: str, cls: type, **extra_keys: Key) -> FamilySpec:
+    """The :class:`~probseq.families.registry.FamilySpec` of a recurrent network class:
+    the shared keys plus ``extra_keys``; a categorical head is given as ``vocab_size=``
+    and a Normal head as ``obs_dim=`` (so the model equals the one a user writes)."""
+
+    def build(options, head):
+        if isinstance(head, CategoricalHead):
+            return cls(vocab_size=head.vocab_size, **options)
+        if type(head) is NormalHead:
+            return cls(obs_dim=head.obs_dim, **options)
+        return cls(head=head, **options)
+
+    return FamilySpec(name=name, model=cls, keys={**RECURRENT_KEYS, **extra_keys}, build=build)

@@ -13,7 +13,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from probseq.families.recurrent import RecurrentNetwork, dense_init, recurrent_init
+from probseq.families.recurrent import (
+    RecurrentNetwork,
+    dense_init,
+    recurrent_init,
+    recurrent_spec,
+)
 
 __all__ = ["RNN"]
 
@@ -40,3 +45,6 @@ class RNN(RecurrentNetwork):
     def cell_recur(self, p, h, pre):
         h = jnp.tanh(pre + h @ p["w_hh"])
         return h, h
+
+
+SPEC = recurrent_spec("rnn", RNN)

@@ -1,6 +1,7 @@
 """Fitting: SGD for every model, EM for hidden Markov models."""
 
 from probseq.fit.em import DirichletPrior, HMMStatistics, em_step, expected_statistics, fit_em
+from probseq.fit.ls import fit_ls
 from probseq.fit.result import FitResult
 from probseq.fit.sgd import (
     CheckpointMismatchError,
@@ -17,6 +18,7 @@ __all__ = [
     "NonFiniteLossError",
     "CheckpointMismatchError",
     "fit_em",
+    "fit_ls",
     "em_step",
     "sgd_init",
     "sgd_update",
