@@ -79,6 +79,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from probseq import sharding, validation
@@ -641,6 +642,12 @@ def _fingerprint(model, train, valid, batch_size, bptt_length, shuffle, key) -> 
     }
 
 
+def _gather(mesh, batch):
+    """A batch of this process's sequences -> every process's, in process order."""
+    mask, x, inputs = sharding.gather_batch(mesh, batch.mask, batch.x, batch.inputs)
+    return batch._replace(x=x, mask=mask, inputs=inputs)
+
+
 def _history_arrays(history: dict) -> dict:
     return {k: np.asarray(v) for k, v in history.items()}
 
@@ -766,6 +773,10 @@ def fit_sgd(
         if valid_data is None
         else as_batch(model, params, valid_data, valid_mask, valid_inputs, name="valid_data")
     )
+    multiprocess = sharding.is_multiprocess(mesh)
+    if multiprocess:  # each process passed its share: every process gets them all
+        train, valid = _gather(mesh, train), valid and _gather(mesh, valid)
+    writer = jax.process_index() == 0  # the process that writes checkpoints
 
     # ---- layout
     x_np, mask_np = np.asarray(train.x), np.asarray(train.mask)
@@ -808,9 +819,11 @@ def fit_sgd(
             "patience": patience,
             "max_nonfinite_steps": max_nonfinite_steps,
         }
-        if os.path.isdir(checkpoint_dir):
+        if writer and os.path.isdir(checkpoint_dir):
             checkpoint.remove_stale_temporaries(checkpoint_dir)
         ckpt = checkpoint.load_checkpoint(checkpoint_dir)
+        if multiprocess:  # every process read the same file before any is written
+            multihost_utils.sync_global_devices("probseq.fit_sgd: checkpoint read")
         if ckpt is not None:
             _check_fingerprint(ckpt, fingerprint)
             params = _strong(checkpoint.restore_tree(params, ckpt, "params"))
@@ -844,6 +857,8 @@ def fit_sgd(
     evaluate = _AheadOfTime(lambda: _make_evaluate(model, mesh), ("evaluate", model, mesh))
     if mesh is not None:
         carry, data_windows = sharding.replicate(mesh, (carry, data_windows))
+        if valid is not None:
+            valid_x, valid_m, valid_u = sharding.replicate(mesh, (valid_x, valid_m, valid_u))
 
     def valid_log_lik(p):
         totals = np.asarray(evaluate(p, valid_x, valid_m, valid_u), np.float64)
@@ -854,6 +869,8 @@ def fit_sgd(
 
     def save(status):
         run["status"] = status
+        if not writer:
+            return
         checkpoint.save_checkpoint(
             checkpoint_dir,
             {
@@ -889,7 +906,7 @@ def fit_sgd(
 
     # ---- the loop
     hist = run["history"]
-    bar = tqdm(total=num_epochs * first_steps, disable=not progress, unit="step", leave=True)
+    bar = tqdm(total=num_epochs * first_steps, disable=not (progress and writer), unit="step")
     bar.update(min(run["num_steps"] + run["num_skipped"], bar.total))
     last_saved = (run["num_steps"] + run["num_skipped"]) // checkpoint_every
     stopped = "completed"
@@ -911,7 +928,10 @@ def fit_sgd(
                 chunk_windows = np.zeros((k_steps,), np.int32)
                 chunk_rows[:k], chunk_windows[:k] = rows[s : s + k], windows[s : s + k]
                 tic, compiling = time.perf_counter(), train_chunk.compile_time_s
-                carry, outs = train_chunk(carry, data_windows, chunk_rows, chunk_windows)
+                schedule = (chunk_rows, chunk_windows)
+                if mesh is not None:
+                    schedule = sharding.replicate(mesh, schedule)
+                carry, outs = train_chunk(carry, data_windows, *schedule)
                 totals, counts, oks, bads, halted = jax.device_get(outs)
                 compiling = train_chunk.compile_time_s - compiling
                 acc["time_s"] += time.perf_counter() - tic - compiling
