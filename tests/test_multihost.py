@@ -174,3 +174,73 @@ def test_process_split_rejects_too_few_sequences():
         process_split([np.zeros(3)], process_index=0, process_count=2)
     with pytest.raises(ValueError, match="different numbers of rows"):
         process_split((np.zeros((3, 2)), np.zeros((2, 2))), process_index=0, process_count=1)
+
+
+_SPEC = """seed = 0
+[data]
+kind = "text"
+sequence_length = 12
+split = [0.8, 0.1, 0.1]
+[model]
+family = "gru"
+hidden_size = 6
+[fit]
+method = "sgd"
+num_epochs = 2
+batch_size = 3
+learning_rate = 0.05
+"""
+
+
+@pytest.mark.slow
+def test_cli_fit_on_two_processes_equals_one(tmp_path):
+    """`probseq fit --devices all` with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+    JAX_PROCESS_ID: one run directory (written by process 0), the one-process params."""
+    from probseq import cli
+
+    spec, text = tmp_path / "gru.toml", tmp_path / "text.txt"
+    spec.write_text(_SPEC)
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 6)
+    one = tmp_path / "one"
+    assert cli.main(["fit", str(spec), "--data", str(text), "--out", str(one), "--quiet"]) == 0
+    port, two = _free_port(), tmp_path / "two"
+    procs = []
+    for pid in range(2):
+        env = _env()
+        env.update(
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+        )  # fmt: skip
+        args = ["fit", str(spec), "--data", str(text), "--out", str(two), "--devices", "all"]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "probseq.cli", *args, "--quiet"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            )
+        )
+    try:
+        outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "saved" in outs[0] and "saved" not in outs[1]  # process 0 alone talks and writes
+    a, b = probseq.load(one), probseq.load(two)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        _close(y, x)
+
+
+def test_cli_distributed_env_needs_devices(tmp_path, monkeypatch, capsys):
+    from probseq import cli
+
+    spec = tmp_path / "gru.toml"
+    spec.write_text(_SPEC)
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    code = cli.main(["fit", str(spec), "--data", "builtin:pydoc", "--out", str(tmp_path / "r")])
+    assert code in (1, 2)  # one line, before any work
+    assert "needs --devices all" in capsys.readouterr().err
