@@ -438,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--devices",
         help="split the sequences over 'all' of this process's devices, or the first N "
         "(the same fit as on one; e.g. GPUs, or CPU devices with "
-        "XLA_FLAGS=--xla_force_host_platform_device_count=N)",
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N); with JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES and JAX_PROCESS_ID set, 'all' spans every process's devices",
     )
     p.set_defaults(func=cmd_fit)
 
