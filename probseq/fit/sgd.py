@@ -22,11 +22,14 @@ How a fit runs:
   a ``lax.scan``. It is lowered and compiled on first use, and the executable is
   reused by every epoch: it cannot retrace (shapes never change: batches are padded,
   and the last call of an epoch runs no-op steps behind ``lax.cond``). Validation is
-  a second compiled function over full sequences (no truncation). The last 8
-  executables are kept across calls: a second ``fit_sgd`` with the same model, the
-  same optimizer object (or the default one with the same settings) and the same
-  shapes compiles nothing. The progress bar, checkpoints and early stopping act
-  between calls.
+  a second compiled function over full sequences (no truncation). Both are kept
+  across calls in a :class:`CompiledSteps` (the last 8; ``compiled=``, default
+  :data:`SHARED`): a second ``fit_sgd`` with the same model, the same optimizer
+  object (or the default one with the same settings) and the same shapes compiles
+  nothing. The progress bar, checkpoints and early stopping act between calls.
+* **The step.** Every optimizer step is the one :func:`sgd_update` takes (a pure
+  function of an :class:`SGDState` and a batch), continued across TBPTT windows;
+  ``fit_sgd`` is the driver around it.
 * **Non-finite steps.** A step whose loss, gradient or update holds NaN or inf is
   skipped: parameters and optimizer state stay as they were, the step is counted in
   ``history["skipped_steps"]``. After ``max_nonfinite_steps`` consecutive skipped
@@ -96,6 +99,8 @@ __all__ = [
     "NonFiniteLossError",
     "window_log_probs",
     "truncated_step_log_probs",
+    "CompiledSteps",
+    "clear_compiled_cache",
 ]
 
 PyTree = Any
