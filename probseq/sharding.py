@@ -24,6 +24,8 @@ to the same call with the same ``mesh``:
   result equal a one-process fit of the concatenated shares; its checkpoints are
   written by process 0 only (``checkpoint_dir`` must be a directory every process
   reads, e.g. on a shared file system) and every process resumes from them.
+* ``probseq.compare`` scores each process's share: its table is that share's, not
+  the whole data set's (sum the per-sequence ``log_prob`` across processes instead).
 
 Shares may differ in length and in their longest sequence: each is padded (time to
 the longest of all, rows with fully masked sequences to a multiple of its devices),
