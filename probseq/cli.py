@@ -91,34 +91,95 @@ def cmd_fit(args, echo) -> None:
 
     s = spec.load_spec(args.spec)
     mesh = _mesh(args.devices)
+    primary = _primary(mesh)  # with several processes, process 0 alone writes and talks
+    if not primary:
+        echo = _silent
     columns = _columns(args.columns)
     _text_columns(s.kind, columns)
     if columns is None and s.kind == "series":
         columns = s.data.get("columns")
-    out, created = io.check_out(args.out)
+    out, created = io.check_out(args.out) if primary else (args.out, None)
     try:
         source = _read(workflow, s.kind, args.data, columns, echo)
         fingerprint = workflow.fit_fingerprint(s, source)
-        state = io.claim(out, fingerprint)
+        state = io.claim(out, fingerprint) if primary else None
     except BaseException:
         io.undo_check_out(out, created)  # leave no empty directory behind a refused fit
         raise
+    state = _from_process_0(mesh, state)
     if state == "finished":
         run = io.load(out)
         echo(f"{out} already holds this fit (same spec and data): {run.model!r}; "
              f"{_scores(run, s.kind)}")  # fmt: skip
     else:
         run = _fit_into(s, source, out, fingerprint, state == "resume", args, echo, mesh)
-    if args.plot:
+    if args.plot and primary:
         _save_plot(plots.plot_learning_curves(run.history, title=repr(run.model)), args.plot, echo)
+
+
+#: Read by ``probseq fit --devices``: with JAX_COORDINATOR_ADDRESS (host:port of
+#: process 0, read by jax.distributed itself) or JAX_NUM_PROCESSES set, the CLI calls
+#: ``jax.distributed.initialize(num_processes=$JAX_NUM_PROCESSES,
+#: process_id=$JAX_PROCESS_ID)`` first (under SLURM or Open MPI, jax finds all three).
+DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def _distributed_initialize() -> None:
+    import jax
+
+    counts = {}
+    for name in DISTRIBUTED_ENV[1:]:
+        value = os.environ.get(name)
+        if value is not None:
+            try:
+                counts[name] = int(value)
+            except ValueError:
+                raise _Usage(f"{name} must be an integer; got {value!r}.") from None
+    jax.distributed.initialize(
+        num_processes=counts.get("JAX_NUM_PROCESSES"), process_id=counts.get("JAX_PROCESS_ID")
+    )
+
+
+def _primary(mesh) -> bool:
+    import jax
+
+    return mesh is None or jax.process_index() == 0
+
+
+def _silent(*_args, **_kwargs) -> None:
+    return None
+
+
+def _from_process_0(mesh, state):
+    """Process 0's claim of the run directory ("new", "resume", "finished"), on every
+    process of a multi-process mesh."""
+    from probseq import sharding
+
+    if not sharding.is_multiprocess(mesh):
+        return state
+    from jax.experimental import multihost_utils
+
+    states = ("new", "resume", "finished")
+    code = states.index(state) if state is not None else 0
+    return states[int(multihost_utils.broadcast_one_to_all(np.int32(code)))]
 
 
 def _mesh(devices):
     """--devices: None (one device), "all", or a count of this process's devices; the
-    fit is the same on any number (sequences split over a mesh, probseq.sharding)."""
+    fit is the same on any number (sequences split over a mesh, probseq.sharding).
+    With the DISTRIBUTED_ENV variables set, "all" spans every process's devices."""
+    distributed = any(os.environ.get(name) for name in DISTRIBUTED_ENV[:2])
     if devices is None:
+        if distributed:
+            raise _Usage(
+                "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES are set: a multi-process fit "
+                "needs --devices all."
+            )
         return None
     from probseq import sharding
+
+    if distributed:
+        _distributed_initialize()
 
     if devices != "all":
         try:
@@ -147,7 +208,8 @@ def _fit_into(s, source, out, fingerprint, resuming, args, echo, mesh=None):
             f"settings ({checkpoints}); fit into another --out, or delete {checkpoints} "
             f"to start afresh. ({e})"
         ) from None
-    io.save_run(run, out, fingerprint=fingerprint)
+    if _primary(mesh):  # one writer of the run directory
+        io.save_run(run, out, fingerprint=fingerprint)
     echo(f"saved {out}: {run.model!r}; {_scores(run, s.kind)} ({run.info['fit_seconds']:.1f} s)")
     return run
 
@@ -376,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--devices",
         help="split the sequences over 'all' of this process's devices, or the first N "
         "(the same fit as on one; e.g. GPUs, or CPU devices with "
-        "XLA_FLAGS=--xla_force_host_platform_device_count=N)",
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N); with JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES and JAX_PROCESS_ID set, 'all' spans every process's devices",
     )
     p.set_defaults(func=cmd_fit)
 

@@ -314,7 +314,10 @@ def score(
         n = batch.x.shape[0]
         xs, ms, us, hs = sharding.shard_batch(mesh, batch.x, batch.mask, batch.inputs, h0)
         out = _score_kernel(model, sharding.replicate(mesh, params), xs, ms, us, hs)
-        total, lps, final = jax.tree.map(lambda a: a[:n], out)
+        if sharding.is_multiprocess(mesh):  # this process's sequences, as it passed them
+            total, lps, final = jax.tree.map(jnp.asarray, sharding.local_rows(mesh, out, n))
+        else:
+            total, lps, final = jax.tree.map(lambda a: a[:n], out)
     if not batch.batched:
         return ScoreResult(total[0], lps[0], jax.tree.map(lambda a: a[0], final))
     return ScoreResult(total, lps, final)

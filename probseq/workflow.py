@@ -25,9 +25,11 @@ import os
 import time
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from probseq import data as data_lib
+from probseq import sharding
 from probseq.io import Run
 from probseq.spec import Spec
 
@@ -183,15 +185,14 @@ def fit_spec(
         model = spec.build_model(obs_dim=splits.train.x.shape[-1])
     parts = {n: _as_float32(getattr(splits, n)) for n in ("train", "valid", "test")}
     params = spec.init_params(model)
+    train, valid = parts["train"], parts["valid"]
+    if sharding.is_multiprocess(mesh):  # each process fits with its share of the sequences
+        train, valid = (data_lib.Split(*sharding.process_split(tuple(p))) for p in (train, valid))
     fit = spec.fit_model(
-        model,
-        params,
-        parts["train"],
-        parts["valid"],
-        progress=progress,
-        checkpoint_dir=checkpoint_dir,
-        mesh=mesh,
+        model, params, train, valid, progress=progress, checkpoint_dir=checkpoint_dir, mesh=mesh
     )
+    if sharding.is_multiprocess(mesh):  # replicated over every process: a local copy
+        fit = fit._replace(params=jax.tree.map(np.asarray, fit.params))
     info = {
         "source": source.origin,
         "num_train_symbols": int(parts["train"].mask.sum()),

@@ -98,3 +98,51 @@ def test_em_step_repeated_equals_fit_em():
     assert all(b >= a - 1e-4 * abs(a) for a, b in zip(history, history[1:], strict=False))
     with pytest.raises(ValueError, match="estep must be one of"):
         probseq.em_step(model, p, x, mask=mask, estep="fast")
+
+
+def test_fit_sgd_is_a_driver_around_sgd_update():
+    """Whole batches, no shuffle, no TBPTT: fit_sgd's steps are sgd_update's steps
+    (same params and optimizer state after 4 epochs of 2 steps)."""
+    model = probseq.GRU(vocab_size=5, hidden_size=8)
+    x, mask = _tokens()
+    params = model.init(jax.random.key(0))
+    opt = optax.adam(0.05)
+    fit = probseq.fit_sgd(model, params, x, mask=mask, key=jax.random.key(1), num_epochs=4,
+                          batch_size=3, optimizer=opt, shuffle=False, progress=False)  # fmt: skip
+    state = probseq.sgd_init(model, params, opt)
+    step = jax.jit(probseq.sgd_update)
+    for _ in range(4):
+        for rows in (slice(0, 3), slice(3, 6)):
+            state, _ = step(state, (x[rows], mask[rows]))
+    assert fit.info["num_steps"] == int(state.step) == 8
+    for a, b in zip(jax.tree.leaves(fit.params), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(
+        jax.tree.leaves(fit.info["opt_state"]), jax.tree.leaves(state.opt_state), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_steps_is_an_explicit_cache():
+    """fit_sgd(compiled=CompiledSteps()) keeps its executables there, not in SHARED; a
+    second fit with the same object compiles nothing; a wrong object is refused."""
+    from probseq.fit.sgd import SHARED, CompiledSteps
+
+    model = probseq.GRU(vocab_size=5, hidden_size=7)
+    x, mask = _tokens()
+    own = CompiledSteps(size=2)
+    SHARED.clear()
+
+    def fit(compiled):
+        return probseq.fit_sgd(model, model.init(jax.random.key(0)), x, mask=mask,
+                               key=jax.random.key(1), num_epochs=1, batch_size=3,
+                               progress=False, compiled=compiled)  # fmt: skip
+
+    first = fit(own)
+    assert first.info["compile_time_s"] > 0
+    assert len(own._executables._entries) == 1 and not SHARED._executables._entries
+    assert fit(own).info["compile_time_s"] == 0.0
+    own.clear()
+    assert fit(own).info["compile_time_s"] > 0
+    with pytest.raises(ValueError, match="compiled must be a CompiledSteps"):
+        fit({})

@@ -468,7 +468,7 @@ def fit_em(
         "converged": bool(converged[best]),
         "best_restart": best,
         "restart_objectives": finals,
-        "num_tokens": int(np.asarray(batch.mask).sum()),
+        "num_tokens": int(jnp.sum(x_mask)),  # every process's, with a multi-process mesh
     }
     return FitResult(best_params, history, info)
 

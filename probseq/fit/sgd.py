@@ -22,11 +22,14 @@ How a fit runs:
   a ``lax.scan``. It is lowered and compiled on first use, and the executable is
   reused by every epoch: it cannot retrace (shapes never change: batches are padded,
   and the last call of an epoch runs no-op steps behind ``lax.cond``). Validation is
-  a second compiled function over full sequences (no truncation). The last 8
-  executables are kept across calls: a second ``fit_sgd`` with the same model, the
-  same optimizer object (or the default one with the same settings) and the same
-  shapes compiles nothing. The progress bar, checkpoints and early stopping act
-  between calls.
+  a second compiled function over full sequences (no truncation). Both are kept
+  across calls in a :class:`CompiledSteps` (the last 8; ``compiled=``, default
+  :data:`SHARED`): a second ``fit_sgd`` with the same model, the same optimizer
+  object (or the default one with the same settings) and the same shapes compiles
+  nothing. The progress bar, checkpoints and early stopping act between calls.
+* **The step.** Every optimizer step is the one :func:`sgd_update` takes (a pure
+  function of an :class:`SGDState` and a batch), continued across TBPTT windows;
+  ``fit_sgd`` is the driver around it.
 * **Non-finite steps.** A step whose loss, gradient or update holds NaN or inf is
   skipped: parameters and optimizer state stay as they were, the step is counted in
   ``history["skipped_steps"]``. After ``max_nonfinite_steps`` consecutive skipped
@@ -79,6 +82,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from probseq import sharding, validation
@@ -95,6 +99,8 @@ __all__ = [
     "NonFiniteLossError",
     "window_log_probs",
     "truncated_step_log_probs",
+    "CompiledSteps",
+    "clear_compiled_cache",
 ]
 
 PyTree = Any
@@ -200,14 +206,6 @@ def truncated_step_log_probs(model, params, x, mask, bptt_length: int, inputs=No
 
 
 # ------------------------------------------------------------------ compiled pieces
-class _Carry(NamedTuple):
-    params: PyTree
-    opt_state: PyTree
-    carried: PyTree  # TBPTT state (B, ...)
-    consecutive: jax.Array  # int32 (): consecutive non-finite steps
-    halted: jax.Array  # bool (): max_nonfinite_steps reached
-
-
 class _Windows(NamedTuple):
     """Training data cut into windows: x (W, N + 1, L, *event), mask (W, N + 1, L),
     inputs (W, N + 1, L, input_dim) or None. Row N is all padding (mask False)."""
@@ -310,8 +308,9 @@ def sgd_init(model, params, optimizer=None) -> SGDState:
     validation.check_params(model, params)
     optimizer = _resolve_optimizer(optimizer, None, None)
     params = _strong(params)
-    return SGDState(params, _strong(optimizer.init(params)), jnp.zeros((), jnp.int32), model,
-                    optimizer)  # fmt: skip
+    return SGDState(
+        params, _strong(optimizer.init(params)), jnp.zeros((), jnp.int32), model, optimizer
+    )
 
 
 def sgd_update(state: SGDState, batch) -> tuple[SGDState, dict]:
@@ -333,21 +332,35 @@ def sgd_update(state: SGDState, batch) -> tuple[SGDState, dict]:
         ``finite`` (whether the update was applied).
     """
     x, mask, inputs = (tuple(batch) + (None,))[:3]
-    model, optimizer = state.model, state.optimizer
     mask = jnp.asarray(mask, bool)
     carried = jax.tree.map(
         lambda a: jnp.broadcast_to(a, (mask.shape[0],) + a.shape),
-        model.initial_state(state.params),
+        state.model.initial_state(state.params),
     )
-    params, opt_state, _, loss, total, ok = _optimizer_step(
-        model, optimizer, state.params, state.opt_state, carried, True, x, mask, inputs
+    new, _, metrics = _update(state, x, mask, inputs, carried, True)
+    return new, metrics
+
+
+def _update(state: SGDState, x, mask, inputs, carried, reset):
+    """:func:`sgd_update` continuing a carried TBPTT state (``reset``: start afresh):
+    (new state, final states (B, ...), metrics)."""
+    params, opt_state, final, loss, total, ok = _optimizer_step(
+        state.model,
+        state.optimizer,
+        state.params,
+        state.opt_state,
+        carried,
+        reset,
+        x,
+        mask,
+        inputs,
     )
     new = SGDState(
         _select(ok, params, state.params),
         _select(ok, opt_state, state.opt_state),
         state.step + ok.astype(jnp.int32),
-        model,
-        optimizer,
+        state.model,
+        state.optimizer,
     )
     metrics = {
         "loss": loss,
@@ -355,10 +368,19 @@ def sgd_update(state: SGDState, batch) -> tuple[SGDState, dict]:
         "num_steps": jnp.sum(mask, dtype=jnp.int32),
         "finite": ok,
     }
-    return new, metrics
+    return new, final, metrics
 
 
-def _make_train_chunk(model, optimizer, max_nonfinite_steps: int, mesh=None):
+class _Carry(NamedTuple):
+    """What fit_sgd's compiled chunks carry from step to step."""
+
+    state: SGDState  # parameters, optimizer state, steps applied
+    carried: PyTree  # TBPTT state (B, ...)
+    consecutive: jax.Array  # int32 (): consecutive non-finite steps
+    halted: jax.Array  # bool (): max_nonfinite_steps reached
+
+
+def _make_train_chunk(max_nonfinite_steps: int, mesh=None):
     acc_dtype = jnp.result_type(float)  # float64 under jax_enable_x64
 
     def _train_chunk(carry: _Carry, data: _Windows, rows, windows):
@@ -370,18 +392,16 @@ def _make_train_chunk(model, optimizer, max_nonfinite_steps: int, mesh=None):
             count = jnp.sum(mask, dtype=jnp.int32)
 
             def run(c: _Carry):
-                params, opt_state, final, _, total, ok = _optimizer_step(
-                    model, optimizer, c.params, c.opt_state, c.carried, w == 0, x, mask, inputs
-                )
+                state, final, metrics = _update(c.state, x, mask, inputs, c.carried, w == 0)
+                ok = metrics["finite"]
                 consecutive = jnp.where(ok, 0, c.consecutive + 1).astype(jnp.int32)
                 new = _Carry(
-                    params=_select(ok, params, c.params),
-                    opt_state=_select(ok, opt_state, c.opt_state),
+                    state,
                     carried=_select(_all_finite(final), final, c.carried),
                     consecutive=consecutive,
                     halted=consecutive >= max_nonfinite_steps,
                 )
-                total = jnp.where(ok, total, 0).astype(acc_dtype)
+                total = jnp.where(ok, metrics["log_likelihood"], 0).astype(acc_dtype)
                 return new, (total, ok, ~ok)
 
             def skip(c: _Carry):
@@ -451,18 +471,52 @@ class _BoundedCache:
         self._entries.clear()
 
 
-# Kept across fit_sgd calls (as fit_em's compiled step is), bounded so that a long
-# session fitting many models does not keep every executable alive: the compiled train
-# and validation steps by (function, model, optimizer, argument signature), and the
-# default optimizers by (learning_rate, max_grad_norm), built on first use.
-_EXECUTABLES = _BoundedCache()
-_DEFAULT_OPTIMIZERS = _BoundedCache()
+class CompiledSteps:
+    """fit_sgd's compiled train and validation steps (and default optimizers), kept
+    across calls so that a second fit with the same model, optimizer and shapes
+    compiles nothing: the last ``size`` executables by (function, model, optimizer,
+    argument signature), the default optimizers by (learning_rate, max_grad_norm).
+
+    ``fit_sgd(..., compiled=CompiledSteps())`` gives a fit its own (e.g. to free its
+    executables by dropping the object); the default is :data:`SHARED`.
+    """
+
+    def __init__(self, size: int = 8):
+        self._executables = _BoundedCache(size)
+        self._optimizers = _BoundedCache(size)
+
+    def default_optimizer(self, learning_rate, max_grad_norm):
+        """``clip_by_global_norm(max_grad_norm)`` then Adam: the same object for the
+        same settings (so that its compiled steps are found again)."""
+        key = (learning_rate, max_grad_norm)
+        default = self._optimizers.get(key)
+        if default is None:
+            default = optax.chain(
+                optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate)
+            )
+            self._optimizers.put(key, default)
+        return default
+
+    def train_chunk(self, model, optimizer, max_nonfinite_steps, mesh):
+        key = ("train", model, optimizer, max_nonfinite_steps, mesh)
+        return _AheadOfTime(lambda: _make_train_chunk(max_nonfinite_steps, mesh), self, key)
+
+    def evaluate(self, model, mesh):
+        return _AheadOfTime(lambda: _make_evaluate(model, mesh), self, ("evaluate", model, mesh))
+
+    def clear(self) -> None:
+        """Drop every kept executable and default optimizer."""
+        self._executables.clear()
+        self._optimizers.clear()
+
+
+#: The :class:`CompiledSteps` fit_sgd and sgd_init use unless given another.
+SHARED = CompiledSteps()
 
 
 def clear_compiled_cache() -> None:
     """Drop the compiled train and validation steps kept across fit_sgd calls."""
-    _EXECUTABLES.clear()
-    _DEFAULT_OPTIMIZERS.clear()
+    SHARED.clear()
 
 
 class _AheadOfTime:
@@ -471,11 +525,12 @@ class _AheadOfTime:
     Later calls run the compiled executable: they can never retrace (arguments of
     another shape or dtype raise instead), and the compile time is measured apart.
     ``cache_key`` (hashable; None: no reuse) identifies the function across fit_sgd
-    calls: the executable is taken from, and left in, the cross-call cache.
+    calls: the executable is taken from, and left in, ``compiled`` (CompiledSteps).
     """
 
-    def __init__(self, make, cache_key=None):
+    def __init__(self, make, compiled: CompiledSteps, cache_key=None):
         self._make = make
+        self._cache = compiled._executables
         self._cache_key = cache_key
         self._compiled = None
         self.compile_time_s = 0.0
@@ -483,12 +538,12 @@ class _AheadOfTime:
     def __call__(self, *args):
         if self._compiled is None:
             key = None if self._cache_key is None else (self._cache_key, _signature(args))
-            self._compiled = _EXECUTABLES.get(key)
+            self._compiled = self._cache.get(key)
             if self._compiled is None:
                 start = time.perf_counter()
                 self._compiled = jax.jit(self._make()).lower(*args).compile()
                 self.compile_time_s = time.perf_counter() - start
-                _EXECUTABLES.put(key, self._compiled)
+                self._cache.put(key, self._compiled)
         return self._compiled(*args)
 
 
@@ -563,7 +618,7 @@ def _valid_chunks(batch, batch_size):
     return pad(x), pad(mask), inputs, int(mask.sum())
 
 
-def _resolve_optimizer(optimizer, learning_rate, max_grad_norm):
+def _resolve_optimizer(optimizer, learning_rate, max_grad_norm, compiled=None):
     """The user's optimizer, or the default built here (never at import time)."""
     if optimizer is None:
         learning_rate = 1e-3 if learning_rate is None else learning_rate
@@ -571,14 +626,7 @@ def _resolve_optimizer(optimizer, learning_rate, max_grad_norm):
         if not callable(learning_rate):  # an optax schedule is fine too
             _check_positive_number("learning_rate", learning_rate)
         _check_positive_number("max_grad_norm", max_grad_norm)
-        key = (learning_rate, max_grad_norm)
-        default = _DEFAULT_OPTIMIZERS.get(key)  # the same object again: its step is cached
-        if default is None:
-            default = optax.chain(
-                optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate)
-            )
-            _DEFAULT_OPTIMIZERS.put(key, default)
-        return default
+        return (compiled or SHARED).default_optimizer(learning_rate, max_grad_norm)
     if learning_rate is not None or max_grad_norm is not None:
         raise ValueError(
             "learning_rate= and max_grad_norm= configure the default optimizer; with "
@@ -670,6 +718,7 @@ def fit_sgd(
     checkpoint_dir=None,
     checkpoint_every: int = 500,
     mesh=None,
+    compiled: CompiledSteps | None = None,
 ) -> FitResult:
     """Fit ``model`` by minibatch gradient descent on the negative log-likelihood.
 
@@ -707,7 +756,10 @@ def fit_sgd(
         mesh: a ``jax.sharding.Mesh``: every minibatch (``batch_size`` is the global
             size) is split over its devices, parameters and optimizer state are
             replicated, and gradients are averaged across devices by XLA; the same
-            fit as on one device (:mod:`probseq.sharding`).
+            fit as on one device (:mod:`probseq.sharding`). With a mesh over several
+            processes, each passes its share of ``data`` / ``valid_data``.
+        compiled: where the compiled steps are kept across calls
+            (:class:`CompiledSteps`; default :data:`SHARED`).
 
     Returns:
         :class:`FitResult` with ``params`` the best by validation (the last without
@@ -741,132 +793,315 @@ def fit_sgd(
         ['epoch', 'num_steps', 'skipped_steps']
     """
     # ---- static settings, then data: all checks before any compilation
-    _check_int("num_epochs", num_epochs)
-    _check_int("batch_size", batch_size)
-    _check_int("bptt_length", bptt_length, allow_none=True)
-    _check_int("patience", patience, allow_none=True)
-    _check_int("max_nonfinite_steps", max_nonfinite_steps)
-    _check_int("steps_per_call", steps_per_call)
-    _check_int("checkpoint_every", checkpoint_every)
+    _check_settings(
+        dict(num_epochs=num_epochs, batch_size=batch_size, steps_per_call=steps_per_call,
+             max_nonfinite_steps=max_nonfinite_steps, checkpoint_every=checkpoint_every),
+        dict(bptt_length=bptt_length, patience=patience),
+        dict(shuffle=shuffle, progress=progress),
+    )  # fmt: skip
     mesh = sharding.check_mesh(mesh)
-    for name, flag in (("shuffle", shuffle), ("progress", progress)):
-        if not isinstance(flag, bool):
-            raise ValueError(f"{name} must be True or False, got {name}={flag!r}")
     validation.check_key(key)
+    if not isinstance(compiled, CompiledSteps | None):
+        raise ValueError(f"compiled must be a CompiledSteps or None; got {compiled!r}.")
+    compiled = compiled or SHARED
     custom_optimizer = optimizer is not None
-    optimizer = _resolve_optimizer(optimizer, learning_rate, max_grad_norm)
+    optimizer = _resolve_optimizer(optimizer, learning_rate, max_grad_norm, compiled)
     if patience is not None and valid_data is None:
         raise ValueError("patience= needs valid_data= to measure improvement on.")
     if valid_data is None and (valid_mask is not None or valid_inputs is not None):
         raise ValueError("valid_mask= / valid_inputs= were given without valid_data=.")
+    train = _batch(model, params, mesh, data, mask, inputs, "data")
+    valid = None
+    if valid_data is not None:
+        valid = _batch(model, params, mesh, valid_data, valid_mask, valid_inputs, "valid_data")
 
-    train = as_batch(model, params, data, mask, inputs, name="data")
-    valid = (
-        None
-        if valid_data is None
-        else as_batch(model, params, valid_data, valid_mask, valid_inputs, name="valid_data")
-    )
-
-    # ---- layout
-    x_np, mask_np = np.asarray(train.x), np.asarray(train.mask)
-    inputs_np = None if train.inputs is None else np.asarray(train.inputs)
-    num_rows, num_timesteps = mask_np.shape
-    lengths = mask_np.sum(axis=1)
-    window_len = num_timesteps if bptt_length is None else min(int(bptt_length), num_timesteps)
-    num_windows = -(-num_timesteps // window_len)
-    bsz = int(min(batch_size, num_rows))
-    data_windows = _Windows(
-        jnp.asarray(_windowed(x_np, window_len, num_windows)),
-        jnp.asarray(_windowed(mask_np, window_len, num_windows)),
-        None if inputs_np is None else jnp.asarray(_windowed(inputs_np, window_len, num_windows)),
-    )
-    first_steps = len(_epoch_schedule(key, 0, lengths, bsz, window_len, shuffle)[1])
-    max_k = min(steps_per_call, checkpoint_every) if checkpoint_dir is not None else steps_per_call
-    k_steps = -(-first_steps // -(-first_steps // max_k))  # balanced calls per epoch
-    if valid is not None:
-        valid_x, valid_m, valid_u, valid_tokens = _valid_chunks(valid, batch_size)
-
-    # ---- state (fresh, or from a checkpoint)
-    params = _strong(params)
-    opt_state = _strong(optimizer.init(params))
-    carried0 = _strong(
-        jax.tree.map(lambda a: jnp.broadcast_to(a, (bsz,) + a.shape), model.initial_state(params))
-    )
+    # ---- layout, state (fresh or from a checkpoint), compiled steps (on first use)
+    saving = None if checkpoint_dir is None else checkpoint_every
+    plan = _plan(train, key, batch_size, bptt_length, shuffle, steps_per_call, saving)
     fingerprint = None
-    run = _new_run(valid is not None)
-    best_params = params
-    resumed_from = None
-    if checkpoint_dir is not None:
-        fingerprint = _fingerprint(
-            model, train, valid, bsz, window_len if bptt_length else None, shuffle, key
-        )
-        # The default optimizer's settings and the stopping rules change the result.
-        fingerprint["settings"] = {
+    if checkpoint_dir is not None:  # what a checkpoint must match to be resumed
+        settings = {  # the default optimizer's and the stopping settings
             "optimizer": "custom" if custom_optimizer else "default",
             "learning_rate": None if custom_optimizer else learning_rate,
             "max_grad_norm": None if custom_optimizer else max_grad_norm,
             "patience": patience,
             "max_nonfinite_steps": max_nonfinite_steps,
         }
-        if os.path.isdir(checkpoint_dir):
-            checkpoint.remove_stale_temporaries(checkpoint_dir)
-        ckpt = checkpoint.load_checkpoint(checkpoint_dir)
-        if ckpt is not None:
-            _check_fingerprint(ckpt, fingerprint)
-            params = _strong(checkpoint.restore_tree(params, ckpt, "params"))
-            opt_state = _strong(
-                checkpoint.restore_tree(opt_state, ckpt, "opt_state", what="optimizer state")
-            )
-            carried0 = _strong(
-                checkpoint.restore_tree(carried0, ckpt, "carried", what="TBPTT state")
-            )
-            best_params = _strong(
-                checkpoint.restore_tree(params, ckpt, "best_params", what="best params")
-            )
-            run = ckpt.metadata["run"]
-            if run["status"] == "nonfinite":
-                run["consecutive_nonfinite"] = 0
-            resumed_from = run["num_steps"] + run["num_skipped"]
-
-    carry = _Carry(
-        params,
-        opt_state,
-        carried0,
-        jnp.asarray(run["consecutive_nonfinite"], jnp.int32),
-        jnp.asarray(False),
-    )
-
-    # ---- compiled once, on first use (a finished fit resumed compiles nothing)
-    train_chunk = _AheadOfTime(
-        lambda: _make_train_chunk(model, optimizer, max_nonfinite_steps, mesh),
-        ("train", model, optimizer, max_nonfinite_steps, mesh),
-    )
-    evaluate = _AheadOfTime(lambda: _make_evaluate(model, mesh), ("evaluate", model, mesh))
-    if mesh is not None:
-        carry, data_windows = sharding.replicate(mesh, (carry, data_windows))
+        window = plan.window_len if bptt_length else None
+        fingerprint = _fingerprint(model, train, valid, plan.batch_size, window, shuffle, key)
+        fingerprint["settings"] = settings
+    fit = _start(model, params, optimizer, plan, valid is not None, checkpoint_dir,
+                 fingerprint, checkpoint_every, sharding.is_multiprocess(mesh))  # fmt: skip
+    train_chunk = compiled.train_chunk(model, optimizer, max_nonfinite_steps, mesh)
+    evaluate = compiled.evaluate(model, mesh)
+    place = (lambda tree: tree) if mesh is None else functools.partial(sharding.replicate, mesh)
+    fit.carry, windows = place((fit.carry, plan.windows))
+    if valid is not None:
+        *valid_chunks, valid_tokens = _valid_chunks(valid, batch_size)
+        valid_chunks = place(tuple(valid_chunks))
 
     def valid_log_lik(p):
-        totals = np.asarray(evaluate(p, valid_x, valid_m, valid_u), np.float64)
+        totals = np.asarray(evaluate(p, *valid_chunks), np.float64)
         return float(totals.sum() / valid_tokens)
 
-    if valid is not None and run["initial_valid_log_lik"] is None:
-        run["initial_valid_log_lik"] = valid_log_lik(carry.params)
+    def summary(stopped):
+        extra = {
+            "batch_size": plan.batch_size,
+            "steps_per_call": plan.steps_per_call,
+            "compile_time_s": train_chunk.compile_time_s + evaluate.compile_time_s,
+        }
+        return fit.result(stopped, extra)
 
-    def save(status):
-        run["status"] = status
-        checkpoint.save_checkpoint(
-            checkpoint_dir,
-            {
-                "params": carry.params,
-                "opt_state": carry.opt_state,
-                "carried": carry.carried,
-                "best_params": best_params,
-            },
-            {"fingerprint": fingerprint, "run": run},
+    if valid is not None and fit.run["initial_valid_log_lik"] is None:
+        fit.run["initial_valid_log_lik"] = valid_log_lik(fit.carry.state.params)
+
+    # ---- the loop: epochs of compiled chunks; validation, history, checkpoints between
+    bar = tqdm(
+        total=num_epochs * plan.first_epoch_steps,
+        unit="step",
+        disable=not (progress and jax.process_index() == 0),
+    )
+    bar.update(min(fit.run["num_steps"] + fit.run["num_skipped"], bar.total))
+    stopped = "completed"
+    try:
+        while fit.run["epoch"] < num_epochs:
+            if patience is not None and fit.run["epochs_since_best"] >= patience:
+                stopped = "early_stopping"
+                break
+            rows, steps = _epoch_schedule(
+                key, fit.run["epoch"], plan.lengths, plan.batch_size, plan.window_len, shuffle
+            )
+            bar.total = (
+                bar.n - fit.run["step_in_epoch"] + (num_epochs - fit.run["epoch"]) * len(steps)
+            )
+            bar.set_description(f"epoch {fit.run['epoch'] + 1}/{num_epochs}")
+            while fit.run["step_in_epoch"] < len(steps):
+                schedule = _chunk_schedule(plan, rows, steps, fit.run["step_in_epoch"])
+                tic, compiling = time.perf_counter(), train_chunk.compile_time_s
+                fit.carry, outs = train_chunk(fit.carry, windows, *place(schedule))
+                seconds = time.perf_counter() - tic - (train_chunk.compile_time_s - compiling)
+                halted = fit.record_chunk(jax.device_get(outs), len(steps), seconds, bar)
+                if halted:
+                    fit.save("nonfinite")
+                    raise _nonfinite_error(fit, summary("nonfinite"))
+            valid_ll = None if valid is None else valid_log_lik(fit.carry.state.params)
+            fit.end_epoch(valid_ll, num_epochs, bar)
+            fit.save("running")
+        fit.save(stopped)
+    finally:
+        bar.close()
+    return summary(stopped)
+
+
+def _check_settings(positive: dict, optional: dict, flags: dict) -> None:
+    """Positive ints, positive ints or None, and bools, by name."""
+    for name, value in positive.items():
+        _check_int(name, value)
+    for name, value in optional.items():
+        _check_int(name, value, allow_none=True)
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {name}={flag!r}")
+
+
+def _batch(model, params, mesh, data, mask, inputs, name):
+    """Validated, padded data; with a multi-process mesh, every process's share of it."""
+    batch = as_batch(model, params, data, mask, inputs, name=name)
+    if not sharding.is_multiprocess(mesh):
+        return batch
+    mask, x, inputs = sharding.gather_batch(mesh, batch.mask, batch.x, batch.inputs)
+    return batch._replace(x=x, mask=mask, inputs=inputs)
+
+
+class _Plan(NamedTuple):
+    """How the training data is cut: windows (W, N + 1, L, ...) on the device, the row
+    lengths (N,), the batch size and window length used, and the optimizer steps per
+    compiled call (balanced over the first epoch)."""
+
+    windows: _Windows
+    lengths: np.ndarray
+    batch_size: int
+    window_len: int
+    steps_per_call: int
+    first_epoch_steps: int
+
+
+def _plan(train, key, batch_size, bptt_length, shuffle, steps_per_call, checkpoint_every):
+    x, mask = np.asarray(train.x), np.asarray(train.mask)
+    num_rows, num_timesteps = mask.shape
+    lengths = mask.sum(axis=1)
+    window_len = num_timesteps if bptt_length is None else min(int(bptt_length), num_timesteps)
+    num_windows = -(-num_timesteps // window_len)
+    bsz = int(min(batch_size, num_rows))
+    cut = [
+        None if a is None else jnp.asarray(_windowed(np.asarray(a), window_len, num_windows))
+        for a in (x, mask, train.inputs)
+    ]
+    first = len(_epoch_schedule(key, 0, lengths, bsz, window_len, shuffle)[1])
+    max_k = steps_per_call if checkpoint_every is None else min(steps_per_call, checkpoint_every)
+    k_steps = -(-first // -(-first // max_k))  # balanced calls per epoch
+    return _Plan(_Windows(*cut), lengths, bsz, window_len, k_steps, first)
+
+
+def _chunk_schedule(plan: _Plan, rows, windows, start):
+    """Rows (K, B) and windows (K,) of the next compiled call; steps past the epoch's
+    end use the padding row (all masked: no-ops)."""
+    k = min(plan.steps_per_call, len(windows) - start)
+    chunk_rows = np.full((plan.steps_per_call, plan.batch_size), len(plan.lengths), np.int32)
+    chunk_windows = np.zeros((plan.steps_per_call,), np.int32)
+    chunk_rows[:k], chunk_windows[:k] = rows[start : start + k], windows[start : start + k]
+    return chunk_rows, chunk_windows
+
+
+def _start(
+    model,
+    params,
+    optimizer,
+    plan,
+    has_valid,
+    checkpoint_dir,
+    fingerprint,
+    checkpoint_every,
+    multiprocess,
+) -> _Fit:
+    """A fresh fit, or the one in ``checkpoint_dir`` (checked against ``fingerprint``)."""
+    params = _strong(params)
+    opt_state = _strong(optimizer.init(params))
+    carried = _strong(
+        jax.tree.map(
+            lambda a: jnp.broadcast_to(a, (plan.batch_size,) + a.shape), model.initial_state(params)
         )
+    )
+    best_params, run, resumed_from, ckpt = params, _new_run(has_valid), None, None
+    if checkpoint_dir is not None:
+        if jax.process_index() == 0 and os.path.isdir(checkpoint_dir):
+            checkpoint.remove_stale_temporaries(checkpoint_dir)
+        ckpt = checkpoint.load_checkpoint(checkpoint_dir)
+        if multiprocess:  # every process read the same file before any is written
+            multihost_utils.sync_global_devices("probseq.fit_sgd: checkpoint read")
+    if ckpt is not None:
+        _check_fingerprint(ckpt, fingerprint)
+        params = _strong(checkpoint.restore_tree(params, ckpt, "params"))
+        opt_state = _strong(
+            checkpoint.restore_tree(opt_state, ckpt, "opt_state", what="optimizer state")
+        )
+        carried = _strong(checkpoint.restore_tree(carried, ckpt, "carried", what="TBPTT state"))
+        best_params = _strong(
+            checkpoint.restore_tree(params, ckpt, "best_params", what="best params")
+        )
+        run = ckpt.metadata["run"]
+        if run["status"] == "nonfinite":
+            run["consecutive_nonfinite"] = 0
+        resumed_from = run["num_steps"] + run["num_skipped"]
+    state = SGDState(params, opt_state, jnp.asarray(run["num_steps"], jnp.int32), model, optimizer)
+    carry = _Carry(
+        state, carried, jnp.asarray(run["consecutive_nonfinite"], jnp.int32), jnp.asarray(False)
+    )
+    last_saved = (run["num_steps"] + run["num_skipped"]) // checkpoint_every
+    return _Fit(
+        carry,
+        best_params,
+        run,
+        checkpoint_dir,
+        fingerprint,
+        checkpoint_every,
+        last_saved,
+        resumed_from,
+    )
 
-    def result(stopped):
-        final = carry.params if run["best_epoch"] is None else best_params
+
+@dataclasses.dataclass
+class _Fit:
+    """The mutable part of a fit between compiled calls: the carry, the best
+    parameters and ``run``, the JSON record of progress a checkpoint stores."""
+
+    carry: _Carry
+    best_params: Any
+    run: dict
+    checkpoint_dir: Any
+    fingerprint: dict | None
+    checkpoint_every: int
+    last_saved: int  # checkpoints written after (steps done) // checkpoint_every
+    resumed_from: int | None
+
+    def save(self, status: str) -> None:
+        """Write the checkpoint (process 0 only), if the fit has a checkpoint_dir."""
+        self.run["status"] = status
+        if self.checkpoint_dir is None or jax.process_index() != 0:
+            return
+        trees = {
+            "params": self.carry.state.params,
+            "opt_state": self.carry.state.opt_state,
+            "carried": self.carry.carried,
+            "best_params": self.best_params,
+        }
+        metadata = {"fingerprint": self.fingerprint, "run": self.run}
+        checkpoint.save_checkpoint(self.checkpoint_dir, trees, metadata)
+
+    def record_chunk(self, outs, epoch_steps: int, seconds: float, bar) -> bool:
+        """Account one compiled call's steps; checkpoint every ``checkpoint_every``
+        steps. Returns whether max_nonfinite_steps was reached (the call ended there)."""
+        totals, counts, oks, bads, halted = outs
+        run, acc = self.run, self.run["epoch_acc"]
+        k = min(len(oks), epoch_steps - run["step_in_epoch"])
+        if halted.any():  # the step that reached max_nonfinite_steps ends the call
+            k = int(np.argmax(halted)) + 1
+        acc["time_s"] += seconds
+        acc["log_lik"] += float(np.sum(totals[:k], dtype=np.float64))
+        acc["tokens"] += int(counts[:k].sum())
+        acc["skipped"] += int(bads[:k].sum())
+        run["num_steps"] += int(oks[:k].sum())
+        run["num_skipped"] += int(bads[:k].sum())
+        run["step_in_epoch"] += k
+        run["consecutive_nonfinite"] = int(self.carry.consecutive)
+        bar.update(k)
+        bar.set_postfix(
+            loss=f"{-acc['log_lik'] / max(acc['tokens'], 1):.4f}",
+            tok_s=f"{acc['tokens'] / max(acc['time_s'], 1e-9):.3g}",
+        )
+        done = run["num_steps"] + run["num_skipped"]
+        if not halted.any() and done // self.checkpoint_every > self.last_saved:
+            self.last_saved = done // self.checkpoint_every
+            self.save("running")
+        return bool(halted.any())
+
+    def end_epoch(self, valid_log_lik: float | None, num_epochs: int, bar) -> None:
+        """History, best parameters and patience at the end of an epoch."""
+        run, acc, hist = self.run, self.run["epoch_acc"], self.run["history"]
+        epoch = run["epoch"]
+        train_ll = acc["log_lik"] / max(acc["tokens"], 1)
+        hist["epoch"].append(epoch + 1)
+        hist["train_log_lik"].append(train_ll)
+        hist["num_steps"].append(run["num_steps"])
+        hist["skipped_steps"].append(acc["skipped"])
+        hist["tokens_per_s"].append(acc["tokens"] / max(acc["time_s"], 1e-9))
+        hist["time_s"].append(acc["time_s"])
+        postfix = {"loss": f"{-train_ll:.4f}"}
+        if valid_log_lik is not None:
+            hist["valid_log_lik"].append(valid_log_lik)
+            best = run["best_valid_log_lik"]
+            if best is None or valid_log_lik > best:
+                run["best_valid_log_lik"], run["best_epoch"] = valid_log_lik, epoch + 1
+                run["epochs_since_best"] = 0
+                self.best_params = self.carry.state.params
+            else:
+                run["epochs_since_best"] += 1
+            postfix["valid"] = f"{-valid_log_lik:.4f}"
+        bar.set_postfix(postfix)
+        _log.info(
+            "epoch %d/%d: train %.5g, valid %s nats/token; %d steps (%d skipped), %.3g tokens/s",
+            epoch + 1,
+            num_epochs,
+            -train_ll,
+            f"{-valid_log_lik:.5g}" if valid_log_lik is not None else "-",
+            run["num_steps"],
+            run["num_skipped"],
+            hist["tokens_per_s"][-1],
+        )
+        run["epoch"], run["step_in_epoch"], run["epoch_acc"] = epoch + 1, 0, _new_epoch_acc()
+
+    def result(self, stopped: str, extra: dict) -> FitResult:
+        run, params = self.run, self.carry.state.params
         info = {
             "stopped": stopped,
             "num_epochs_run": len(run["history"]["epoch"]),
@@ -875,122 +1110,30 @@ def fit_sgd(
             "initial_valid_log_lik": run["initial_valid_log_lik"],
             "num_steps": run["num_steps"],
             "num_skipped_steps": run["num_skipped"],
-            "batch_size": bsz,
-            "steps_per_call": k_steps,
-            "compile_time_s": train_chunk.compile_time_s + evaluate.compile_time_s,
-            "resumed_from_step": resumed_from,
+            **extra,
+            "resumed_from_step": self.resumed_from,
             "checkpoint": None
-            if checkpoint_dir is None
-            else os.path.join(checkpoint_dir, checkpoint.CHECKPOINT_FILE),
-            "last_params": carry.params,
-            "opt_state": carry.opt_state,
+            if self.checkpoint_dir is None
+            else os.path.join(self.checkpoint_dir, checkpoint.CHECKPOINT_FILE),
+            "last_params": params,
+            "opt_state": self.carry.state.opt_state,
         }
+        final = params if run["best_epoch"] is None else self.best_params
         return FitResult(final, _history_arrays(run["history"]), info)
 
-    # ---- the loop
-    hist = run["history"]
-    bar = tqdm(total=num_epochs * first_steps, disable=not progress, unit="step", leave=True)
-    bar.update(min(run["num_steps"] + run["num_skipped"], bar.total))
-    last_saved = (run["num_steps"] + run["num_skipped"]) // checkpoint_every
-    stopped = "completed"
-    try:
-        while run["epoch"] < num_epochs:
-            if patience is not None and run["epochs_since_best"] >= patience:
-                stopped = "early_stopping"
-                break
-            epoch = run["epoch"]
-            rows, windows = _epoch_schedule(key, epoch, lengths, bsz, window_len, shuffle)
-            num_steps_epoch = len(windows)
-            bar.total = bar.n - run["step_in_epoch"] + (num_epochs - epoch) * num_steps_epoch
-            bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
-            acc = run["epoch_acc"]
-            while run["step_in_epoch"] < num_steps_epoch:
-                s = run["step_in_epoch"]
-                k = min(k_steps, num_steps_epoch - s)
-                chunk_rows = np.full((k_steps, bsz), num_rows, np.int32)
-                chunk_windows = np.zeros((k_steps,), np.int32)
-                chunk_rows[:k], chunk_windows[:k] = rows[s : s + k], windows[s : s + k]
-                tic, compiling = time.perf_counter(), train_chunk.compile_time_s
-                carry, outs = train_chunk(carry, data_windows, chunk_rows, chunk_windows)
-                totals, counts, oks, bads, halted = jax.device_get(outs)
-                compiling = train_chunk.compile_time_s - compiling
-                acc["time_s"] += time.perf_counter() - tic - compiling
-                if halted.any():  # the step that reached max_nonfinite_steps ends the call
-                    k = int(np.argmax(halted)) + 1
-                acc["log_lik"] += float(np.sum(totals[:k], dtype=np.float64))
-                acc["tokens"] += int(counts[:k].sum())
-                acc["skipped"] += int(bads[:k].sum())
-                run["num_steps"] += int(oks[:k].sum())
-                run["num_skipped"] += int(bads[:k].sum())
-                run["step_in_epoch"] = s + k
-                run["consecutive_nonfinite"] = int(carry.consecutive)
-                bar.update(k)
-                bar.set_postfix(
-                    loss=f"{-acc['log_lik'] / max(acc['tokens'], 1):.4f}",
-                    tok_s=f"{acc['tokens'] / max(acc['time_s'], 1e-9):.3g}",
-                )
-                if halted.any():
-                    if checkpoint_dir is not None:
-                        save("nonfinite")
-                    res = result("nonfinite")
-                    raise NonFiniteLossError(
-                        f"{run['consecutive_nonfinite']} consecutive training steps had a "
-                        "NaN or inf loss, gradient or update (in epoch "
-                        f"{epoch + 1}, after {run['num_steps']} good steps); they were "
-                        "skipped and fitting stopped. The last good parameters are in "
-                        "this exception's .params (and .result). Try a smaller "
-                        "learning_rate, gradient clipping (max_grad_norm) or check the "
-                        "model's initialization.",
-                        params=carry.params,
-                        result=res,
-                    )
-                done = run["num_steps"] + run["num_skipped"]
-                if checkpoint_dir is not None and done // checkpoint_every > last_saved:
-                    last_saved = done // checkpoint_every
-                    save("running")
 
-            # end of epoch: validation, best params, history
-            train_ll = acc["log_lik"] / max(acc["tokens"], 1)
-            hist["epoch"].append(epoch + 1)
-            hist["train_log_lik"].append(train_ll)
-            hist["num_steps"].append(run["num_steps"])
-            hist["skipped_steps"].append(acc["skipped"])
-            hist["tokens_per_s"].append(acc["tokens"] / max(acc["time_s"], 1e-9))
-            hist["time_s"].append(acc["time_s"])
-            postfix = {"loss": f"{-train_ll:.4f}"}
-            if valid is not None:
-                v = valid_log_lik(carry.params)
-                hist["valid_log_lik"].append(v)
-                best = run["best_valid_log_lik"]
-                if best is None or v > best:
-                    run["best_valid_log_lik"], run["best_epoch"] = v, epoch + 1
-                    run["epochs_since_best"] = 0
-                    best_params = carry.params
-                else:
-                    run["epochs_since_best"] += 1
-                postfix["valid"] = f"{-v:.4f}"
-            bar.set_postfix(postfix)
-            _log.info(
-                "epoch %d/%d: train %.5g, valid %s nats/token; %d steps (%d skipped), "
-                "%.3g tokens/s",
-                epoch + 1,
-                num_epochs,
-                -train_ll,
-                f"{-hist['valid_log_lik'][-1]:.5g}" if valid is not None else "-",
-                run["num_steps"],
-                run["num_skipped"],
-                hist["tokens_per_s"][-1],
-            )
-            run["epoch"] = epoch + 1
-            run["step_in_epoch"] = 0
-            run["epoch_acc"] = _new_epoch_acc()
-            if checkpoint_dir is not None:
-                save("running")
-        if checkpoint_dir is not None:
-            save(stopped)
-    finally:
-        bar.close()
-    return result(stopped)
+def _nonfinite_error(fit: _Fit, result: FitResult) -> NonFiniteLossError:
+    run = fit.run
+    return NonFiniteLossError(
+        f"{run['consecutive_nonfinite']} consecutive training steps had a NaN or inf "
+        f"loss, gradient or update (in epoch {run['epoch'] + 1}, after "
+        f"{run['num_steps']} good steps); they were skipped and fitting stopped. The last "
+        "good parameters are in this exception's .params (and .result). Try a smaller "
+        "learning_rate, gradient clipping (max_grad_norm) or check the model's "
+        "initialization.",
+        params=fit.carry.state.params,
+        result=result,
+    )
 
 
 def _check_fingerprint(ckpt: checkpoint.Checkpoint, fingerprint: dict) -> None:
