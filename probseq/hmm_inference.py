@@ -80,9 +80,12 @@ def condition_on(probs: jax.Array, log_likelihoods: jax.Array) -> tuple[jax.Arra
     """Bayes' rule: p(z | x) from p(z) (K,) and log p(x | z) (K,); returns
     (posterior probs, log p(x)). An impossible observation gives log p(x) = -inf
     and an all-zero posterior (never NaN)."""
-    m = jnp.max(log_likelihoods)
+    # Shift by the largest log-likelihood among the states with p(z) > 0: one with
+    # p(z) = 0 and a far larger likelihood must not underflow the possible ones to 0.
+    ll = jnp.where(probs > 0, log_likelihoods, -jnp.inf)
+    m = jnp.max(ll)
     m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), m.dtype))
-    w = probs * jnp.exp(log_likelihoods - m)
+    w = probs * jnp.exp(ll - m)
     c = jnp.sum(w)
     safe = jnp.where(c > 0, c, jnp.ones((), c.dtype))
     return w / safe, jnp.log(c) + m
@@ -95,11 +98,13 @@ def hmm_filter(
 
     Args:
         initial_probs: (K,) p(z_1).
-        transition_matrix: (K, K) with A[i, j] = p(z_{t+1} = j | z_t = i).
+        transition_matrix: (K, K) with A[i, j] = p(z_{t+1} = j | z_t = i), or (T, K, K)
+            with A_t the transition out of step t (an input-driven HMM; A_{T-1} is not
+            used).
         log_likelihoods: (T, K) log p(x_t | z_t = k).
     """
 
-    lik, shift = _shifted_likelihoods(log_likelihoods)
+    lik, shift = _shifted_likelihoods(log_likelihoods, initial_probs, transition_matrix)
     c, filtered = _forward(initial_probs, transition_matrix, lik)
     log_c = jnp.log(c) + shift
     predicted = _predicted(initial_probs, transition_matrix, filtered)
@@ -112,18 +117,26 @@ def _forward(initial_probs, transition_matrix, lik):
     done for all steps before the loop, so its body is one product, one sum, one divide
     and one vector-matrix product."""
 
-    def step(predicted, lik_t):
+    def step(predicted, inputs):
+        lik_t, a = inputs
         w = predicted * lik_t
         c = jnp.sum(w)
         filtered = w / jnp.where(c > 0, c, jnp.ones((), c.dtype))
-        return _mm(filtered, transition_matrix), (c, filtered)
+        return _mm(filtered, a), (c, filtered)
 
-    return jax.lax.scan(step, initial_probs, lik)[1]
+    if jnp.ndim(transition_matrix) == 3:  # A_t per step
+        return jax.lax.scan(step, initial_probs, (lik, transition_matrix))[1]
+    return jax.lax.scan(lambda p, lik_t: step(p, (lik_t, transition_matrix)), initial_probs, lik)[1]
 
 
 def _predicted(initial_probs, transition_matrix, filtered):
-    """p(z_t | x_{<t}) for all t from the filtered probabilities: one matrix product."""
-    return jnp.concatenate([initial_probs[None], _mm(filtered[:-1], transition_matrix)])
+    """p(z_t | x_{<t}) for all t from the filtered probabilities: one matrix product
+    (a batched one for A_t per step)."""
+    if jnp.ndim(transition_matrix) == 3:
+        after = jnp.einsum("tk,tkj->tj", filtered[:-1], transition_matrix[:-1], precision=EXACT)
+    else:
+        after = _mm(filtered[:-1], transition_matrix)
+    return jnp.concatenate([initial_probs[None], after])
 
 
 # ------------------------------------------------------------------ masked kernels
@@ -155,12 +168,30 @@ def _safe_normalize(w: jax.Array) -> jax.Array:
     return w / jnp.where(c > 0, c, jnp.ones((), c.dtype))
 
 
-def _shifted_likelihoods(log_likelihoods: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _shifted_likelihoods(
+    log_likelihoods: jax.Array, initial_probs=None, transition_matrix=None
+) -> tuple[jax.Array, jax.Array]:
     """(exp(log p(x_t | k) - m_t), m_t) with m_t = max_k log p(x_t | k) (the shift
-    condition_on uses), so emissions far in a Gaussian tail stay representable."""
-    m = jnp.max(log_likelihoods, axis=-1)
+    condition_on uses), so emissions far in a Gaussian tail stay representable.
+
+    Given p(z_1) (..., K) and A, the max and the likelihoods are over the states the
+    chain can be in: p(z_1) > 0 at the first step, a column of A with a positive entry
+    after it (0 for the others, which have probability 0 there). Otherwise a state of
+    probability 0 with a far larger likelihood (a fitted p(z_1) = [0, 0, 1], a
+    left-to-right chain) would shift the possible ones below float range and give
+    log p(x) = -inf for a possible sequence."""
+    ll = log_likelihoods
+    if initial_probs is not None:
+        first = jnp.asarray(initial_probs) > 0
+        later = jnp.any(jnp.asarray(transition_matrix) > 0, axis=-2)
+        if jnp.ndim(transition_matrix) == 3:  # A_t per step (T, K, K): step t enters by A_{t-1}
+            later = jnp.concatenate([later[:1], later[:-1]])
+        steps = jnp.arange(ll.shape[-2])[:, None]
+        support = jnp.where(steps == 0, first[..., None, :], later)
+        ll = jnp.where(support, ll, -jnp.inf)
+    m = jnp.max(ll, axis=-1)
     m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), m.dtype))
-    return jnp.exp(log_likelihoods - m[..., None]), m
+    return jnp.exp(ll - m[..., None]), m
 
 
 def _sum_of_outer_products(p: jax.Array, q: jax.Array) -> jax.Array:
@@ -293,7 +324,9 @@ def hmm_smoother_batch(
     """``jax.vmap(hmm_smoother)`` over a batch (B, T, K) with masks (B, T), the loops
     vmapped and the rest (posteriors, counts) written for the batch: the same values,
     about twice as fast for long sequences on CPU."""
-    lik, shift = _shifted_likelihoods(jnp.asarray(log_likelihoods))
+    lik, shift = _shifted_likelihoods(
+        jnp.asarray(log_likelihoods), initial_probs, transition_matrix
+    )
     return hmm_smoother_from_likelihoods(
         initial_probs, transition_matrix, lik, shift, mask, method="forward_backward"
     )
@@ -625,7 +658,9 @@ def hmm_smoother_chunked(
     )
     ll = log_likelihoods.reshape((-1, num_steps, k))
     valid = valid.reshape((-1, num_steps))
-    lik, shift = _shifted_likelihoods(jnp.where(valid[..., None], ll, jnp.zeros((), ll.dtype)))
+    lik, shift = _shifted_likelihoods(
+        jnp.where(valid[..., None], ll, jnp.zeros((), ll.dtype)), initial_probs, transition_matrix
+    )
     post = hmm_smoother_from_likelihoods(
         initial_probs,
         transition_matrix,
@@ -775,7 +810,7 @@ def _filter_sequential(pi, a, ll):
     """(log c (B, T), filtered (B, T, K)) by the scaled recursion, per sequence."""
 
     def one(p, lls):
-        lik, shift = _shifted_likelihoods(lls)
+        lik, shift = _shifted_likelihoods(lls, p, a)
         c, filtered = _forward(p, a, lik)
         return jnp.log(c) + shift, filtered
 
@@ -785,7 +820,7 @@ def _filter_sequential(pi, a, ll):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _filter_chunked(pi, a, ll, chunk_size):
     b, num_steps, k = ll.shape
-    lik, shift = _shifted_likelihoods(ll)
+    lik, shift = _shifted_likelihoods(ll, pi, a)
     layout = _ChunkLayout.of(num_steps, b, k, chunk_size)
     tol = 8 * float(jnp.finfo(lik.dtype).eps)
     c, filtered = _chunked_forward(pi, a, layout.rows_of(lik, 1.0), layout, tol)
@@ -824,7 +859,7 @@ def _filter_parallel(pi, a, ll, group_size):
 
     def one(inputs):
         p, lls = inputs
-        lik, shift = _shifted_likelihoods(lls)
+        lik, shift = _shifted_likelihoods(lls, p, a)
         ops = lik[:, :, None] * a  # M_t = diag(l_t) A
         # The first operator carries p(z_1): every row is (pi * l_1) A, so the first
         # row of any prefix product is the (unnormalised) predictive message.

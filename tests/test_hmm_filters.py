@@ -21,6 +21,7 @@ from references import forward_np, left_to_right_hmm, random_hmm
 
 import probseq
 from probseq import auto
+from probseq.fit.em import expected_statistics
 from probseq.hmm_inference import FILTER_METHODS, hmm_filter_batch, hmm_filter_parallel
 
 PATHS = ("chunked", "parallel")
@@ -242,3 +243,49 @@ def test_auto_resolves_on_this_backend():
         "parallel",
         None,
     )
+
+
+def _far_tail_gaussian_hmm(scan):
+    """p(z_1) = [0, 0, 1] (what EM fits when every sequence starts in state 2) and A with
+    a column of zeros (state 0 is never re-entered); x_1 is ~15 standard deviations from
+    state 2's mean but at state 0's, so the largest log-likelihood over all states
+    (-0.9) is ~113 nats above the only possible one: shifting by it underflows float32."""
+    hmm = probseq.GaussianHMM(3, 1, scan=scan)
+    pi = np.array([0.0, 0.0, 1.0])
+    a = np.array([[0.2, 0.4, 0.4], [0.0, 0.5, 0.5], [0.0, 0.3, 0.7]])
+    means = np.array([[0.0], [5.0], [15.0]])
+    params = hmm.init(
+        jax.random.key(0),
+        initial_probs=pi,
+        transition_matrix=a,
+        means=means,
+        scales=np.ones((3, 1)),
+    )
+    x = np.array([[0.0], [0.1], [14.0], [5.5]])
+    return hmm, params, x, (pi, a, means[:, 0])
+
+
+def _gaussian_forward_np(x, pi, a, means):
+    ll = -0.5 * (x[:, 0, None] - means[None]) ** 2 - 0.5 * np.log(2 * np.pi)
+    with np.errstate(divide="ignore"):
+        log_alpha = np.log(pi) + ll[0]
+        for t in range(1, len(x)):
+            m = log_alpha.max()
+            log_alpha = np.log(np.exp(log_alpha - m) @ a) + m + ll[t]
+    m = log_alpha.max()
+    return m + np.log(np.exp(log_alpha - m).sum())
+
+
+@pytest.mark.parametrize("scan", FILTER_METHODS)
+def test_a_far_likelier_impossible_state_does_not_underflow(scan):
+    hmm, params, x, (pi, a, means) = _far_tail_gaussian_hmm(scan)
+    ref = _gaussian_forward_np(x, pi, a, means)
+    assert np.isfinite(ref) and ref < -100
+    np.testing.assert_allclose(float(probseq.log_prob(hmm, params, x[None])[0]), ref, rtol=1e-5)
+    # the generic per-step update (condition_on) and the smoother / E-step agree
+    steps = probseq.step_log_probs(hmm, params, x[None])
+    np.testing.assert_allclose(float(jnp.sum(steps)), ref, rtol=1e-5)
+    for estep in ("forward_backward", "chunked", "autodiff"):
+        stats = expected_statistics(hmm, params, x[None], estep=estep)
+        np.testing.assert_allclose(float(stats.log_likelihood), ref, rtol=1e-5)
+        assert np.isfinite(np.asarray(stats.posteriors)).all()

@@ -54,12 +54,15 @@ SCAN_CHOICES = ("auto",) + FILTER_METHODS
 
 
 class HMMParams(NamedTuple):
-    """initial_logits (K,), transition_logits (K, K) (row i: from state i), and
-    emission: the head's raw parameters with a leading K axis."""
+    """initial_logits (K,), transition_logits (K, K) (row i: from state i),
+    emission: the head's raw parameters with a leading K axis, and input_weights
+    (K, K, m) of an input-driven HMM (None without inputs): the transition out of step
+    t has logits ``transition_logits + input_weights @ u_t``."""
 
     initial_logits: jax.Array
     transition_logits: jax.Array
     emission: Any
+    input_weights: jax.Array | None = None
 
 
 def _log(a: np.ndarray, dtype):
@@ -80,14 +83,29 @@ class HMM(SequenceModel):
             associative scan over K x K operators, O(log T) depth, O(T K^2) memory)
             or "auto" (by backend, size and memory: :mod:`probseq.auto`). All give the
             same values and gradients (see :func:`probseq.hmm_inference.hmm_filter_batch`).
+        input_dim: m > 0 makes the transitions input-driven: step t's update (from
+            z_t to z_{t+1}) uses A_t = softmax(transition_logits + input_weights @ u_t)
+            row-wise, so the HMM takes per-step inputs u_t like every RNN family (the
+            emissions do not depend on u). Such a model is filtered sequentially
+            (``scan`` must be "auto" or "sequential"); fit_em runs generalised EM (see
+            :func:`probseq.fit_em`). With zero input weights it is the plain HMM.
     """
 
     num_states: int
     head: Head
     scan: str = "auto"
+    input_dim: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "num_states", validation.check_int("num_states", self.num_states))
+        object.__setattr__(
+            self, "input_dim", validation.check_int("input_dim", self.input_dim, minimum=0)
+        )
+        if self.input_dim and self.scan not in ("auto", "sequential"):
+            raise ValueError(
+                f"an input-driven HMM (input_dim={self.input_dim}) is filtered sequentially; "
+                f"got scan={self.scan!r} (use 'auto' or 'sequential')."
+            )
         if not isinstance(self.head, Head):
             raise ValueError(f"head must be a probseq.heads.Head, got {type(self.head).__name__}")
         validation.check_choice("scan", self.scan, SCAN_CHOICES)
@@ -117,36 +135,58 @@ class HMM(SequenceModel):
             emission = self.head.init_components(k_emit, k, dtype)
         else:
             emission = jax.tree.map(lambda a: jnp.asarray(a, dtype), emission)
-        return HMMParams(initial_logits, transition_logits, emission)
+        # Input weights start at 0: the model starts as the plain HMM.
+        weights = jnp.zeros((k, k, self.input_dim), dtype) if self.input_dim else None
+        return HMMParams(initial_logits, transition_logits, emission, weights)
 
     def initial_state(self, params):
         return jax.nn.softmax(params.initial_logits)
 
     def transition_matrix(self, params):
+        """A (K, K); of an input-driven HMM, A at input u = 0."""
         return jax.nn.softmax(params.transition_logits, axis=-1)
+
+    def transition_matrices(self, params, us):
+        """A_t (..., K, K) for inputs u_t (..., m): row-wise softmax of
+        ``transition_logits + input_weights @ u_t`` (input-driven HMMs)."""
+        w = params.input_weights
+        logits = params.transition_logits + jnp.einsum("ijm,...m->...ij", w, us, precision=EXACT)
+        return jax.nn.softmax(logits, axis=-1)
+
+    def _transition(self, params, u):
+        if self.input_dim and u is not None:
+            return self.transition_matrices(params, u)
+        return self.transition_matrix(params)
 
     def emission(self, params, state, u=None):
         return self.head.mixture(state, params.emission)
 
     def update(self, params, state, x, u=None):
         filtered, _ = condition_on(state, self.head.component_log_probs(params.emission, x))
-        return jnp.matmul(filtered, self.transition_matrix(params), precision=EXACT)
+        return jnp.matmul(filtered, self._transition(params, u), precision=EXACT)
 
     def emission_log_likelihoods(self, params, xs):
         """log p(x_t | z_t = k) for a whole sequence: (T, K)."""
         return jax.vmap(lambda x: self.head.component_log_probs(params.emission, x))(xs)
 
-    def emission_likelihoods(self, params, xs):
+    def emission_likelihoods(self, params, xs, initial_probs, transition_matrix):
         """p(x_t | z_t = k) up to a factor per step, for a whole sequence: (l (T, K),
-        m (T,)) with log p(x_t | k) = log l_tk + m_t (see
-        :meth:`probseq.heads.Head.component_likelihoods`); what the smoothers run on."""
-        return jax.vmap(lambda x: self.head.component_likelihoods(params.emission, x))(xs)
+        m (T,)) with log p(x_t | k) = log l_tk + m_t on the states the chain can be in
+        (p(z_1) > 0 at the first step, a column of A with a positive entry after it; see
+        :meth:`probseq.heads.Head.component_likelihoods`): what the smoothers run on."""
+        raw = params.emission
+        later = jnp.any(transition_matrix > 0, axis=0)
+        lik, m = jax.vmap(lambda x: self.head.component_likelihoods(raw, x, later))(xs)
+        lik0, m0 = self.head.component_likelihoods(raw, xs[0], initial_probs > 0)
+        return lik.at[0].set(lik0), m.at[0].set(m0)
 
     def filter_path(self, num_sequences: int, num_steps: int, dtype) -> tuple[str, int | None]:
         """(method, group_size) of :func:`probseq.hmm_inference.hmm_filter_batch` for a
         batch of this size: ``scan`` unless it is "auto" (then :mod:`probseq.auto`)."""
         if self.scan != "auto":
             return self.scan, None
+        if self.input_dim:
+            return "sequential", None
         itemsize = jnp.dtype(dtype).itemsize
         return choose_hmm_filter(num_sequences, num_steps, self.num_states, itemsize)
 
@@ -170,10 +210,11 @@ class HMM(SequenceModel):
         return res.log_normalizers, after
 
     def sequence_log_probs(self, params, state, xs, us=None):
-        """The scaled forward filter (one gather per step for categorical emissions)."""
-        a = self.transition_matrix(params)
+        """The scaled forward filter (one gather per step for categorical emissions);
+        with input-driven transitions, A_t per step."""
+        a = self._transition(params, us)
         res = hmm_filter(state, a, self.emission_log_likelihoods(params, xs))
-        last = jnp.matmul(res.filtered_probs[-1], a, precision=EXACT)
+        last = jnp.matmul(res.filtered_probs[-1], a[-1] if a.ndim == 3 else a, precision=EXACT)
         after = jnp.concatenate([res.predicted_probs[1:], last[None]])
         return res.log_normalizers, after
 
@@ -248,6 +289,7 @@ class HMM(SequenceModel):
             (5, 3)
         """
         validation.check_key(key)
+        _no_inputs(self, "filter, smoother, most_likely_states and sample_states")
         num_samples = validation.check_int("num_samples", num_samples, allow_none=True)
         batch = as_batch(self, params, x, mask)
         draws = 1 if num_samples is None else num_samples
@@ -257,11 +299,21 @@ class HMM(SequenceModel):
         return z if num_samples is not None else z[0]
 
     def _posterior(self, kernel, params, x, mask):
+        _no_inputs(self, "filter, smoother, most_likely_states and sample_states")
         batch = as_batch(self, params, x, mask)
         out = kernel(self, params, batch.x, batch.mask)
         # Rows a traced call could not validate are NaN (integer paths: undefined).
         out = poison_invalid_rows(self, out, batch.x, batch.mask)
         return out if batch.batched else out[0]
+
+
+def _no_inputs(model, what):
+    if model.input_dim:
+        raise ValueError(
+            f"{what} of an input-driven HMM ({model!r}) are not implemented: they take no "
+            "inputs yet. log_prob, score, step_log_probs, sample, forecast, fit_sgd and "
+            "fit_em take inputs=."
+        )
 
 
 def _batch_inputs(model, params, x):
@@ -321,15 +373,17 @@ class CategoricalHMM(HMM):
 
     vocab_size: int
 
-    def __init__(self, num_states: int, vocab_size: int, *, scan: str = "auto"):
+    def __init__(self, num_states: int, vocab_size: int, *, scan: str = "auto", input_dim: int = 0):
         object.__setattr__(self, "num_states", num_states)
         object.__setattr__(self, "head", CategoricalHead(vocab_size))
         object.__setattr__(self, "scan", scan)
+        object.__setattr__(self, "input_dim", input_dim)
         object.__setattr__(self, "vocab_size", self.head.vocab_size)
         self.__post_init__()
 
     def __repr__(self):
         scan = "" if self.scan == "auto" else f", scan={self.scan!r}"
+        scan += f", input_dim={self.input_dim}" if self.input_dim else ""
         return f"CategoricalHMM(num_states={self.num_states}, vocab_size={self.vocab_size}{scan})"
 
     def init(
@@ -375,15 +429,17 @@ class GaussianHMM(HMM):
 
     obs_dim: int
 
-    def __init__(self, num_states: int, obs_dim: int, *, scan: str = "auto"):
+    def __init__(self, num_states: int, obs_dim: int, *, scan: str = "auto", input_dim: int = 0):
         object.__setattr__(self, "num_states", num_states)
         object.__setattr__(self, "head", NormalHead(obs_dim))
         object.__setattr__(self, "scan", scan)
+        object.__setattr__(self, "input_dim", input_dim)
         object.__setattr__(self, "obs_dim", self.head.obs_dim)
         self.__post_init__()
 
     def __repr__(self):
         scan = "" if self.scan == "auto" else f", scan={self.scan!r}"
+        scan += f", input_dim={self.input_dim}" if self.input_dim else ""
         return f"GaussianHMM(num_states={self.num_states}, obs_dim={self.obs_dim}{scan})"
 
     def init(

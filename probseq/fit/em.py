@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from probseq import sharding, validation
 from probseq.auto import choose_smoother
@@ -46,7 +47,7 @@ from probseq.families.hmm import HMM, HMMParams
 from probseq.fit.result import FitResult
 from probseq.heads import Head
 from probseq.hmm_inference import hmm_filter, hmm_smoother_from_likelihoods
-from probseq.scan import pairwise_sum
+from probseq.scan import EXACT, pairwise_sum
 from probseq.validation import check_key
 
 __all__ = ["DirichletPrior", "HMMStatistics", "expected_statistics", "em_step", "fit_em"]
@@ -89,11 +90,30 @@ def _log_marginal(log_pi, log_a, log_likelihoods, mask):
     return jnp.sum(jax.vmap(one)(log_likelihoods, mask))
 
 
+def _log_marginal_inputs(log_pi, log_a, log_likelihoods, mask):
+    """:func:`_log_marginal` with a transition matrix per step, log_a (B, T, K, K)."""
+
+    def one(la, ll, m):
+        res = hmm_filter(jnp.exp(log_pi), jnp.exp(la), ll)
+        return pairwise_sum(jnp.where(m, res.log_normalizers, 0.0))
+
+    return jnp.sum(jax.vmap(one)(log_a, log_likelihoods, mask))
+
+
 ESTEPS = ("auto", "autodiff", "forward_backward", "chunked")
 
 
-def _statistics(model: HMM, params: HMMParams, x, mask, estep: str) -> HMMStatistics:
+def _statistics(model: HMM, params: HMMParams, x, mask, estep: str, inputs=None) -> HMMStatistics:
     log_pi = jax.nn.log_softmax(params.initial_logits)
+    if model.input_dim:
+        # Expected transitions per step, xi_t (B, T, K, K): the gradient with respect to
+        # each step's log A_t (the recursion is multilinear in every A_t's entries).
+        log_a = jnp.log(model.transition_matrices(params, inputs))
+        ll = jax.vmap(lambda xs: model.emission_log_likelihoods(params, xs))(x)
+        value, (n_init, xi, gamma) = jax.value_and_grad(_log_marginal_inputs, argnums=(0, 1, 2))(
+            log_pi, log_a, ll, mask
+        )
+        return HMMStatistics(value, n_init, xi, gamma)
     log_a = jax.nn.log_softmax(params.transition_logits, axis=-1)
     estep = _resolve_estep(estep, x.shape[0], x.shape[1], model.num_states)
     if estep == "autodiff":
@@ -102,10 +122,9 @@ def _statistics(model: HMM, params: HMMParams, x, mask, estep: str) -> HMMStatis
             log_pi, log_a, ll, mask
         )
         return HMMStatistics(value, n_init, n_trans, gamma)
-    lik, shift = jax.vmap(lambda xs: model.emission_likelihoods(params, xs))(x)
-    post = hmm_smoother_from_likelihoods(
-        jnp.exp(log_pi), jnp.exp(log_a), lik, shift, mask, method=estep
-    )
+    pi, a = jnp.exp(log_pi), jnp.exp(log_a)
+    lik, shift = jax.vmap(lambda xs: model.emission_likelihoods(params, xs, pi, a))(x)
+    post = hmm_smoother_from_likelihoods(pi, a, lik, shift, mask, method=estep)
     return HMMStatistics(
         pairwise_sum(post.marginal_loglik),
         jnp.sum(post.smoothed_probs[:, 0], axis=0),
@@ -130,12 +149,12 @@ def _check_estep(estep):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
-def _expected_statistics(model, params, x, mask, estep):
-    return _statistics(model, params, x, mask, estep)
+def _expected_statistics(model, params, x, mask, estep, inputs):
+    return _statistics(model, params, x, mask, estep, inputs)
 
 
 def expected_statistics(
-    model: HMM, params: HMMParams, data, mask=None, *, estep: str = "auto"
+    model: HMM, params: HMMParams, data, mask=None, *, estep: str = "auto", inputs=None
 ) -> HMMStatistics:
     """The E-step alone: expected sufficient statistics of ``data`` under ``params``.
 
@@ -152,8 +171,9 @@ def expected_statistics(
     """
     _check_hmm(model)
     _check_estep(estep)
-    batch = as_batch(model, params, data, mask, name="data")
-    return _expected_statistics(model, params, batch.x, batch.mask, estep)
+    _check_inputs_fit(model, estep, None)
+    batch = as_batch(model, params, data, mask, inputs, name="data")
+    return _expected_statistics(model, params, batch.x, batch.mask, estep, batch.inputs)
 
 
 def _normalized_log(counts, concentration, old_logits):
@@ -179,26 +199,72 @@ def _log_prior(params: HMMParams, prior: DirichletPrior):
     return total
 
 
-def _em_update(model: HMM, params: HMMParams, x, mask, prior: DirichletPrior, estep: str):
+#: L-BFGS iterations of an input-driven HMM's transition M-step per EM iteration.
+TRANSITION_STEPS = 20
+
+
+def _transition_m_step(model: HMM, params: HMMParams, xi, inputs):
+    """The generalised M-step of input-driven transitions: L-BFGS on the expected
+    complete-data log-likelihood of the transitions,
+
+        Q(b, W) = sum_{t,i,j} xi_t(i, j) log softmax_j(b_i + W_i u_t),
+
+    a sum of K weighted multinomial logistic regressions (concave), from the current
+    (b, W); the result is kept only where Q did not decrease, so the log-likelihood
+    never decreases (generalised EM)."""
+
+    def loss(theta):
+        b, w = theta
+        logits = b + jnp.einsum("ijm,...m->...ij", w, inputs, precision=EXACT)
+        return -jnp.sum(jnp.where(xi > 0, xi * jax.nn.log_softmax(logits, axis=-1), 0.0))
+
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(loss)
+    start = (params.transition_logits, params.input_weights)
+
+    def step(_, carry):
+        theta, state = carry
+        value, grad = value_and_grad(theta, state=state)
+        updates, state = opt.update(grad, state, theta, value=value, grad=grad, value_fn=loss)
+        return optax.apply_updates(theta, updates), state
+
+    theta, _ = jax.lax.fori_loop(0, TRANSITION_STEPS, step, (start, opt.init(start)))
+    better = jnp.isfinite(loss(theta)) & (loss(theta) <= loss(start))
+    return jax.tree.map(lambda new, old: jnp.where(better, new, old), theta, start)
+
+
+def _em_update(
+    model: HMM, params: HMMParams, x, mask, prior: DirichletPrior, estep: str, inputs=None
+):
     """One EM iteration: returns (new params, log p(x | params), log prior(params))."""
-    stats = _statistics(model, params, x, mask, estep)
+    stats = _statistics(model, params, x, mask, estep, inputs)
     k = model.num_states
     weights = stats.posteriors.reshape(-1, k)
     flat_x = x.reshape((-1,) + x.shape[2:])
+    if model.input_dim:
+        transition_logits, input_weights = _transition_m_step(
+            model, params, stats.transition_counts, inputs
+        )
+    else:
+        transition_logits = _normalized_log(
+            stats.transition_counts, prior.transition, params.transition_logits
+        )
+        input_weights = params.input_weights
     new = HMMParams(
         initial_logits=_normalized_log(stats.initial_counts, prior.initial, params.initial_logits),
-        transition_logits=_normalized_log(
-            stats.transition_counts, prior.transition, params.transition_logits
-        ),
+        transition_logits=transition_logits,
         emission=model.head.m_step(weights, flat_x, params.emission, prior.emission),
+        input_weights=input_weights,
     )
     return new, stats.log_likelihood, _log_prior(params, prior)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6))
-def _em_restarts(model, params, x, mask, prior, done, estep):
+def _em_restarts(model, params, x, mask, prior, done, estep, inputs=None):
     """One iteration for a stack of restarts (leading axis R); finished ones stay put."""
-    update = functools.partial(_em_update, model, x=x, mask=mask, prior=prior, estep=estep)
+    update = functools.partial(
+        _em_update, model, x=x, mask=mask, prior=prior, estep=estep, inputs=inputs
+    )
     if done.shape[0] == 1:
         # One start (the usual case): no batching, so the chunked E-step's while loops
         # stay unbatched (a batched while loop selects over its whole carry every step).
@@ -214,12 +280,30 @@ def _em_restarts(model, params, x, mask, prior, done, estep):
 _em_update_jit = jax.jit(_em_update, static_argnums=(0, 5))
 
 
+def _check_inputs_fit(model, estep, prior):
+    """An input-driven HMM's E-step is the autodiff one (expected transitions per step)
+    and its transition M-step is not closed form: no Dirichlet prior on it."""
+    if not model.input_dim:
+        return
+    if estep not in ("auto", "autodiff"):
+        raise ValueError(
+            f"estep={estep!r}: an input-driven HMM ({model!r}) has a transition matrix per "
+            "step; its expected statistics come from estep='autodiff' (or 'auto')."
+        )
+    if prior is not None and prior.transition is not None:
+        raise ValueError(
+            f"a Dirichlet prior on the transitions of an input-driven HMM ({model!r}) is not "
+            "supported: its transitions are logistic regressions on the inputs."
+        )
+
+
 def em_step(
     model: HMM,
     params: HMMParams,
     data,
     *,
     mask=None,
+    inputs=None,
     prior=None,
     estep: str = "auto",
     mesh=None,
@@ -228,7 +312,7 @@ def em_step(
 
     Args:
         model, params: an HMM with a closed-form M-step and its current parameters.
-        data, mask: as for :func:`fit_em`.
+        data, mask, inputs: as for :func:`fit_em`.
         prior: None or a :class:`DirichletPrior` / dict (MAP).
         estep: as for :func:`fit_em`.
         mesh: a ``jax.sharding.Mesh`` to split the sequences over.
@@ -246,13 +330,14 @@ def em_step(
     _check_hmm(model)
     _check_estep(estep)
     mesh = sharding.check_mesh(mesh)
-    batch = as_batch(model, params, data, mask, name="data")
+    batch = as_batch(model, params, data, mask, inputs, name="data")
     prior = _prior(model, prior, params.initial_logits.dtype)
-    x, x_mask = batch.x, batch.mask
+    _check_inputs_fit(model, estep, prior)
+    x, x_mask, u = batch.x, batch.mask, batch.inputs
     if mesh is not None:
-        x, x_mask = sharding.shard_batch(mesh, x, x_mask)
+        x, x_mask, u = sharding.shard_batch(mesh, x, x_mask, u)
         params, prior = sharding.replicate(mesh, (params, prior))
-    new, log_likelihood, _ = _em_update_jit(model, params, x, x_mask, prior, estep)
+    new, log_likelihood, _ = _em_update_jit(model, params, x, x_mask, prior, estep, u)
     return new, log_likelihood
 
 
@@ -266,7 +351,7 @@ ITERS_PER_CALL = 8
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
-def _em_iterations(model, params, x, mask, prior, estep, state, num_active, tol):
+def _em_iterations(model, params, x, mask, prior, estep, state, num_active, tol, inputs=None):
     """Up to ITERS_PER_CALL iterations on the device, stopping (the rest are no-ops)
     after ``num_active`` or once every restart has converged.
 
@@ -279,7 +364,7 @@ def _em_iterations(model, params, x, mask, prior, estep, state, num_active, tol)
         ran = (i < num_active) & ~jnp.all(done)
 
         def run(params):
-            new, loglik, logprior = _em_restarts(model, params, x, mask, prior, done, estep)
+            new, loglik, logprior = _em_restarts(model, params, x, mask, prior, done, estep, inputs)
             objective = loglik + logprior
             converged = has_prev & (jnp.abs(objective - prev) <= tol * jnp.abs(prev))
             return new, (done | converged, objective, jnp.ones((), bool)), loglik
@@ -353,6 +438,7 @@ def fit_em(
     data,
     *,
     mask=None,
+    inputs=None,
     num_iters: int = 100,
     tol: float = 1e-4,
     prior=None,
@@ -375,6 +461,13 @@ def fit_em(
         params: starting parameters (restart 0).
         data: one sequence, a batch (with ``mask``), or a list of ragged sequences.
         mask: optional (B, T) prefix mask of valid steps.
+        inputs: per-step inputs u_t (B, T, m) of an input-driven HMM (``input_dim=m``),
+            None otherwise. Such a model is fitted by generalised EM: the autodiff
+            E-step gives each step's expected transitions, the initial and emission
+            M-steps are closed form, and the transition logits and input weights take
+            ``TRANSITION_STEPS`` L-BFGS steps on the expected complete-data
+            log-likelihood, kept only if it did not decrease (so neither does the
+            log-likelihood).
         num_iters: maximum number of iterations (M-steps).
         tol: stop when the objective improves by less than ``tol`` relative to its
             magnitude, ``|f_i - f_{i-1}| <= tol * |f_{i-1}|``.
@@ -411,9 +504,10 @@ def fit_em(
             raise ValueError("num_restarts > 1 draws random starting points: pass key=.")
         check_key(key)
     mesh = sharding.check_mesh(mesh)
-    batch = as_batch(model, params, data, mask, name="data")
+    batch = as_batch(model, params, data, mask, inputs, name="data")
     dtype = params.initial_logits.dtype
     prior = _prior(model, prior, dtype)
+    _check_inputs_fit(model, estep, prior)
 
     starts = [params] + [
         model.init(jax.random.fold_in(key, r), dtype=dtype) for r in range(1, num_restarts)
@@ -424,16 +518,16 @@ def fit_em(
         jnp.zeros((num_restarts,), dtype),
         jnp.zeros((), bool),
     )
-    x, x_mask = batch.x, batch.mask
+    x, x_mask, u = batch.x, batch.mask, batch.inputs
     if mesh is not None:
-        x, x_mask = sharding.shard_batch(mesh, x, x_mask)
+        x, x_mask, u = sharding.shard_batch(mesh, x, x_mask, u)
         stacked, state, prior = sharding.replicate(mesh, (stacked, state, prior))
     loglik_hist, objective_hist = [], []
     bar = _progress_bar(num_iters, progress)
     while len(loglik_hist) < num_iters:
         remaining = num_iters - len(loglik_hist)
         stacked, state, (loglik, objective, ran) = _em_iterations(
-            model, stacked, x, x_mask, prior, estep, state, remaining, tol
+            model, stacked, x, x_mask, prior, estep, state, remaining, tol, u
         )
         ran = np.asarray(ran)
         loglik_hist.extend(np.asarray(loglik)[ran])
