@@ -162,12 +162,6 @@ def _prefix_mask(log_likelihoods: jax.Array, mask: jax.Array | None) -> jax.Arra
     return jnp.asarray(mask, bool)
 
 
-def _safe_normalize(w: jax.Array) -> jax.Array:
-    """w / sum(w); all zeros (never NaN) when the sum is 0."""
-    c = jnp.sum(w)
-    return w / jnp.where(c > 0, c, jnp.ones((), c.dtype))
-
-
 def _shifted_likelihoods(
     log_likelihoods: jax.Array, initial_probs=None, transition_matrix=None
 ) -> tuple[jax.Array, jax.Array]:
