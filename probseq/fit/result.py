@@ -207,21 +207,23 @@ class FitHistory(Mapping):
             else:
                 fitter = ""
         fitter = str(fitter)
-        curve = h.get("log_likelihood", h.get("log_likelihood_per_token"))
-        n = np.shape(curve)[0] if np.ndim(curve) >= 1 else -1
-        if n < 0:
-            raise ValueError(
-                f"the history's log-likelihood must be one value per epoch/iteration "
-                f"(1-D), got shape {np.shape(curve)}."
-            )
 
         def arr(name, dtype=np.float64):
             if name not in h:
                 return None
             try:
-                return np.asarray(h[name], dtype)
+                a = np.asarray(h[name], dtype)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"history[{name!r}] must be numbers ({e}).") from None
+            if a.ndim != 1:
+                raise ValueError(
+                    f"history[{name!r}] must be one value per epoch/iteration (1-D), "
+                    f"got shape {a.shape}."
+                )
+            return a
+
+        curve = arr("log_likelihood")
+        n = (arr("log_likelihood_per_token") if curve is None else curve).shape[0]
 
         tokens = arr("num_tokens", np.int64)
         if tokens is None and "tokens_per_s" in h and "time_s" in h:
