@@ -493,8 +493,8 @@ def fit_em(
         per iteration: ``history["log_likelihood"]`` holds log p(x | params) before
         each M-step (as hmmlearn's monitor does; total over the data),
         ``log_likelihood_per_token`` the same over the observed steps, and
-        ``objective`` adds the log prior (no validation, times: NaN); ``info`` has the iterations run,
-        whether the fit converged, and every restart's final objective.
+        ``objective`` adds the log prior (no validation, times: NaN); ``info`` has the
+        iterations run, whether the fit converged, and every restart's final objective.
     """
     _check_hmm(model)
     _check_estep(estep)

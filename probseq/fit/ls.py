@@ -63,8 +63,6 @@ def fit_ls(model, data, *, mask=None, inputs=None, dtype=None) -> FitResult:
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype), raw)
     return FitResult(
         params=params,
-        history=FitHistory.from_totals(
-            "fit_ls", log_likelihood=[log_lik], num_tokens=num_steps
-        ),
+        history=FitHistory.from_totals("fit_ls", log_likelihood=[log_lik], num_tokens=num_steps),
         info={"method": "ls", "num_regression_steps": num_steps, "converged": True},
     )

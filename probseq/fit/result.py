@@ -139,8 +139,7 @@ class FitHistory(Mapping):
         ll = np.asarray(log_likelihood, np.float64)
         if ll.ndim != 1:
             raise ValueError(
-                f"log_likelihood must be one value per epoch/iteration (1-D), got shape "
-                f"{ll.shape}."
+                f"log_likelihood must be one value per epoch/iteration (1-D), got shape {ll.shape}."
             )
         n = ll.shape[0]
 
@@ -286,9 +285,7 @@ class FitHistory(Mapping):
             )
             key = LEGACY_NAMES[key]
         if key not in self:
-            raise KeyError(
-                f"{key!r} is not a FitHistory field; the fields are {list(self)}."
-            )
+            raise KeyError(f"{key!r} is not a FitHistory field; the fields are {list(self)}.")
         return getattr(self, key)
 
     @property
