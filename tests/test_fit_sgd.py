@@ -180,7 +180,9 @@ def test_ragged_partial_batch_tbptt_counts_every_token_once_and_compiles_once(bp
     )
     assert h.iteration.tolist() == [1, 2, 3, 4] and h.fitter == "fit_sgd"
     np.testing.assert_allclose(
-        res.history["valid_log_likelihood_per_token"], _per_token_log_lik(model, params, valid), rtol=2e-6
+        res.history["valid_log_likelihood_per_token"],
+        _per_token_log_lik(model, params, valid),
+        rtol=2e-6,
     )
     steps = np.diff(res.history["num_steps"], prepend=0)
     if bptt_length is None:
@@ -359,7 +361,9 @@ def test_early_stopping_returns_the_best_epoch(capfd):
     best = int(np.argmax(h.valid_log_likelihood_per_token))
     assert info["best_epoch"] == best + 1 == h.num_entries - 3
     np.testing.assert_allclose(
-        _per_token_log_lik(model, res.params, valid), h.valid_log_likelihood_per_token[best], rtol=1e-5
+        _per_token_log_lik(model, res.params, valid),
+        h.valid_log_likelihood_per_token[best],
+        rtol=1e-5,
     )
     last = _per_token_log_lik(model, info["last_params"], valid)
     np.testing.assert_allclose(last, h.valid_log_likelihood_per_token[-1], rtol=1e-5)
@@ -495,7 +499,9 @@ def test_fit_killed_with_sigkill_resumes_to_the_same_params(tmp_path):
     with np.load(tmp_path / "resumed.npz") as resumed:
         got = [resumed[f"arr_{i}"] for i in range(len(resumed.files))]
     _allclose_trees(got, ref.params, atol=1e-6)
-    np.testing.assert_allclose(report["valid"], ref.history["valid_log_likelihood_per_token"], rtol=1e-6)
+    np.testing.assert_allclose(
+        report["valid"], ref.history["valid_log_likelihood_per_token"], rtol=1e-6
+    )
     assert report["info"]["best_epoch"] == ref.info["best_epoch"]
 
 

@@ -143,12 +143,18 @@ class FitHistory(Mapping):
             )
         n = ll.shape[0]
 
-        def full(value, fill, dtype):
-            return np.broadcast_to(np.asarray(fill if value is None else value, dtype), (n,))
+        def full(name, value, fill, dtype):
+            a = np.asarray(fill if value is None else value, dtype)
+            if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != n):
+                raise ValueError(
+                    f"{name} must be one number or one per entry of log_likelihood ({n}), "
+                    f"got shape {a.shape}."
+                )
+            return np.broadcast_to(a, (n,))
 
-        tokens = full(num_tokens, 0, np.int64)
-        valid_ll = full(valid_log_likelihood, math.nan, np.float64)
-        valid_tokens = full(valid_num_tokens, 0, np.int64)
+        tokens = full("num_tokens", num_tokens, 0, np.int64)
+        valid_ll = full("valid_log_likelihood", valid_log_likelihood, math.nan, np.float64)
+        valid_tokens = full("valid_num_tokens", valid_num_tokens, 0, np.int64)
         if iteration is None:
             iteration = np.arange(n) + (1 if fitter == "fit_sgd" else 0)
         return cls(
@@ -161,10 +167,10 @@ class FitHistory(Mapping):
             valid_log_likelihood_per_token=_per_token(valid_ll, valid_tokens),
             valid_num_tokens=valid_tokens,
             objective=ll if objective is None else objective,
-            num_steps=full(num_steps, 0, np.int64),
-            skipped_steps=full(skipped_steps, 0, np.int64),
-            time_s=full(time_s, math.nan, np.float64),
-            tokens_per_s=full(tokens_per_s, math.nan, np.float64),
+            num_steps=full("num_steps", num_steps, 0, np.int64),
+            skipped_steps=full("skipped_steps", skipped_steps, 0, np.int64),
+            time_s=full("time_s", time_s, math.nan, np.float64),
+            tokens_per_s=full("tokens_per_s", tokens_per_s, math.nan, np.float64),
         )
 
     @classmethod
@@ -199,7 +205,7 @@ class FitHistory(Mapping):
         h = {LEGACY_NAMES.get(k, k): v for k, v in history.items()}
         fitter = h.get("fitter")
         if fitter is None:  # an old history: which fitter wrote it, from its keys
-            if keys & {"train_log_lik", "valid_log_lik", "epoch", "tokens_per_s"}:
+            if keys & {"train_log_lik", "valid_log_lik", "epoch", "tokens_per_s", "time_s"}:
                 fitter = "fit_sgd"
             elif "objective" in keys:
                 fitter = "fit_em"
