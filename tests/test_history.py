@@ -2,6 +2,7 @@
 log-likelihood in total and per token (over the unmasked steps); older names still read."""
 
 import dataclasses
+import json
 import warnings
 
 import jax
@@ -155,3 +156,54 @@ def test_plots_of_both_fitters_work_and_are_not_mixed(fits):
         plots.plot_learning_curves(
             FitHistory.from_totals("fit_em", log_likelihood=[], num_tokens=0)
         )
+
+
+def _as_old_checkpoint(directory) -> list:
+    """Rewrite fit_sgd's checkpoint as probseq wrote it before FitHistory: the history
+    columns per token under the old names. Returns the old per-token train curve."""
+    from probseq.fit import checkpoint
+
+    path = directory / checkpoint.CHECKPOINT_FILE
+    with np.load(path) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    document = json.loads(str(arrays["__metadata__"][()]))
+    new = document["metadata"]["run"]["history"]
+    per_token = [t / n for t, n in zip(new["log_likelihood"], new["num_tokens"], strict=True)]
+    valid = [
+        t / n for t, n in zip(new["valid_log_likelihood"], new["valid_num_tokens"], strict=True)
+    ]
+    document["metadata"]["run"]["history"] = {
+        "epoch": new["iteration"],
+        "train_log_lik": per_token,
+        "valid_log_lik": valid,
+        **{k: new[k] for k in ("num_steps", "skipped_steps", "tokens_per_s", "time_s")},
+    }
+    arrays["__metadata__"] = np.array(json.dumps(document))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return per_token
+
+
+def test_fit_sgd_resumes_a_checkpoint_with_the_old_history_names(fits, tmp_path):
+    hmm, start, data = fits["hmm"], fits["start"], fits["data"]
+    settings = dict(
+        key=jax.random.key(3), batch_size=4, valid_data=data[:2], learning_rate=0.05,
+        progress=False, checkpoint_dir=tmp_path,
+    )  # fmt: skip
+    one = probseq.fit_sgd(hmm, start, data, num_epochs=1, **settings)
+    old_curve = _as_old_checkpoint(tmp_path)
+    two = probseq.fit_sgd(hmm, start, data, num_epochs=2, **settings)
+    h = two.history
+    assert two.info["resumed_from_step"] == one.info["num_steps"] and h.num_entries == 2
+    np.testing.assert_allclose(h.log_likelihood_per_token[:1], old_curve, rtol=1e-12)
+    np.testing.assert_allclose(h.log_likelihood, h.log_likelihood_per_token * 48, rtol=1e-12)
+    assert h.num_tokens.tolist() == [48, 48]  # recovered from tokens_per_s * time_s
+    # the validation totals: the old per-token values over this fit's validation tokens
+    assert h.valid_num_tokens.tolist() == [15, 15]
+    np.testing.assert_allclose(
+        h.valid_log_likelihood[0], one.history.valid_log_likelihood[0], rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        h.valid_log_likelihood_per_token[0], one.history.valid_log_likelihood_per_token[0],
+        rtol=1e-12,
+    )  # fmt: skip

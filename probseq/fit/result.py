@@ -174,7 +174,13 @@ class FitHistory(Mapping):
         )
 
     @classmethod
-    def from_dict(cls, history: Mapping, *, num_tokens: int | None = None) -> FitHistory:
+    def from_dict(
+        cls,
+        history: Mapping,
+        *,
+        num_tokens: int | None = None,
+        valid_num_tokens: int | None = None,
+    ) -> FitHistory:
         """A history from a dict of lists/arrays: this type's own fields (as
         ``dict(history)`` or history.json give them), or an older history's keys —
         fit_sgd's ``epoch`` / ``train_log_lik`` / ``valid_log_lik`` (per token) /
@@ -183,9 +189,10 @@ class FitHistory(Mapping):
 
         An old fit_sgd history did not store token counts; they are recovered as
         ``round(tokens_per_s * time_s)`` (how tokens_per_s was computed), so that the
-        totals are known; its validation totals are not (NaN, 0 tokens). An old fit_em
-        or fit_ls history stored only totals: ``num_tokens`` (the training tokens, e.g.
-        from the run's info) gives the per-token values, else they are NaN.
+        totals are known; its validation totals only with ``valid_num_tokens`` (the
+        validation tokens), else NaN with 0 tokens. An old fit_em or fit_ls history
+        stored only totals: ``num_tokens`` (the training tokens, e.g. from the run's
+        info) gives the per-token values, else they are NaN.
 
         Raises:
             ValueError: no log-likelihood under any known key, or fields that are not
@@ -236,7 +243,12 @@ class FitHistory(Mapping):
         if tokens is None:
             tokens = np.full(n, 0 if num_tokens is None else num_tokens, np.int64)
         valid_tokens = arr("valid_num_tokens", np.int64)
-        valid_tokens = np.zeros(n, np.int64) if valid_tokens is None else valid_tokens
+        if valid_tokens is None:
+            valid_per = arr("valid_log_likelihood_per_token")
+            known = valid_num_tokens is not None and valid_per is not None
+            valid_tokens = np.zeros(n, np.int64)
+            if known:
+                valid_tokens = np.where(np.isfinite(valid_per), valid_num_tokens, 0)
         total, per = _both(arr("log_likelihood"), arr("log_likelihood_per_token"), tokens)
         valid_total, valid_per = _both(
             arr("valid_log_likelihood"), arr("valid_log_likelihood_per_token"), valid_tokens

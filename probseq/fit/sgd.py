@@ -696,14 +696,14 @@ def _history(columns: dict) -> FitHistory:
     return FitHistory.from_totals("fit_sgd", **columns)
 
 
-def _current_columns(columns: dict, has_valid: bool) -> dict:
+def _current_columns(columns: dict, valid_tokens: int | None) -> dict:
     """A checkpoint's history columns under this version's names (a checkpoint
-    written before FitHistory stored fit_sgd's old per-token columns)."""
+    written before FitHistory stored fit_sgd's old per-token columns; ``valid_tokens``,
+    the tokens of this fit's validation data, gives their validation totals)."""
     if "log_likelihood" in columns:
         return columns
-    h = FitHistory.from_dict(columns)
-    names = [n for n in _new_run(has_valid)["history"] if n in h]
-    return {n: h[n].tolist() for n in names}
+    h = FitHistory.from_dict(columns, valid_num_tokens=valid_tokens)
+    return {n: h[n].tolist() for n in _new_run(valid_tokens is not None)["history"]}
 
 
 def fit_sgd(
@@ -866,6 +866,9 @@ def fit_sgd(
         }
         return fit.result(stopped, extra)
 
+    fit.run["history"] = _current_columns(
+        fit.run["history"], None if valid is None else valid_tokens
+    )
     if valid is not None and fit.run["initial_valid_log_lik"] is None:
         total, tokens = valid_total(fit.carry.state.params)
         fit.run["initial_valid_log_lik"] = total / tokens
@@ -1005,7 +1008,6 @@ def _start(
             checkpoint.restore_tree(params, ckpt, "best_params", what="best params")
         )
         run = ckpt.metadata["run"]
-        run["history"] = _current_columns(run["history"], has_valid)
         if run["status"] == "nonfinite":
             run["consecutive_nonfinite"] = 0
         resumed_from = run["num_steps"] + run["num_skipped"]
