@@ -6,7 +6,8 @@ A run directory holds
 * ``params.npz``   the fitted parameters (NumPy ``.npz`` + JSON, no pickle);
 * ``data.json``    how data is encoded: the character vocabulary (text) or the
   columns and the standardisation (series);
-* ``history.json`` the fit history and facts about the fit;
+* ``history.json`` the fit history (every :class:`probseq.FitHistory` field by name;
+  an older run's keys still load) and facts about the fit;
 * ``run.json``     written last: format version, probseq version, model, and the
   SHA-256 of every other file;
 * ``fit.json``     (``probseq fit``) what the directory is being fitted for: the
