@@ -51,7 +51,12 @@ def run(args) -> dict:
         hmm, start, train, key=jax.random.key(args.seed + 2), num_epochs=args.sgd_epochs,
         batch_size=8, learning_rate=0.05, progress=False,
     )  # fmt: skip
-    print(f"EM: {len(em.history['log_likelihood'])} iterations; SGD: {sgd.info['num_steps']} steps")
+    # both histories have the same fields: the log-likelihood in total and per roll
+    print(
+        f"EM: {em.history.num_entries} iterations, SGD: {sgd.info['num_steps']} steps; "
+        f"last train log-likelihood per roll: EM {em.history.log_likelihood_per_token[-1]:.4f}, "
+        f"SGD {sgd.history.log_likelihood_per_token[-1]:.4f} (averaged over its last epoch)"
+    )
 
     np.set_printoptions(precision=3, suppress=True)
     results, perms = {}, {}

@@ -95,9 +95,9 @@ def run(args) -> dict:
         valid_bits = -fit.info["best_valid_log_lik"] * BITS
         print(
             f"{name:>7}: test {bits:.3f} bits/char (valid {valid_bits:.3f}"
-            f", epoch {fit.info['best_epoch']}/{len(h['epoch'])}); {fit.info['num_steps']} steps, "
+            f", epoch {fit.info['best_epoch']}/{h.num_entries}); {fit.info['num_steps']} steps, "
             f"{seconds:.1f} s incl. {fit.info['compile_time_s']:.1f} s compile, "
-            f"{np.mean(h['tokens_per_s']):,.0f} tokens/s"
+            f"{np.mean(h.tokens_per_s):,.0f} tokens/s"
         )
     return results
 

@@ -34,6 +34,7 @@ from probseq.families import (
 )
 from probseq.fit import (
     DirichletPrior,
+    FitHistory,
     FitResult,
     NonFiniteLossError,
     SGDState,
@@ -80,6 +81,7 @@ __all__ = [
     "sgd_update",
     "SGDState",
     "FitResult",
+    "FitHistory",
     "DirichletPrior",
     "forecast",
     "Forecast",

@@ -6,7 +6,8 @@ A run directory holds
 * ``params.npz``   the fitted parameters (NumPy ``.npz`` + JSON, no pickle);
 * ``data.json``    how data is encoded: the character vocabulary (text) or the
   columns and the standardisation (series);
-* ``history.json`` the fit history and facts about the fit;
+* ``history.json`` the fit history (every :class:`probseq.FitHistory` field by name;
+  an older run's keys still load) and facts about the fit;
 * ``run.json``     written last: format version, probseq version, model, and the
   SHA-256 of every other file;
 * ``fit.json``     (``probseq fit``) what the directory is being fitted for: the
@@ -46,6 +47,7 @@ import numpy as np
 from probseq import atomic
 from probseq import data as data_lib
 from probseq.fit import checkpoint
+from probseq.fit.result import FitHistory
 from probseq.spec import Spec, SpecError, load_spec, spec_text
 
 __all__ = ["Run", "save_run", "load", "RunError", "check_out", "undo_check_out", "claim"]
@@ -71,7 +73,9 @@ class Run:
         vocabulary: the :class:`probseq.data.CharVocabulary` (text), else None.
         scaler: the :class:`probseq.data.Standardizer` (series), else None.
         columns: the CSV column names (series), else None.
-        history: the fit history (name -> NumPy array).
+        history: the :class:`probseq.FitHistory` of the fit (None when none was
+            recorded; a dict, e.g. an older history, is read by
+            :meth:`~probseq.FitHistory.from_dict`).
         info: JSON facts about the fit (how it stopped, test scores, ...).
         path: the directory it was loaded from (None before saving).
     """
@@ -82,9 +86,14 @@ class Run:
     vocabulary: data_lib.CharVocabulary | None = None
     scaler: data_lib.Standardizer | None = None
     columns: tuple[str, ...] | None = None
-    history: dict = dataclasses.field(default_factory=dict)
+    history: FitHistory | None = None
     info: dict = dataclasses.field(default_factory=dict)
     path: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.history, dict):
+            history = FitHistory.from_dict(self.history) if self.history else None
+            object.__setattr__(self, "history", history)
 
     @property
     def kind(self) -> str:
@@ -166,6 +175,26 @@ def _array(values: list) -> np.ndarray:
     return a
 
 
+def _history_lists(history: FitHistory) -> dict:
+    """Every field of the history as JSON lists (no size limit) and ``fitter``."""
+    return {k: (v if isinstance(v, str) else v.tolist()) for k, v in history.items()}
+
+
+def _load_history(stored: dict, info: dict) -> FitHistory | None:
+    """history.json's history as a FitHistory: this version's fields, or an older
+    run's keys (fit_sgd's ``train_log_lik`` ..., fit_em's / fit_ls's totals)."""
+    lists = {k: _array(v) for k, v in stored.items() if isinstance(v, list)}
+    if "fitter" in stored:
+        lists["fitter"] = stored["fitter"]
+    if not lists:
+        return None
+    tokens = None  # an older fit_em history: the per-token values over the training tokens
+    if "fitter" not in stored and "objective" in stored and "log_likelihood" in stored:
+        tokens = info.get("num_tokens", info.get("num_train_symbols"))
+        tokens = tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
+    return FitHistory.from_dict(lists, num_tokens=tokens)
+
+
 def _write_atomic(directory: str, name: str, text: str) -> None:
     atomic.write_atomic(os.path.join(directory, name), text)
 
@@ -205,7 +234,8 @@ def save_run(run: Run, directory, *, fingerprint: dict | None = None) -> str:
         "columns": None if run.columns is None else list(run.columns),
     }
     _write_atomic(directory, "data.json", json.dumps(encoding, indent=1))
-    history = {"history": _json_safe(run.history), "info": _json_safe(run.info)}
+    stored = {} if run.history is None else _json_safe(_history_lists(run.history))
+    history = {"history": stored, "info": _json_safe(run.info)}
     _write_atomic(directory, "history.json", json.dumps(history, indent=1))
     from probseq import __version__
 
@@ -444,7 +474,7 @@ def load(directory) -> Run:
     if not isinstance(stored_history, dict) or not isinstance(info, dict):
         raise RunError(f"{hist_path} is corrupt: 'history' and 'info' must be JSON objects.")
     try:
-        history = {k: _array(v) for k, v in stored_history.items() if isinstance(v, list)}
+        history = _load_history(stored_history, info)
     except (TypeError, ValueError) as e:
         raise RunError(f"{hist_path} is corrupt ({e}).") from None
     return Run(

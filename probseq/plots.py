@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from probseq import atomic, validation
+from probseq.fit.result import FitHistory
 
 __all__ = [
     "plot_learning_curves",
@@ -39,12 +40,12 @@ __all__ = [
 
 _SAVE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 _SAVE_DPI = 120
-# fit_sgd's per-epoch, per-token curves and fit_em's per-iteration totals.
-_SGD_KEYS = ("train_log_lik", "valid_log_lik")
+# fit_sgd's per-epoch, per-token curves and fit_em's (fit_ls's) per-iteration totals.
+_SGD_KEYS = ("log_likelihood_per_token", "valid_log_likelihood_per_token")
 _EM_KEYS = ("log_likelihood", "objective")
-_CURVE_STYLES = {  # history key -> (line style, legend label)
-    "train_log_lik": ("-", "train"),
-    "valid_log_lik": ("--", "valid"),
+_CURVE_STYLES = {  # history field -> (line style, legend label)
+    "log_likelihood_per_token": ("-", "train"),
+    "valid_log_likelihood_per_token": ("--", "valid"),
     "log_likelihood": ("-", "log-likelihood"),
     "objective": (":", "objective"),
 }
@@ -111,32 +112,29 @@ def _runs(history) -> dict[str | None, Mapping]:
     return {None: history}
 
 
-def _curve(hist: Mapping, key: str, label: str) -> np.ndarray | None:
-    if key not in hist:
-        return None
-    y = np.asarray(hist[key], dtype=float)
-    if y.ndim != 1:
-        raise ValueError(
-            f"history[{key!r}]{label} must be one value per epoch/iteration (1-D), "
-            f"got shape {y.shape}."
-        )
-    return y if y.size else None
+def _curve(hist, key: str) -> np.ndarray | None:
+    """A field of a FitHistory, or None when it is empty or NaN throughout (absent)."""
+    y = hist[key]
+    return y if np.isfinite(y).any() else None
 
 
 def plot_learning_curves(history, *, title: str | None = None, ax=None):
     """Log-likelihood against epochs (``fit_sgd``) or EM iterations (``fit_em``).
 
-    From a ``fit_sgd`` history it draws ``train_log_lik`` (solid) and, when present,
-    ``valid_log_lik`` (dashed) per token against ``epoch``. From a ``fit_em`` history
-    it draws the total ``log_likelihood`` against the iteration (0 = the starting
-    parameters: EM records log p(x) before each M-step), and ``objective`` (dotted)
-    where a prior makes it differ. Higher is better on both.
+    From a ``fit_sgd`` history it draws ``log_likelihood_per_token`` (solid, "train")
+    and, with validation data, ``valid_log_likelihood_per_token`` (dashed, "valid")
+    against the epoch. From a ``fit_em`` (or ``fit_ls``) history it draws the total
+    ``log_likelihood`` against the iteration (0 = the starting parameters: EM records
+    log p(x) before each M-step), and ``objective`` (dotted) where a prior makes it
+    differ. Higher is better on both.
 
     Args:
-        history: a :class:`~probseq.FitResult`, its ``.history`` dict, or a dict
-            ``{model_name: FitResult or history dict}`` to overlay several fits (one
-            colour per model; all from ``fit_sgd`` or all from ``fit_em``, since the
-            two are on different scales: per token vs total).
+        history: a :class:`~probseq.FitResult`, its :class:`~probseq.FitHistory`, a
+            dict of a history's fields (also an older history's keys, see
+            :meth:`~probseq.FitHistory.from_dict`), or a dict ``{model_name:
+            FitResult or history}`` to overlay several fits (one colour per model; all
+            from ``fit_sgd`` or all from ``fit_em``, since the two are on different
+            scales and axes: per token per epoch vs total per iteration).
         title: the axes title.
         ax: a matplotlib Axes to draw into; by default a new Figure.
 
@@ -150,9 +148,10 @@ def plot_learning_curves(history, *, title: str | None = None, ax=None):
 
     Example:
         >>> import numpy as np
-        >>> fig = plot_learning_curves(
-        ...     {"epoch": np.arange(1, 4), "train_log_lik": np.array([-1.2, -1.0, -0.9]),
-        ...      "valid_log_lik": np.array([-1.3, -1.1, -1.05])})
+        >>> from probseq import FitHistory
+        >>> fig = plot_learning_curves(FitHistory.from_totals(
+        ...     "fit_sgd", log_likelihood=[-120.0, -100.0, -90.0], num_tokens=100,
+        ...     valid_log_likelihood=[-65.0, -55.0, -52.5], valid_num_tokens=50))
         >>> [line.get_label() for line in fig.axes[0].get_lines()]
         ['train', 'valid']
     """
@@ -162,25 +161,22 @@ def plot_learning_curves(history, *, title: str | None = None, ax=None):
         where = "" if name is None else f" (model {name!r})"
         if not isinstance(hist, Mapping):
             raise ValueError(f"history{where} must be a dict, got {type(hist).__name__}.")
-        sgd = [(k, y) for k in _SGD_KEYS if (y := _curve(hist, k, where)) is not None]
-        em = [(k, y) for k in _EM_KEYS if (y := _curve(hist, k, where)) is not None]
-        if sgd:
-            n = max(len(y) for _, y in sgd)
-            x = np.asarray(hist["epoch"], dtype=float) if "epoch" in hist else None
-            if x is None or x.shape != (n,):
-                x = np.arange(1, n + 1, dtype=float)
-            curves.append((name, "sgd", x, sgd))
-        elif em:
-            if len(em) == 2 and em[0][1].shape == em[1][1].shape:
-                if np.allclose(em[0][1], em[1][1], equal_nan=True):
-                    em = em[:1]  # no prior: the objective is the log-likelihood
-            curves.append((name, "em", np.arange(len(em[0][1]), dtype=float), em))
-        else:
+        try:
+            fit_history = FitHistory.from_dict(hist)
+        except ValueError as e:
+            raise ValueError(f"history{where} has no learning curve to plot: {e}") from None
+        kind = "sgd" if fit_history.fitter == "fit_sgd" else "em"
+        keys = _SGD_KEYS if kind == "sgd" else _EM_KEYS
+        ys = [(k, y) for k in keys if (y := _curve(fit_history, k)) is not None]
+        if not ys:
             raise ValueError(
                 f"history{where} has no learning curve to plot: expected fit_sgd's "
-                f"{list(_SGD_KEYS)} or fit_em's {list(_EM_KEYS)} (non-empty), found "
-                f"keys {sorted(map(str, hist))}."
+                f"{list(_SGD_KEYS)} or fit_em's {list(_EM_KEYS)} (not empty, not all "
+                f"NaN), found keys {sorted(map(str, hist))}."
             )
+        if len(ys) == 2 and kind == "em" and np.allclose(ys[0][1], ys[1][1], equal_nan=True):
+            ys = ys[:1]  # no prior: the objective is the log-likelihood
+        curves.append((name, kind, fit_history.iteration.astype(float), ys))
     kinds = {kind for _, kind, _, _ in curves}
     if len(kinds) > 1:
         mixed = {name: kind for name, kind, _, _ in curves}

@@ -220,7 +220,7 @@ def fit_spec(
         vocabulary=splits.vocabulary,
         scaler=splits.scaler,
         columns=None if spec.kind == "text" else source.names,
-        history=dict(fit.history),
+        history=fit.history,
         info=info,
     )
 

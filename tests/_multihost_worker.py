@@ -109,7 +109,7 @@ def main(argv):
         log.addHandler(_DieAt(die_at))
     sgd = fit_sgd(lstm, lstm_p, my_train, my_valid, checkpoint_dir=checkpoint_dir, mesh=mesh)
     out["sgd_params"] = [np.asarray(a).tolist() for a in jax.tree.leaves(sgd.params)]
-    out["sgd_valid"] = np.asarray(sgd.history["valid_log_lik"]).tolist()
+    out["sgd_valid"] = np.asarray(sgd.history["valid_log_likelihood_per_token"]).tolist()
     out["resumed_from_step"] = sgd.info["resumed_from_step"]
     with open(out_path, "w") as f:
         json.dump(out, f)

@@ -52,7 +52,7 @@ def main():
             mesh=mesh,
         )
         row["sgd_params"] = [np.asarray(a).tolist() for a in jax.tree.leaves(fit.params)]
-        row["sgd_valid"] = np.asarray(fit.history["valid_log_lik"]).tolist()
+        row["sgd_valid"] = np.asarray(fit.history["valid_log_likelihood_per_token"]).tolist()
         table = probseq.compare({"cat": (cat, cat_p), "lstm": (lstm, lstm_p)}, tokens, mesh=mesh)
         row["compare"] = [float(r.log_likelihood) for r in table.rows]
         out[n] = row

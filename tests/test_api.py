@@ -44,6 +44,7 @@ def test_public_names_are_pinned():
             "data",
             "fit_em",
             "FitResult",
+            "FitHistory",
             "DirichletPrior",
             "forecast",
             "Forecast",

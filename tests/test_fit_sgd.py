@@ -129,7 +129,7 @@ def test_training_log_lik_rises_for_every_family(name, capfd):
         learning_rate=0.05,
         progress=False,
     )
-    ll = res.history["train_log_lik"]
+    ll = res.history["log_likelihood_per_token"]
     assert ll.shape == (4,) and np.isfinite(ll).all()
     assert ll[-1] > ll[0] + 0.1, ll
     assert _per_token_log_lik(model, res.params, x) > _per_token_log_lik(model, params, x) + 0.1
@@ -168,9 +168,21 @@ def test_ragged_partial_batch_tbptt_counts_every_token_once_and_compiles_once(bp
             progress=False,
         )
     expected = _per_token_log_lik(model, params, x)
-    np.testing.assert_allclose(res.history["train_log_lik"], expected, rtol=2e-6)
+    np.testing.assert_allclose(res.history["log_likelihood_per_token"], expected, rtol=2e-6)
+    # the totals over the observed (unmasked) tokens, and per token = total / tokens
+    h = res.history
+    assert h.num_tokens.tolist() == [38] * 4 and h.valid_num_tokens.tolist() == [18] * 4
+    total = float(np.sum(np.asarray(probseq.log_prob(model, params, x), np.float64)))
+    np.testing.assert_allclose(h.log_likelihood, total, rtol=2e-6)
+    np.testing.assert_array_equal(h.log_likelihood_per_token, h.log_likelihood / h.num_tokens)
+    np.testing.assert_array_equal(
+        h.valid_log_likelihood_per_token, h.valid_log_likelihood / h.valid_num_tokens
+    )
+    assert h.iteration.tolist() == [1, 2, 3, 4] and h.fitter == "fit_sgd"
     np.testing.assert_allclose(
-        res.history["valid_log_lik"], _per_token_log_lik(model, params, valid), rtol=2e-6
+        res.history["valid_log_likelihood_per_token"],
+        _per_token_log_lik(model, params, valid),
+        rtol=2e-6,
     )
     steps = np.diff(res.history["num_steps"], prepend=0)
     if bptt_length is None:
@@ -346,14 +358,16 @@ def test_early_stopping_returns_the_best_epoch(capfd):
     )
     h, info = res.history, res.info
     assert info["stopped"] == "early_stopping"
-    best = int(np.argmax(h["valid_log_lik"]))
-    assert info["best_epoch"] == best + 1 == len(h["epoch"]) - 3
+    best = int(np.argmax(h.valid_log_likelihood_per_token))
+    assert info["best_epoch"] == best + 1 == h.num_entries - 3
     np.testing.assert_allclose(
-        _per_token_log_lik(model, res.params, valid), h["valid_log_lik"][best], rtol=1e-5
+        _per_token_log_lik(model, res.params, valid),
+        h.valid_log_likelihood_per_token[best],
+        rtol=1e-5,
     )
     last = _per_token_log_lik(model, info["last_params"], valid)
-    np.testing.assert_allclose(last, h["valid_log_lik"][-1], rtol=1e-5)
-    assert last < h["valid_log_lik"][best] - 1e-3
+    np.testing.assert_allclose(last, h.valid_log_likelihood_per_token[-1], rtol=1e-5)
+    assert last < h.valid_log_likelihood_per_token[best] - 1e-3
     assert "epoch" in capfd.readouterr().err  # the progress bar went to stderr
 
 
@@ -425,7 +439,7 @@ if mode == "slow":  # make each step take a while, so the parent can kill mid-ru
 res = fit_sgd(model, params, x, checkpoint_dir=directory, checkpoint_every=1, **settings)
 np.savez(out, *[np.asarray(a) for a in jax.tree.leaves(res.params)])
 info = {{k: res.info[k] for k in ("resumed_from_step", "num_steps", "best_epoch")}}
-print(json.dumps({{"info": info, "valid": res.history["valid_log_lik"].tolist()}}))
+print(json.dumps({{"info": info, "valid": res.history["valid_log_likelihood_per_token"].tolist()}}))
 """
 
 _SETUP = """
@@ -485,7 +499,9 @@ def test_fit_killed_with_sigkill_resumes_to_the_same_params(tmp_path):
     with np.load(tmp_path / "resumed.npz") as resumed:
         got = [resumed[f"arr_{i}"] for i in range(len(resumed.files))]
     _allclose_trees(got, ref.params, atol=1e-6)
-    np.testing.assert_allclose(report["valid"], ref.history["valid_log_lik"], rtol=1e-6)
+    np.testing.assert_allclose(
+        report["valid"], ref.history["valid_log_likelihood_per_token"], rtol=1e-6
+    )
     assert report["info"]["best_epoch"] == ref.info["best_epoch"]
 
 

@@ -90,7 +90,7 @@ def reference():
         "em_log_likelihood": em.history["log_likelihood"],
         "em_num_tokens": em.info["num_tokens"],
         "sgd_params": jax.tree.leaves(sgd.params),
-        "sgd_valid": sgd.history["valid_log_lik"],
+        "sgd_valid": sgd.history["valid_log_likelihood_per_token"],
     }
 
 

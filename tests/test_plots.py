@@ -13,7 +13,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from probseq import plots
-from probseq.fit import FitResult
+from probseq.fit import FitHistory, FitResult
 
 LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -44,12 +44,15 @@ def make_forecast(horizon=6, num_samples=40, obs_dim=None, levels=LEVELS, seed=0
 
 
 def sgd_history(n=5):
-    return {
-        "epoch": np.arange(1, n + 1),
-        "train_log_lik": -1.0 - 1.0 / np.arange(1, n + 1),
-        "valid_log_lik": -1.1 - 1.0 / np.arange(1, n + 1),
-        "num_steps": np.arange(1, n + 1) * 10,
-    }
+    epochs = np.arange(1, n + 1)
+    return FitHistory.from_totals(
+        "fit_sgd",
+        log_likelihood=(-1.0 - 1.0 / epochs) * 100,
+        num_tokens=100,
+        valid_log_likelihood=(-1.1 - 1.0 / epochs) * 50,
+        valid_num_tokens=50,
+        num_steps=epochs * 10,
+    )
 
 
 def posteriors(num_timesteps=12, num_states=3, seed=0):
@@ -70,9 +73,9 @@ def test_learning_curves_draw_the_sgd_history():
     (ax,) = fig.axes
     train, valid = ax.get_lines()
     assert (train.get_label(), valid.get_label()) == ("train", "valid")
-    np.testing.assert_array_equal(train.get_xdata(), hist["epoch"])
-    np.testing.assert_array_equal(train.get_ydata(), hist["train_log_lik"])
-    np.testing.assert_array_equal(valid.get_ydata(), hist["valid_log_lik"])
+    np.testing.assert_array_equal(train.get_xdata(), hist.iteration)
+    np.testing.assert_array_equal(train.get_ydata(), hist.log_likelihood_per_token)
+    np.testing.assert_array_equal(valid.get_ydata(), hist.valid_log_likelihood_per_token)
     assert valid.get_linestyle() == "--"
     assert ax.get_xlabel() == "epoch" and "per token" in ax.get_ylabel()
     assert ax.get_title() == "fit"
@@ -94,6 +97,7 @@ def test_learning_curves_draw_em_iterations_from_zero():
 
 
 def test_learning_curves_overlay_models_one_colour_each():
+    # "gru" is a history dict under the names fit_sgd used before FitHistory
     other = {"epoch": np.arange(1, 4), "train_log_lik": np.array([-3.0, -2.0, -1.5])}
     fig = plots.plot_learning_curves({"lstm": FitResult(None, sgd_history(), {}), "gru": other})
     lines = fig.axes[0].get_lines()

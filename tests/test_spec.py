@@ -4,13 +4,14 @@ and run directories saved and loaded exactly."""
 import json
 import math
 import pathlib
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 import probseq
-from probseq import io, spec, workflow
+from probseq import atomic, io, spec, workflow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "models").glob("*.toml"))
@@ -182,9 +183,65 @@ def test_save_load_round_trip_is_exact(small_run):
     for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(run.params), strict=True):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    np.testing.assert_array_equal(loaded.history["train_log_lik"], run.history["train_log_lik"])
+    assert isinstance(loaded.history, probseq.FitHistory) and loaded.history == run.history
+    assert loaded.history.fitter == "fit_sgd" and np.isfinite(loaded.history.log_likelihood).all()
     assert loaded.info["test_log_lik"] == run.info["test_log_lik"]
     assert loaded.spec.to_dict() == run.spec.to_dict()
+
+
+def _rewrite_history(path, document: dict) -> None:
+    """history.json replaced by ``document``, its checksum in run.json updated."""
+    (path / "history.json").write_text(json.dumps(document, indent=1))
+    meta = json.loads((path / "run.json").read_text())
+    meta["sha256"]["history.json"] = atomic.sha256_file(str(path / "history.json"))
+    (path / "run.json").write_text(json.dumps(meta))
+
+
+def test_history_json_of_older_runs_loads_into_fit_history(small_run, tmp_path):
+    """history.json as probseq wrote it before FitHistory (hand-written here)."""
+    _, path = small_run
+    copy = tmp_path / "old"
+    shutil.copytree(path, copy)
+    # fit_sgd: per-token curves under the old names; tokens were tokens_per_s * time_s
+    old_sgd = {
+        "epoch": [1, 2],
+        "train_log_lik": [-1.5, -1.25],
+        "valid_log_lik": [-1.625, -1.375],
+        "num_steps": [3, 6],
+        "skipped_steps": [0, 1],
+        "tokens_per_s": [1000.0, 2000.0],
+        "time_s": [0.2, 0.1],
+    }
+    _rewrite_history(copy, {"history": old_sgd, "info": {"stopped": "completed"}})
+    h = io.load(copy).history
+    assert isinstance(h, probseq.FitHistory) and h.fitter == "fit_sgd"
+    assert h.iteration.dtype == np.int64 and h.iteration.tolist() == [1, 2]
+    np.testing.assert_array_equal(h.log_likelihood_per_token, [-1.5, -1.25])
+    assert h.num_tokens.tolist() == [200, 200]
+    np.testing.assert_array_equal(h.log_likelihood, [-300.0, -250.0])
+    np.testing.assert_array_equal(h.valid_log_likelihood_per_token, [-1.625, -1.375])
+    assert np.isnan(h.valid_log_likelihood).all()  # the old file had no validation tokens
+    assert h.num_steps.tolist() == [3, 6] and h.skipped_steps.tolist() == [0, 1]
+    # fit_em: totals; the per-token values over the run's training symbols
+    old_em = {"log_likelihood": [-100.0, -90.0], "objective": [-101.0, -91.0]}
+    _rewrite_history(copy, {"history": old_em, "info": {"num_train_symbols": 50}})
+    h = io.load(copy).history
+    assert h.fitter == "fit_em" and h.iteration.tolist() == [0, 1]
+    np.testing.assert_array_equal(h.log_likelihood_per_token, [-2.0, -1.8])
+    np.testing.assert_array_equal(h["log_likelihood"], [-100.0, -90.0])
+    np.testing.assert_array_equal(h.objective, [-101.0, -91.0])
+    assert np.isnan(h.time_s).all() and np.isnan(h.valid_log_likelihood_per_token).all()
+    # fit_ls: one total and no token count: per token not known (NaN), still loads
+    _rewrite_history(copy, {"history": {"log_likelihood": [-10.0]}, "info": {}})
+    h = io.load(copy).history
+    assert h.log_likelihood.tolist() == [-10.0] and np.isnan(h.log_likelihood_per_token).all()
+    # a new run's file holds every field under its one name
+    stored = json.loads((path / "history.json").read_text())["history"]
+    assert set(stored) == set(probseq.FitHistory.__dataclass_fields__)
+    # an old file with no curve at all is corrupt, named
+    _rewrite_history(copy, {"history": {"foo": [1.0]}, "info": {}})
+    with pytest.raises(io.RunError, match=r"history.json is corrupt.*found keys \['foo'\]"):
+        io.load(copy)
 
 
 def test_series_run_round_trips_its_scaling(tmp_path):

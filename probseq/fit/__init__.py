@@ -2,7 +2,7 @@
 
 from probseq.fit.em import DirichletPrior, HMMStatistics, em_step, expected_statistics, fit_em
 from probseq.fit.ls import fit_ls
-from probseq.fit.result import FitResult
+from probseq.fit.result import FitHistory, FitResult
 from probseq.fit.sgd import (
     CheckpointMismatchError,
     NonFiniteLossError,
@@ -14,6 +14,7 @@ from probseq.fit.sgd import (
 
 __all__ = [
     "FitResult",
+    "FitHistory",
     "fit_sgd",
     "NonFiniteLossError",
     "CheckpointMismatchError",

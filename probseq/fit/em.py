@@ -44,7 +44,7 @@ from probseq import sharding, validation
 from probseq.auto import choose_smoother
 from probseq.core import as_batch
 from probseq.families.hmm import HMM, HMMParams
-from probseq.fit.result import FitResult
+from probseq.fit.result import FitHistory, FitResult
 from probseq.heads import Head
 from probseq.hmm_inference import hmm_filter, hmm_smoother_from_likelihoods
 from probseq.scan import EXACT, pairwise_sum
@@ -489,10 +489,12 @@ def fit_em(
             The same fit as on one device (:mod:`probseq.sharding`).
 
     Returns:
-        :class:`FitResult` with the fitted params; ``history["log_likelihood"]`` holds
-        log p(x | params) before each M-step (as hmmlearn's monitor does), and
-        ``history["objective"]`` adds the log prior; ``info`` has the iterations run,
-        whether the fit converged, and every restart's final objective.
+        :class:`FitResult` with the fitted params; its :class:`FitHistory` has one entry
+        per iteration: ``history["log_likelihood"]`` holds log p(x | params) before
+        each M-step (as hmmlearn's monitor does; total over the data),
+        ``log_likelihood_per_token`` the same over the observed steps, and
+        ``objective`` adds the log prior (no validation, times: NaN); ``info`` has the
+        iterations run, whether the fit converged, and every restart's final objective.
     """
     _check_hmm(model)
     _check_estep(estep)
@@ -553,16 +555,20 @@ def fit_em(
     finals = objective_hist[ran - 1, np.arange(num_restarts)]
     best = int(np.argmax(np.where(np.isfinite(finals), finals, -np.inf)))
     best_params = jax.tree.map(lambda a: a[best], stacked)
-    history = {
-        "log_likelihood": loglik_hist[: ran[best], best],
-        "objective": objective_hist[: ran[best], best],
-    }
+    num_tokens = int(jnp.sum(x_mask))  # every process's, with a multi-process mesh
+    history = FitHistory.from_totals(
+        "fit_em",
+        log_likelihood=loglik_hist[: ran[best], best],
+        num_tokens=num_tokens,
+        objective=objective_hist[: ran[best], best],
+        num_steps=np.arange(ran[best]),
+    )
     info = {
         "num_iters": int(ran[best]),
         "converged": bool(converged[best]),
         "best_restart": best,
         "restart_objectives": finals,
-        "num_tokens": int(jnp.sum(x_mask)),  # every process's, with a multi-process mesh
+        "num_tokens": num_tokens,
     }
     return FitResult(best_params, history, info)
 

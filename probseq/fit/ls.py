@@ -19,7 +19,7 @@ import numpy as np
 
 from probseq import validation
 from probseq.core import param_dtype
-from probseq.fit.result import FitResult
+from probseq.fit.result import FitHistory, FitResult
 
 __all__ = ["fit_ls"]
 
@@ -38,7 +38,8 @@ def fit_ls(model, data, *, mask=None, inputs=None, dtype=None) -> FitResult:
 
     Returns:
         :class:`probseq.FitResult`: ``params``; ``history["log_likelihood"]``, one entry,
-        the maximised conditional log-likelihood (total, float64);
+        the maximised conditional log-likelihood (total, float64), and
+        ``log_likelihood_per_token`` over the regression steps;
         ``info["num_regression_steps"]``, the steps it is summed over.
 
     Raises:
@@ -62,6 +63,6 @@ def fit_ls(model, data, *, mask=None, inputs=None, dtype=None) -> FitResult:
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype), raw)
     return FitResult(
         params=params,
-        history={"log_likelihood": np.array([log_lik])},
+        history=FitHistory.from_totals("fit_ls", log_likelihood=[log_lik], num_tokens=num_steps),
         info={"method": "ls", "num_regression_steps": num_steps, "converged": True},
     )

@@ -63,7 +63,8 @@ Example:
     >>> result = fit_sgd(model, params, x, key=jax.random.key(1), num_epochs=3,
     ...                  batch_size=8, learning_rate=0.05, valid_data=x[:4],
     ...                  progress=False)
-    >>> bool(result.history["train_log_lik"][-1] > result.history["train_log_lik"][0])
+    >>> ll = result.history.log_likelihood_per_token
+    >>> bool(ll[-1] > ll[0])
     True
 """
 
@@ -88,7 +89,7 @@ from tqdm import tqdm
 from probseq import sharding, validation
 from probseq.core import as_batch, batch_step_log_probs
 from probseq.fit import checkpoint
-from probseq.fit.result import FitResult
+from probseq.fit.result import FitHistory, FitResult
 from probseq.scan import pairwise_sum
 
 __all__ = [
@@ -645,7 +646,8 @@ def _resolve_optimizer(optimizer, learning_rate, max_grad_norm, compiled=None):
 
 def _new_run(has_valid: bool) -> dict:
     """The JSON-serializable progress of a fit (what a checkpoint's metadata holds)."""
-    columns = ["epoch", "train_log_lik"] + (["valid_log_lik"] if has_valid else [])
+    columns = ["iteration", "log_likelihood", "num_tokens"]
+    columns += ["valid_log_likelihood", "valid_num_tokens"] if has_valid else []
     columns += ["num_steps", "skipped_steps", "tokens_per_s", "time_s"]
     return {
         "epoch": 0,  # epochs completed
@@ -689,8 +691,19 @@ def _fingerprint(model, train, valid, batch_size, bptt_length, shuffle, key) -> 
     }
 
 
-def _history_arrays(history: dict) -> dict:
-    return {k: np.asarray(v) for k, v in history.items()}
+def _history(columns: dict) -> FitHistory:
+    """The FitHistory of a run's history columns (lists, as a checkpoint stores them)."""
+    return FitHistory.from_totals("fit_sgd", **columns)
+
+
+def _current_columns(columns: dict, valid_tokens: int | None) -> dict:
+    """A checkpoint's history columns under this version's names (a checkpoint
+    written before FitHistory stored fit_sgd's old per-token columns; ``valid_tokens``,
+    the tokens of this fit's validation data, gives their validation totals)."""
+    if "log_likelihood" in columns:
+        return columns
+    h = FitHistory.from_dict(columns, valid_num_tokens=valid_tokens)
+    return {n: h[n].tolist() for n in _new_run(valid_tokens is not None)["history"]}
 
 
 def fit_sgd(
@@ -763,10 +776,12 @@ def fit_sgd(
 
     Returns:
         :class:`FitResult` with ``params`` the best by validation (the last without
-        validation data), ``history`` a dict of per-epoch NumPy arrays — ``epoch``,
-        ``train_log_lik`` (per token, averaged over the epoch's steps),
-        ``valid_log_lik`` (per token, with validation data), ``num_steps``
-        (cumulative), ``skipped_steps``, ``tokens_per_s``, ``time_s`` — and ``info``
+        validation data), ``history`` a :class:`FitHistory` with one entry per epoch
+        — ``iteration`` (the epoch, from 1), ``log_likelihood`` (summed over the
+        epoch's steps) and ``log_likelihood_per_token`` (over its ``num_tokens``),
+        ``valid_log_likelihood`` / ``valid_log_likelihood_per_token`` (after the
+        epoch; NaN without validation data), ``num_steps`` (cumulative),
+        ``skipped_steps``, ``tokens_per_s``, ``time_s`` — and ``info``
         with ``stopped`` ("completed" or "early_stopping"), ``best_epoch``,
         ``best_valid_log_lik``, ``initial_valid_log_lik``, ``num_steps``,
         ``num_skipped_steps``, ``batch_size``, ``steps_per_call``,
@@ -789,8 +804,8 @@ def fit_sgd(
         >>> result = fit_sgd(hmm, hmm.init(jax.random.key(2)), x, key=jax.random.key(3),
         ...                  num_epochs=2, batch_size=8, learning_rate=0.05,
         ...                  progress=False)
-        >>> sorted(result.history)[:3]
-        ['epoch', 'num_steps', 'skipped_steps']
+        >>> result.history.fitter, result.history.iteration.tolist()
+        ('fit_sgd', [1, 2])
     """
     # ---- static settings, then data: all checks before any compilation
     _check_settings(
@@ -840,9 +855,8 @@ def fit_sgd(
         *valid_chunks, valid_tokens = _valid_chunks(valid, batch_size)
         valid_chunks = place(tuple(valid_chunks))
 
-    def valid_log_lik(p):
-        totals = np.asarray(evaluate(p, *valid_chunks), np.float64)
-        return float(totals.sum() / valid_tokens)
+    def valid_total(p):  # (total log-likelihood, tokens) of the validation data
+        return float(np.asarray(evaluate(p, *valid_chunks), np.float64).sum()), valid_tokens
 
     def summary(stopped):
         extra = {
@@ -852,8 +866,12 @@ def fit_sgd(
         }
         return fit.result(stopped, extra)
 
+    fit.run["history"] = _current_columns(
+        fit.run["history"], None if valid is None else valid_tokens
+    )
     if valid is not None and fit.run["initial_valid_log_lik"] is None:
-        fit.run["initial_valid_log_lik"] = valid_log_lik(fit.carry.state.params)
+        total, tokens = valid_total(fit.carry.state.params)
+        fit.run["initial_valid_log_lik"] = total / tokens
 
     # ---- the loop: epochs of compiled chunks; validation, history, checkpoints between
     bar = tqdm(
@@ -884,7 +902,7 @@ def fit_sgd(
                 if halted:
                     fit.save("nonfinite")
                     raise _nonfinite_error(fit, summary("nonfinite"))
-            valid_ll = None if valid is None else valid_log_lik(fit.carry.state.params)
+            valid_ll = None if valid is None else valid_total(fit.carry.state.params)
             fit.end_epoch(valid_ll, num_epochs, bar)
             fit.save("running")
         fit.save(stopped)
@@ -1065,20 +1083,24 @@ class _Fit:
             self.save("running")
         return bool(halted.any())
 
-    def end_epoch(self, valid_log_lik: float | None, num_epochs: int, bar) -> None:
-        """History, best parameters and patience at the end of an epoch."""
+    def end_epoch(self, valid: tuple[float, int] | None, num_epochs: int, bar) -> None:
+        """History, best parameters and patience at the end of an epoch; ``valid`` is
+        the validation data's (total log-likelihood, tokens)."""
         run, acc, hist = self.run, self.run["epoch_acc"], self.run["history"]
         epoch = run["epoch"]
         train_ll = acc["log_lik"] / max(acc["tokens"], 1)
-        hist["epoch"].append(epoch + 1)
-        hist["train_log_lik"].append(train_ll)
+        hist["iteration"].append(epoch + 1)
+        hist["log_likelihood"].append(acc["log_lik"])
+        hist["num_tokens"].append(acc["tokens"])
         hist["num_steps"].append(run["num_steps"])
         hist["skipped_steps"].append(acc["skipped"])
         hist["tokens_per_s"].append(acc["tokens"] / max(acc["time_s"], 1e-9))
         hist["time_s"].append(acc["time_s"])
         postfix = {"loss": f"{-train_ll:.4f}"}
-        if valid_log_lik is not None:
-            hist["valid_log_lik"].append(valid_log_lik)
+        valid_log_lik = None if valid is None else valid[0] / valid[1]
+        if valid is not None:
+            hist["valid_log_likelihood"].append(valid[0])
+            hist["valid_num_tokens"].append(valid[1])
             best = run["best_valid_log_lik"]
             if best is None or valid_log_lik > best:
                 run["best_valid_log_lik"], run["best_epoch"] = valid_log_lik, epoch + 1
@@ -1104,7 +1126,7 @@ class _Fit:
         run, params = self.run, self.carry.state.params
         info = {
             "stopped": stopped,
-            "num_epochs_run": len(run["history"]["epoch"]),
+            "num_epochs_run": len(run["history"]["iteration"]),
             "best_epoch": run["best_epoch"],
             "best_valid_log_lik": run["best_valid_log_lik"],
             "initial_valid_log_lik": run["initial_valid_log_lik"],
@@ -1119,7 +1141,7 @@ class _Fit:
             "opt_state": self.carry.state.opt_state,
         }
         final = params if run["best_epoch"] is None else self.best_params
-        return FitResult(final, _history_arrays(run["history"]), info)
+        return FitResult(final, _history(run["history"]), info)
 
 
 def _nonfinite_error(fit: _Fit, result: FitResult) -> NonFiniteLossError:
