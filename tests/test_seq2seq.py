@@ -456,3 +456,21 @@ def test_scheduled_sampling_feeds_draws():
     assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(g))
     with pytest.raises(ValueError, match="probability"):
         probseq.ScheduledSampling(model, 1.5)
+
+
+def test_truncated_windows_with_source_carry_the_state():
+    """TBPTT with a source: window 1 starts from source_state, window 2 from the state
+    window 1 ended in (attention memory included); values equal the whole sequence."""
+    from probseq.fit.sgd import window_log_probs
+
+    model = tiny("additive")
+    params = jitter(model.init(jax.random.key(8), dtype=jnp.float64))
+    x, m = (jnp.asarray(a) for a in probseq.pad_sequences(SRC))
+    y, ym = (jnp.asarray(a) for a in probseq.pad_sequences(TGT))
+    whole = probseq.step_log_probs(model, params, y, ym, source=x, source_mask=m)
+    carried = jax.vmap(model.source_state, (None, 0, 0))(params, x, m)
+    first, state = window_log_probs(model, params, carried, True, y[:, :2], ym[:, :2],
+                                    source=(x, m))  # fmt: skip
+    second, _ = window_log_probs(model, params, state, False, y[:, 2:], ym[:, 2:],
+                                 source=(x, m))  # fmt: skip
+    np.testing.assert_allclose(jnp.concatenate([first, second], axis=1), whole, rtol=1e-12)
