@@ -7,8 +7,27 @@ score, filter and sample every one of them.
 Importing probseq changes no global JAX setting and builds nothing.
 """
 
-from probseq import auto, data, heads, hmm_inference, plots, scan, sharding, spec
+from probseq import (
+    auto,
+    conditional,
+    data,
+    decoding,
+    heads,
+    hmm_inference,
+    plots,
+    scan,
+    sharding,
+    spec,
+)
 from probseq.compare import Comparison, compare
+from probseq.conditional import (
+    Encoder,
+    OneToMany,
+    ScheduledSampling,
+    Seq2Seq,
+    SequenceClassifier,
+    SequenceTagger,
+)
 from probseq.core import (
     ScoreResult,
     SequenceModel,
@@ -100,4 +119,12 @@ __all__ = [
     "sharding",
     "auto",
     "spec",
+    "Seq2Seq",
+    "Encoder",
+    "OneToMany",
+    "SequenceClassifier",
+    "SequenceTagger",
+    "ScheduledSampling",
+    "conditional",
+    "decoding",
 ]

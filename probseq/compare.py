@@ -267,6 +267,8 @@ def compare(
     log_det_jacobians=None,
     progress: bool = False,
     mesh=None,
+    source=None,
+    source_mask=None,
 ) -> Comparison:
     """Score several models on the same held-out sequences and rank them.
 
@@ -289,6 +291,8 @@ def compare(
         progress: show a tqdm progress bar over the models (on stderr).
         mesh: a ``jax.sharding.Mesh`` to split the sequences over (see
             :func:`probseq.score`); the same table as on one device.
+        source, source_mask: the sources of conditional models (Seq2Seq, ...),
+            passed to every model that takes one.
 
     When a model conditions on the first steps of each sequence (an AR(d) scores
     log p(x_{d+1:T} | x_{1:d})), every model is scored on the same steps: the first
@@ -327,7 +331,10 @@ def compare(
         try:
             # Validated here for the lengths; score validates again (cheap, NumPy).
             batch = validation.prepare_batch(model, x, m, inputs)
-            res = score(model, params, x, m, inputs=inputs, mesh=mesh)
+            src = (source, source_mask) if model.takes_source else (None, None)
+            res = score(
+                model, params, x, m, inputs=inputs, mesh=mesh, source=src[0], source_mask=src[1]
+            )
         except ValueError as e:
             raise ValueError(f"model {name!r} ({model!r}) cannot score the data: {e}") from None
         lp = res.log_prob

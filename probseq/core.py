@@ -52,6 +52,9 @@ __all__ = [
     "as_batch",
     "param_dtype",
     "sample_bytes",
+    "Source",
+    "prepare_source",
+    "start_states",
 ]
 
 PyTree = Any
@@ -68,6 +71,21 @@ class SequenceModel(abc.ABC):
 
     head: Head
     input_dim: int = 0
+    #: True for conditional models p(x_{1:T} | source) (Seq2Seq, classifiers, taggers):
+    #: their first state comes from :meth:`source_state`, and every generic function
+    #: (score, log_prob, sample, fit_sgd, compare, ...) takes ``source=``.
+    takes_source = False
+
+    def prepare_source(self, source, source_mask, target_mask) -> Source:
+        """Validate a source at the API boundary (eagerly, before jit) against the
+        target's (B, T) mask; return it rectangular. Conditional models override."""
+        raise ValueError(f"{self!r} is not conditioned on a source; got source=.")
+
+    def source_state(self, params: PyTree, source: jax.Array, source_mask: jax.Array) -> PyTree:
+        """h_1 given one sequence's source (S, ...) and its (S,) mask. Conditional
+        models override; it runs inside the differentiated loss, so gradients reach
+        whatever encodes the source."""
+        raise ValueError(f"{self!r} is not conditioned on a source.")
 
     @abc.abstractmethod
     def init(self, key: jax.Array, *, dtype=None) -> PyTree:
@@ -137,6 +155,56 @@ class SequenceModel(abc.ABC):
         return lps, after
 
 
+class Source(NamedTuple):
+    """A validated source batch: x (B, S, ...), mask (B, S) bool, and whether the user
+    passed one unbatched source."""
+
+    x: jax.Array
+    mask: jax.Array
+    batched: bool
+
+
+def prepare_source(model: SequenceModel, source, source_mask, batch) -> Source | None:
+    """Check that ``source`` is given exactly when ``model`` takes one and matches the
+    target ``batch`` (a :class:`probseq.validation.Batch`); None for unconditional
+    models."""
+    if not model.takes_source:
+        if source is not None or source_mask is not None:
+            raise ValueError(
+                f"{model!r} is not conditioned on a source; got source=. Only conditional "
+                "models (probseq.Seq2Seq, SequenceClassifier, ...) take one."
+            )
+        return None
+    if source is None:
+        raise ValueError(
+            f"{model!r} is a conditional distribution p(x | source): pass source= (one "
+            "source per target sequence)."
+        )
+    src = model.prepare_source(source, source_mask, None if batch is None else batch.mask)
+    if batch is None:
+        return src
+    if src.batched != batch.batched or src.x.shape[0] != batch.x.shape[0]:
+        raise ValueError(
+            f"source and targets must pair up one to one: got {src.x.shape[0]} source(s) "
+            f"({'batched' if src.batched else 'one unbatched'}) for {batch.x.shape[0]} "
+            f"target sequence(s) ({'batched' if batch.batched else 'one unbatched'})."
+        )
+    return src
+
+
+def start_states(model: SequenceModel, params, batch_size: int, source=None) -> PyTree:
+    """The (B, ...) states each row starts from: ``model.source_state`` of each row's
+    source ``(x (B, S, ...), mask (B, S))``, or ``initial_state(params)`` broadcast."""
+    if source is not None:
+        return jax.vmap(model.source_state, (None, 0, 0))(params, *source[:2])
+    return jax.tree.map(
+        lambda a: jnp.broadcast_to(a, (batch_size,) + a.shape), model.initial_state(params)
+    )
+
+
+_source_states = jax.jit(start_states, static_argnums=(0, 2))
+
+
 class ScoreResult(NamedTuple):
     """What filtering a batch gives back.
 
@@ -163,7 +231,7 @@ def param_dtype(dtype=None) -> jnp.dtype:
 
 
 # ----------------------------------------------------------------- pure batch kernels
-def batch_step_log_probs(model, params, x, mask, inputs=None, initial_state=None):
+def batch_step_log_probs(model, params, x, mask, inputs=None, initial_state=None, source=None):
     """Per-step log-likelihoods of a padded batch and each row's final state.
 
     The pure (un-jitted) kernel under :func:`score`, for code that builds its own
@@ -174,10 +242,14 @@ def batch_step_log_probs(model, params, x, mask, inputs=None, initial_state=None
         mask: (B, T) boolean prefix mask.
         inputs: (B, T, input_dim) or None.
         initial_state: batched state pytree (B, ...) or None for the model's own.
+        source: ``(source (B, S, ...), source_mask (B, S))`` for a conditional model:
+            each row starts from ``model.source_state`` (unless ``initial_state``).
 
     Returns:
         (log_probs (B, T) with zeros where masked, final states (B, ...)).
     """
+    if initial_state is None and source is not None:
+        initial_state = start_states(model, params, x.shape[0], source)
 
     lps, after = model.batch_sequence_log_probs(params, initial_state, x, inputs)
     lps = jnp.where(mask, lps, jnp.zeros((), lps.dtype))
@@ -220,8 +292,8 @@ def poison_invalid_rows(model, out, x, mask):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _score_kernel(model, params, x, mask, inputs, initial_state):
-    lps, final = batch_step_log_probs(model, params, x, mask, inputs, initial_state)
+def _score_kernel(model, params, x, mask, inputs, initial_state, source=None):
+    lps, final = batch_step_log_probs(model, params, x, mask, inputs, initial_state, source)
     return pairwise_sum(lps, axis=-1), lps, final
 
 
@@ -263,6 +335,8 @@ def as_batch(model: SequenceModel, params, x, mask=None, inputs=None, *, name="x
 def _prepare_state(model, params, initial_state, batch: validation.Batch):
     if initial_state is None:
         return None
+    if model.takes_source:
+        raise ValueError(f"{model!r} starts from its source: pass source=, not initial_state=.")
     bsz = batch.x.shape[0]
     template = jax.eval_shape(model.initial_state, params)
     leaf, want = jax.tree.leaves(initial_state)[0], jax.tree.leaves(template)[0]
@@ -277,7 +351,16 @@ def _prepare_state(model, params, initial_state, batch: validation.Batch):
 
 
 def score(
-    model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None, mesh=None
+    model: SequenceModel,
+    params,
+    x,
+    mask=None,
+    *,
+    inputs=None,
+    initial_state=None,
+    mesh=None,
+    source=None,
+    source_mask=None,
 ) -> ScoreResult:
     """Filter sequences through ``model``: totals, per-step terms and final states.
 
@@ -294,6 +377,10 @@ def score(
             instead of ``model.initial_state(params)``.
         mesh: a ``jax.sharding.Mesh``: split the batch over its devices (parameters
             replicated); the same results as one device (:mod:`probseq.sharding`).
+        source, source_mask: for a conditional model (``model.takes_source``, e.g.
+            :class:`probseq.Seq2Seq`), the source of each target sequence: one source
+            for one sequence, a batch (B, S, ...) with an optional (B, S) mask, or a
+            list of unequal-length sources.
 
     Returns:
         A :class:`ScoreResult`.
@@ -308,12 +395,14 @@ def score(
     mesh = sharding.check_mesh(mesh)
     batch = as_batch(model, params, x, mask, inputs)
     h0 = _prepare_state(model, params, initial_state, batch)
+    src = prepare_source(model, source, source_mask, batch)
+    src = None if src is None else (src.x, src.mask)
     if mesh is None:
-        total, lps, final = _score_kernel(model, params, batch.x, batch.mask, batch.inputs, h0)
+        total, lps, final = _score_kernel(model, params, batch.x, batch.mask, batch.inputs, h0, src)
     else:
         n = batch.x.shape[0]
-        xs, ms, us, hs = sharding.shard_batch(mesh, batch.x, batch.mask, batch.inputs, h0)
-        out = _score_kernel(model, sharding.replicate(mesh, params), xs, ms, us, hs)
+        xs, ms, us, hs, ss = sharding.shard_batch(mesh, batch.x, batch.mask, batch.inputs, h0, src)
+        out = _score_kernel(model, sharding.replicate(mesh, params), xs, ms, us, hs, ss)
         if sharding.is_multiprocess(mesh):  # this process's sequences, as it passed them
             total, lps, final = jax.tree.map(jnp.asarray, sharding.local_rows(mesh, out, n))
         else:
@@ -324,7 +413,16 @@ def score(
 
 
 def log_prob(
-    model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None, mesh=None
+    model: SequenceModel,
+    params,
+    x,
+    mask=None,
+    *,
+    inputs=None,
+    initial_state=None,
+    mesh=None,
+    source=None,
+    source_mask=None,
 ):
     """Total log-likelihood log p(x_{1:T}) of each sequence: () or (B,).
 
@@ -335,17 +433,28 @@ def log_prob(
         lp = probseq.log_prob(model, params, [x1, x2])   # ragged, padded for you
     """
     return score(
-        model, params, x, mask, inputs=inputs, initial_state=initial_state, mesh=mesh
-    ).log_prob
+        model, params, x, mask, inputs=inputs, initial_state=initial_state, mesh=mesh,
+        source=source, source_mask=source_mask,
+    ).log_prob  # fmt: skip
 
 
 def step_log_probs(
-    model: SequenceModel, params, x, mask=None, *, inputs=None, initial_state=None, mesh=None
+    model: SequenceModel,
+    params,
+    x,
+    mask=None,
+    *,
+    inputs=None,
+    initial_state=None,
+    mesh=None,
+    source=None,
+    source_mask=None,
 ):
     """log p(x_t | x_<t) for every step: (T,) or (B, T), 0 where masked."""
     return score(
-        model, params, x, mask, inputs=inputs, initial_state=initial_state, mesh=mesh
-    ).step_log_probs
+        model, params, x, mask, inputs=inputs, initial_state=initial_state, mesh=mesh,
+        source=source, source_mask=source_mask,
+    ).step_log_probs  # fmt: skip
 
 
 def sample(
@@ -359,6 +468,8 @@ def sample(
     temperature: float = 1.0,
     inputs=None,
     initial_state=None,
+    source=None,
+    source_mask=None,
 ):
     """Ancestral sampling: draw x_t ~ p(x_t | h_t), then h_{t+1} = update(h_t, x_t).
 
@@ -374,6 +485,9 @@ def sample(
         inputs: future conditioning inputs (num_timesteps, input_dim) or
             (B, num_timesteps, input_dim) for conditional models.
         initial_state: start from this state instead (not with ``prefix``).
+        source, source_mask: for a conditional model, the source(s) to sample
+            targets for (one, a batch (B, S, ...) with a mask, or a list); a batch
+            gives one starting point per source, like a batched ``prefix``.
 
     Returns:
         The ``num_timesteps`` new steps that follow the prefix, shaped
@@ -391,12 +505,18 @@ def sample(
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature=}")
     if prefix is not None and initial_state is not None:
         raise ValueError("give either prefix= or initial_state=, not both.")
+    if initial_state is not None and (source is not None or model.takes_source):
+        raise ValueError(f"{model!r} starts from its source: pass source=, not initial_state=.")
 
     if prefix is not None:
-        res = score(model, params, prefix)
+        res = score(model, params, prefix, source=source, source_mask=source_mask)
         check_possible(res, "prefix")
         batched = res.log_prob.ndim == 1
         states = res.final_state if batched else jax.tree.map(lambda a: a[None], res.final_state)
+    elif source is not None or model.takes_source:
+        src = prepare_source(model, source, source_mask, None)
+        batched = src.batched
+        states = _source_states(model, params, src.x.shape[0], (src.x, src.mask))
     elif initial_state is not None:
         template = jax.eval_shape(model.initial_state, params)
         extra = jnp.ndim(jax.tree.leaves(initial_state)[0]) - jnp.ndim(jax.tree.leaves(template)[0])
@@ -414,7 +534,13 @@ def sample(
     num_starts = jax.tree.leaves(states)[0].shape[0]
     draws = 1 if num_samples is None else num_samples
     memory.check_fits(
-        sample_bytes(model, params, draws * num_starts, num_timesteps),
+        sample_bytes(
+            model,
+            params,
+            draws * num_starts,
+            num_timesteps,
+            state_bytes=memory.nbytes_of(states) // num_starts,
+        ),  # fmt: skip
         f"sample(num_timesteps={num_timesteps}, num_samples={num_samples}) from "
         f"{num_starts} starting point(s)",
     )
@@ -431,11 +557,16 @@ def sample(
     return xs.reshape(lead + xs.shape[1:])
 
 
-def sample_bytes(model: SequenceModel, params, num_chains: int, num_timesteps: int) -> int:
+def sample_bytes(
+    model: SequenceModel, params, num_chains: int, num_timesteps: int, *, state_bytes=None
+) -> int:
     """Estimated peak bytes of drawing ``num_timesteps`` steps for ``num_chains`` chains:
-    parameters, one state per chain, a PRNG key (8 bytes) per step and the draws, held
+    parameters, one state per chain (``state_bytes``; None: the size of
+    ``initial_state(params)``), a PRNG key (8 bytes) per step and the draws, held
     twice (the scan's stacked output and the returned array)."""
-    state = memory.nbytes_of(jax.eval_shape(model.initial_state, params))
+    state = state_bytes
+    if state is None:
+        state = memory.nbytes_of(jax.eval_shape(model.initial_state, params))
     if model.head.is_token:
         step = 4  # int32 ids
     else:

@@ -63,6 +63,14 @@ def test_public_names_are_pinned():
             "sgd_init",
             "sgd_update",
             "SGDState",
+            "Seq2Seq",
+            "Encoder",
+            "OneToMany",
+            "SequenceClassifier",
+            "SequenceTagger",
+            "ScheduledSampling",
+            "conditional",
+            "decoding",
         ]
     )
     for name in probseq.__all__:

@@ -87,7 +87,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from probseq import sharding, validation
-from probseq.core import as_batch, batch_step_log_probs
+from probseq.core import as_batch, batch_step_log_probs, prepare_source, start_states
 from probseq.fit import checkpoint
 from probseq.fit.result import FitHistory, FitResult
 from probseq.scan import pairwise_sum
@@ -132,7 +132,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ---------------------------------------------------------------- pure TBPTT kernels
-def window_log_probs(model, params, carried, reset, x, mask, inputs=None):
+def window_log_probs(model, params, carried, reset, x, mask, inputs=None, source=None):
     """Per-step log-likelihoods of one window of a batch, continuing a carried state.
 
     The window starts from ``model.initial_state(params)`` where ``reset`` is True
@@ -146,11 +146,13 @@ def window_log_probs(model, params, carried, reset, x, mask, inputs=None):
         reset: scalar bool: start the batch afresh.
         x: (B, L, *event) observations; mask: (B, L) prefix mask (a row may be all
             False: its state is kept); inputs: (B, L, input_dim) or None.
+        source: ``(source (B, S, ...), source_mask (B, S))`` of a conditional model:
+            a reset row starts from ``model.source_state`` instead.
 
     Returns:
         (log_probs (B, L) with zeros where masked, final states (B, ...)).
     """
-    init = model.initial_state(params)
+    init = start_states(model, params, mask.shape[0], source)
     h0 = jax.tree.map(
         lambda i, c: jnp.where(
             reset, jnp.broadcast_to(i, c.shape).astype(c.dtype), jax.lax.stop_gradient(c)
@@ -209,11 +211,13 @@ def truncated_step_log_probs(model, params, x, mask, bptt_length: int, inputs=No
 # ------------------------------------------------------------------ compiled pieces
 class _Windows(NamedTuple):
     """Training data cut into windows: x (W, N + 1, L, *event), mask (W, N + 1, L),
-    inputs (W, N + 1, L, input_dim) or None. Row N is all padding (mask False)."""
+    inputs (W, N + 1, L, input_dim) or None. Row N is all padding (mask False).
+    source: (x (N + 1, S, ...), mask (N + 1, S)) of a conditional model, or None."""
 
     x: jax.Array
     mask: jax.Array
     inputs: jax.Array | None
+    source: Any = None
 
 
 def _all_finite(tree) -> jax.Array:
@@ -238,7 +242,9 @@ def _on_mesh(mesh, *trees):
     return tuple(None if t is None else jax.tree.map(constrain, t) for t in trees)
 
 
-def _optimizer_step(model, optimizer, params, opt_state, carried, reset, x, mask, inputs):
+def _optimizer_step(
+    model, optimizer, params, opt_state, carried, reset, x, mask, inputs, source=None
+):
     """One step on the mean negative log-likelihood per valid step of a minibatch:
     (new params, new opt_state, final states, loss, total log-likelihood, finite).
 
@@ -251,7 +257,7 @@ def _optimizer_step(model, optimizer, params, opt_state, carried, reset, x, mask
     """
 
     def loss_fn(p):
-        lps, final = window_log_probs(model, p, carried, reset, x, mask, inputs)
+        lps, final = window_log_probs(model, p, carried, reset, x, mask, inputs, source)
         total = jnp.sum(lps)
         count = jnp.sum(mask)
         return -total / jnp.maximum(count, 1).astype(total.dtype), (total, final)
@@ -324,25 +330,25 @@ def sgd_update(state: SGDState, batch) -> tuple[SGDState, dict]:
     Args:
         state: from :func:`sgd_init` or a previous call.
         batch: ``(x, mask)`` or ``(x, mask, inputs)`` padded arrays (B, T, ...),
-            (B, T), (B, T, input_dim): e.g. from ``probseq.data.from_arrays``. Not
-            validated here (it runs traced): validate once with ``probseq.log_prob``.
+            (B, T), (B, T, input_dim): e.g. from ``probseq.data.from_arrays``; a
+            conditional model's batch adds its source: ``(x, mask, inputs, source,
+            source_mask)``. Not validated here (it runs traced): validate once with
+            ``probseq.log_prob``.
 
     Returns:
         (new state, metrics): ``loss`` (mean negative log-likelihood per step),
         ``log_likelihood`` (total over the batch), ``num_steps`` (valid steps),
         ``finite`` (whether the update was applied).
     """
-    x, mask, inputs = (tuple(batch) + (None,))[:3]
+    x, mask, inputs, *source = (tuple(batch) + (None,))[: max(3, len(batch))]
+    source = tuple(source) or None
     mask = jnp.asarray(mask, bool)
-    carried = jax.tree.map(
-        lambda a: jnp.broadcast_to(a, (mask.shape[0],) + a.shape),
-        state.model.initial_state(state.params),
-    )
-    new, _, metrics = _update(state, x, mask, inputs, carried, True)
+    carried = start_states(state.model, state.params, mask.shape[0], source)
+    new, _, metrics = _update(state, x, mask, inputs, carried, True, source)
     return new, metrics
 
 
-def _update(state: SGDState, x, mask, inputs, carried, reset):
+def _update(state: SGDState, x, mask, inputs, carried, reset, source=None):
     """:func:`sgd_update` continuing a carried TBPTT state (``reset``: start afresh):
     (new state, final states (B, ...), metrics)."""
     params, opt_state, final, loss, total, ok = _optimizer_step(
@@ -355,6 +361,7 @@ def _update(state: SGDState, x, mask, inputs, carried, reset):
         x,
         mask,
         inputs,
+        source,
     )
     new = SGDState(
         _select(ok, params, state.params),
@@ -389,11 +396,12 @@ def _make_train_chunk(max_nonfinite_steps: int, mesh=None):
             row_ids, w = schedule
             x, mask = data.x[w, row_ids], data.mask[w, row_ids]
             inputs = None if data.inputs is None else data.inputs[w, row_ids]
-            x, mask, inputs = _on_mesh(mesh, x, mask, inputs)
+            source = None if data.source is None else tuple(a[row_ids] for a in data.source)
+            x, mask, inputs, source = _on_mesh(mesh, x, mask, inputs, source)
             count = jnp.sum(mask, dtype=jnp.int32)
 
             def run(c: _Carry):
-                state, final, metrics = _update(c.state, x, mask, inputs, c.carried, w == 0)
+                state, final, metrics = _update(c.state, x, mask, inputs, c.carried, w == 0, source)
                 ok = metrics["finite"]
                 consecutive = jnp.where(ok, 0, c.consecutive + 1).astype(jnp.int32)
                 new = _Carry(
@@ -417,12 +425,13 @@ def _make_train_chunk(max_nonfinite_steps: int, mesh=None):
 
 
 def _make_evaluate(model, mesh=None):
-    def _evaluate(params, x, mask, inputs):
+    def _evaluate(params, x, mask, inputs, source=None):
         def chunk(batch):
-            lps, _ = batch_step_log_probs(model, params, *_on_mesh(mesh, *batch))
+            x, mask, inputs, source = _on_mesh(mesh, *batch)
+            lps, _ = batch_step_log_probs(model, params, x, mask, inputs, None, source)
             return jnp.sum(pairwise_sum(lps, axis=-1))
 
-        return jax.lax.map(chunk, (x, mask, inputs))
+        return jax.lax.map(chunk, (x, mask, inputs, source))
 
     return _evaluate
 
@@ -603,8 +612,9 @@ def _epoch_schedule(key, epoch, lengths, batch_size, window_len, shuffle):
     return rows, windows
 
 
-def _valid_chunks(batch, batch_size):
-    """Validation data as (chunks, B, T, ...) with padding rows fully masked."""
+def _valid_chunks(batch, batch_size, source=None):
+    """Validation data as (chunks, B, T, ...) with padding rows fully masked (and the
+    source of a conditional model likewise; a padding row repeats source row 0)."""
     x, mask = np.asarray(batch.x), np.asarray(batch.mask)
     n = len(x)
     b = min(batch_size, n)
@@ -616,7 +626,18 @@ def _valid_chunks(batch, batch_size):
         return jnp.asarray(out.reshape((chunks, b) + a.shape[1:]))
 
     inputs = None if batch.inputs is None else pad(np.asarray(batch.inputs))
-    return pad(x), pad(mask), inputs, int(mask.sum())
+    if source is not None:
+        source = tuple(
+            jnp.asarray(_pad_rows(np.asarray(a), chunks * b).reshape((chunks, b) + a.shape[1:]))
+            for a in source[:2]
+        )
+    return pad(x), pad(mask), inputs, source, int(mask.sum())
+
+
+def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
+    """``a`` (N, ...) with rows appended up to n, copies of row 0: a source a padding
+    row can encode (an all-False source mask would have nothing to attend to)."""
+    return np.concatenate([a, np.repeat(a[:1], n - len(a), axis=0)]) if n > len(a) else a
 
 
 def _resolve_optimizer(optimizer, learning_rate, max_grad_norm, compiled=None):
@@ -722,6 +743,10 @@ def fit_sgd(
     valid_data=None,
     valid_mask=None,
     valid_inputs=None,
+    source=None,
+    source_mask=None,
+    valid_source=None,
+    valid_source_mask=None,
     bptt_length: int | None = None,
     shuffle: bool = True,
     patience: int | None = None,
@@ -756,6 +781,9 @@ def fit_sgd(
         mask, inputs: training mask and conditioning inputs, as for ``log_prob``.
         valid_data, valid_mask, valid_inputs: held-out sequences, scored in full
             after every epoch; enable best-parameter selection and ``patience``.
+        source, source_mask, valid_source, valid_source_mask: for a conditional
+            model (:class:`probseq.Seq2Seq`, ...), each sequence's source, as for
+            ``log_prob``; the encoder is trained through ``model.source_state``.
         bptt_length: truncated BPTT window length (None: whole sequences).
         shuffle: shuffle the rows every epoch (False: data order).
         patience: stop after this many epochs without a better validation score.
@@ -825,14 +853,25 @@ def fit_sgd(
         raise ValueError("patience= needs valid_data= to measure improvement on.")
     if valid_data is None and (valid_mask is not None or valid_inputs is not None):
         raise ValueError("valid_mask= / valid_inputs= were given without valid_data=.")
+    if valid_data is None and (valid_source is not None or valid_source_mask is not None):
+        raise ValueError("valid_source= / valid_source_mask= were given without valid_data=.")
     train = _batch(model, params, mesh, data, mask, inputs, "data")
     valid = None
     if valid_data is not None:
         valid = _batch(model, params, mesh, valid_data, valid_mask, valid_inputs, "valid_data")
+    train_source = prepare_source(model, source, source_mask, train)
+    valid_source = None if valid is None else prepare_source(
+        model, valid_source, valid_source_mask, valid
+    )  # fmt: skip
+    if train_source is not None and sharding.is_multiprocess(mesh):
+        raise ValueError("fit_sgd(source=...) on a multi-process mesh is not supported.")
 
     # ---- layout, state (fresh or from a checkpoint), compiled steps (on first use)
     saving = None if checkpoint_dir is None else checkpoint_every
     plan = _plan(train, key, batch_size, bptt_length, shuffle, steps_per_call, saving)
+    if train_source is not None:  # a conditional model's sources, by row (N + 1: padding)
+        rows = tuple(jnp.asarray(_pad_rows(np.asarray(a), len(a) + 1)) for a in train_source[:2])
+        plan = plan._replace(windows=plan.windows._replace(source=rows))
     fingerprint = None
     if checkpoint_dir is not None:  # what a checkpoint must match to be resumed
         settings = {  # the default optimizer's and the stopping settings
@@ -845,6 +884,9 @@ def fit_sgd(
         window = plan.window_len if bptt_length else None
         fingerprint = _fingerprint(model, train, valid, plan.batch_size, window, shuffle, key)
         fingerprint["settings"] = settings
+        for name, src in (("data", train_source), ("valid_data", valid_source)):
+            if src is not None:
+                fingerprint[name]["source_sha256"] = _digest(src.x, src.mask)
     fit = _start(model, params, optimizer, plan, valid is not None, checkpoint_dir,
                  fingerprint, checkpoint_every, sharding.is_multiprocess(mesh))  # fmt: skip
     train_chunk = compiled.train_chunk(model, optimizer, max_nonfinite_steps, mesh)
@@ -852,7 +894,7 @@ def fit_sgd(
     place = (lambda tree: tree) if mesh is None else functools.partial(sharding.replicate, mesh)
     fit.carry, windows = place((fit.carry, plan.windows))
     if valid is not None:
-        *valid_chunks, valid_tokens = _valid_chunks(valid, batch_size)
+        *valid_chunks, valid_tokens = _valid_chunks(valid, batch_size, valid_source)
         valid_chunks = place(tuple(valid_chunks))
 
     def valid_total(p):  # (total log-likelihood, tokens) of the validation data
@@ -985,11 +1027,9 @@ def _start(
     """A fresh fit, or the one in ``checkpoint_dir`` (checked against ``fingerprint``)."""
     params = _strong(params)
     opt_state = _strong(optimizer.init(params))
-    carried = _strong(
-        jax.tree.map(
-            lambda a: jnp.broadcast_to(a, (plan.batch_size,) + a.shape), model.initial_state(params)
-        )
-    )
+    source = plan.windows.source
+    first = None if source is None else tuple(a[: plan.batch_size] for a in source)
+    carried = _strong(start_states(model, params, plan.batch_size, first))
     best_params, run, resumed_from, ckpt = params, _new_run(has_valid), None, None
     if checkpoint_dir is not None:
         if jax.process_index() == 0 and os.path.isdir(checkpoint_dir):
