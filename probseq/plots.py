@@ -35,6 +35,7 @@ __all__ = [
     "plot_state_posteriors",
     "plot_forecast",
     "plot_comparison",
+    "plot_gradient_diagnostics",
     "save_figure",
 ]
 
@@ -716,6 +717,117 @@ def plot_comparison(comparison, *, ax=None):
     ax.set_title("error bars: paired SE of the difference to the best", fontsize=9)
     ax.axhline(0.0, color="black", lw=0.8)
     ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+# ------------------------------------------------------------ gradient diagnostics
+_DIAGNOSTIC_FIELDS = ("jacobian_norms", "singular_values", "loss_gradient_norms",
+                      "step_gradient_norms")  # fmt: skip
+
+
+def _diagnostic_arrays(name: str, d) -> dict[str, np.ndarray]:
+    """The four arrays of a GradientDiagnostics, checked against each other."""
+    missing = [f for f in _DIAGNOSTIC_FIELDS if not hasattr(d, f)]
+    if missing:
+        raise ValueError(
+            f"diagnostics{name} must be what probseq.diagnostics.gradient_diagnostics returns; "
+            f"got {type(d).__name__} without {missing}."
+        )
+    a = {f: np.asarray(getattr(d, f), dtype=float) for f in _DIAGNOSTIC_FIELDS}
+    t = a["loss_gradient_norms"].shape[0] if a["loss_gradient_norms"].ndim == 1 else -1
+    expected = {"jacobian_norms": (t + 1,), "loss_gradient_norms": (t,),
+                "step_gradient_norms": (t,)}  # fmt: skip
+    for f, shape in expected.items():
+        if a[f].shape != shape or t < 1:
+            raise ValueError(
+                f"diagnostics{name}.{f} has shape {a[f].shape}; expected {shape} for "
+                f"{max(t, 0)} steps (loss_gradient_norms of shape (T,), T >= 1)."
+            )
+    sv = a["singular_values"]
+    if sv.ndim != 2 or sv.shape[0] != t or sv.shape[1] < 1:
+        raise ValueError(
+            f"diagnostics{name}.singular_values has shape {sv.shape}; expected ({t}, n)."
+        )
+    for f, v in a.items():
+        if np.isnan(v).any() or (v < 0).any():
+            raise ValueError(
+                f"diagnostics{name}.{f} must hold norms (>= 0, not NaN); found "
+                f"{v[np.isnan(v) | (v < 0)].ravel()[0]}."
+            )
+    return a
+
+
+def _positive(v: np.ndarray) -> np.ndarray:
+    """Zeros (and inf) as NaN: gaps on a log axis instead of clipped spikes."""
+    return np.where((v > 0) & np.isfinite(v), v, np.nan)
+
+
+def plot_gradient_diagnostics(diagnostics, *, title: str | None = None):
+    """Three panels of :func:`probseq.diagnostics.gradient_diagnostics` against the
+    step t, on log axes (zeros are left out):
+
+    1. ||ds_T / ds_t||_2, how much of a change in s_t reaches the last state;
+    2. the largest singular value of each step's Jacobian ds_{t+1} / ds_t (solid) and
+       the median of its numerically non-zero ones (dashed; above 1e-6 of the
+       largest, since parts of a state the update does not read give exact zeros);
+    3. ||dL / ds_t|| (solid) and the norm of the parameter gradient step t
+       contributes (dashed).
+
+    Args:
+        diagnostics: a ``GradientDiagnostics``, or a dict ``{name: GradientDiagnostics}``
+            to overlay several models (one colour each; sequences may differ in length).
+        title: the figure's title.
+
+    Returns:
+        A new Figure with three Axes.
+
+    Raises:
+        ValueError: not diagnostics (the message names the missing fields), an empty
+            dict, arrays of inconsistent shapes, or negative / NaN norms.
+
+    Example:
+        >>> d = probseq.diagnostics.gradient_diagnostics(model, params, x)  # doctest: +SKIP
+        >>> plot_gradient_diagnostics({"LSTM": d}).axes[0].get_yscale()  # doctest: +SKIP
+        'log'
+    """
+    if isinstance(diagnostics, Mapping):
+        if not diagnostics:
+            raise ValueError("diagnostics is an empty dict: there is nothing to plot.")
+        runs = {str(k): _diagnostic_arrays(f"[{k!r}]", v) for k, v in diagnostics.items()}
+    else:
+        runs = {None: _diagnostic_arrays("", diagnostics)}
+    mpl = _matplotlib()
+    fig = mpl.figure.Figure(figsize=(7.0, 8.0), layout="constrained")
+    axes = fig.subplots(3, 1, sharex=True)
+    for i, (name, a) in enumerate(runs.items()):
+        color = f"C{i % 10}"
+        t = a["loss_gradient_norms"].shape[0]
+        steps = np.arange(t)
+        axes[0].plot(np.arange(t + 1), _positive(a["jacobian_norms"]), color=color, label=name)
+        sv = a["singular_values"]
+        top = sv.max(axis=1)
+        kept = np.where(sv > 1e-6 * top[:, None], sv, np.nan)
+        with np.errstate(all="ignore"):
+            median = np.nanmedian(np.where(np.isnan(kept).all(axis=1)[:, None], 0.0, kept), 1)
+        axes[1].plot(steps, _positive(top), color=color, label=name)
+        axes[1].plot(steps, _positive(median), color=color, ls="--")
+        axes[2].plot(steps, _positive(a["loss_gradient_norms"]), color=color, label=name)
+        axes[2].plot(steps, _positive(a["step_gradient_norms"]), color=color, ls="--")
+    labels = (
+        r"$\|\partial s_T / \partial s_t\|_2$",
+        r"singular values of $\partial s_{t+1} / \partial s_t$" + "\n(max solid, median dashed)",
+        r"$\|\partial L / \partial s_t\|$ (solid)" + "\nstep's parameter gradient (dashed)",
+    )
+    for ax, label in zip(axes, labels, strict=True):
+        ax.set_yscale("log")
+        ax.set_ylabel(label, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].axhline(1.0, color="black", lw=0.8)
+    axes[2].set_xlabel("step t")
+    if len(runs) > 1:
+        axes[0].legend(loc="best", fontsize=8)
+    if title:
+        fig.suptitle(title)
     return fig
 
 

@@ -56,6 +56,7 @@ def test_public_names_are_pinned():
             "save_run",
             "Run",
             "plots",
+            "diagnostics",
             "spec",
             "auto",
             "sharding",
