@@ -5,6 +5,7 @@
     probseq sample DIR --length N [--prefix TEXT] [--temperature T]
     probseq forecast DIR --data FILE --horizon H [--plot FILE.png]
     probseq states DIR --data FILE [--plot FILE.png]      (HMM runs)
+    probseq diagnose DIR --data FILE [--length N] [--plot FILE.png]
     probseq demo
 
 ``--data`` takes a text file (text models), a CSV file with a header row (series
@@ -363,6 +364,30 @@ def cmd_states(args, echo) -> None:
         _save_plot(plots.plot_state_posteriors(probs, observations=shown), args.plot, echo)
 
 
+def cmd_diagnose(args, echo) -> None:
+    from probseq import diagnostics, io, plots, workflow
+
+    run = io.load(args.run)
+    columns = _columns(args.columns)
+    _text_columns(run.kind, columns)
+    if columns is None and run.kind == "series" and not args.data.startswith("builtin:"):
+        columns = list(run.columns)
+    source = _read(workflow, run.kind, args.data, columns, echo)
+    x = workflow.encode(run, source)[: args.length]
+    d = diagnostics.gradient_diagnostics(run.model, run.params, x)
+    n = d.singular_values.shape[1]
+    echo(f"gradient diagnostics over the first {len(x)} steps of {source.origin} under "
+         f"{run.model!r} (state of {n} numbers)")  # fmt: skip
+    echo("t, ||ds_T/ds_t||, largest singular value of ds_t+1/ds_t, ||dL/ds_t||, "
+         "step gradient norm")  # fmt: skip
+    shown = np.unique(np.linspace(0, len(x) - 1, min(len(x), 11)).round().astype(int))
+    for t in shown:
+        echo(f"{t}, {d.jacobian_norms[t]:.4g}, {d.singular_values[t, 0]:.4g}, "
+             f"{d.loss_gradient_norms[t]:.4g}, {d.step_gradient_norms[t]:.4g}")  # fmt: skip
+    if args.plot:
+        _save_plot(plots.plot_gradient_diagnostics(d, title=repr(run.model)), args.plot, echo)
+
+
 def cmd_demo(args, echo) -> None:
     from probseq import demo, io
 
@@ -483,6 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=_positive_int, default=500, help="first N steps")
     p.add_argument("--plot", help="write the smoothed state posteriors to this image file")
     p.set_defaults(func=cmd_states)
+
+    p = sub.add_parser("diagnose", help="gradient diagnostics of a run over data (BPTT)")
+    p.add_argument("run", metavar="DIR", help="a run directory")
+    p.add_argument("--data", required=True, help="text/CSV file or builtin:NAME")
+    p.add_argument("--columns", help="CSV columns (default: the run's own)")
+    p.add_argument("--length", type=_positive_int, default=200, help="first N steps")
+    p.add_argument("--plot", help="write the diagnostics' three panels to this image file")
+    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("demo", help="HMM vs LSTM vs LRU on built-in English text")
     p.add_argument("--quick", action="store_true", help="a much smaller run (seconds)")

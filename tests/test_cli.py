@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import probseq
-from probseq import cli, io
+from probseq import cli, io, workflow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -135,6 +135,28 @@ def test_text_workflow_fit_compare_sample_forecast(tmp_path, text_file, capsys):
     assert (tmp_path / "states.png").stat().st_size > 0
     code, _, err = _run(["states", tmp_path / "gru", "--data", text_file], capsys)
     assert code == 1 and "needs an HMM run" in err
+    _check_diagnose(tmp_path / "gru", text_file, tmp_path / "grad.png", capsys)
+    _check_diagnose(tmp_path / "hmm", text_file, None, capsys)
+
+
+def _check_diagnose(run_dir, data, plot, capsys):
+    """`probseq diagnose` prints rows of gradient_diagnostics on the run's own encoding."""
+    argv = ["diagnose", run_dir, "--data", data, "--length", "30"]
+    code, stdout, err = _run(argv + (["--plot", plot] if plot else []), capsys)
+    assert code == 0, err
+    rows = [[float(v) for v in line.split(", ")] for line in stdout.splitlines()[2:13]]
+    run = io.load(run_dir)
+    x = workflow.encode(run, workflow.read_source(run.kind, str(data), None))
+    d = probseq.diagnostics.gradient_diagnostics(run.model, run.params, x[:30])
+    steps = [r[0] for r in rows]
+    assert len(steps) == 11 and steps[0] == 0 and steps[-1] == 29 and np.all(np.diff(steps) > 0)
+    for t, *values in rows:
+        t = int(t)
+        want = [d.jacobian_norms[t], d.singular_values[t, 0], d.loss_gradient_norms[t],
+                d.step_gradient_norms[t]]  # fmt: skip
+        np.testing.assert_allclose(values, want, rtol=1e-3)
+    if plot:
+        assert plot.stat().st_size > 0
 
 
 def test_series_workflow_on_a_users_csv(tmp_path, csv_file, capsys):
@@ -167,6 +189,11 @@ def test_series_workflow_on_a_users_csv(tmp_path, csv_file, capsys):
     assert np.all((mean > 70) & (mean < 130)), mean  # original units, not standardised
     code, stdout, err = _run(["sample", tmp_path / "lstm", "--length", "4"], capsys)
     assert code == 0, err
+    code, stdout, err = _run(
+        ["diagnose", tmp_path / "lstm", "--data", csv_file, "--length", "5"], capsys
+    )
+    assert code == 0, err
+    assert [line.split(",")[0] for line in stdout.splitlines()[2:]] == ["0", "1", "2", "3", "4"]
 
 
 def test_compare_runs_fitted_with_and_without_standardisation(tmp_path, csv_file, capsys):
@@ -209,6 +236,7 @@ def test_compare_runs_fitted_with_and_without_standardisation(tmp_path, csv_file
         (["fit", "{series}", "--data", "{csv}", "--columns", "flw", "--out", "{tmp}/o"], "flw"),
         (["compare", "{tmp}/norun", "--data", "{text}"], "no such run directory"),
         (["sample", "{tmp}", "--length", "3"], "not a complete probseq run"),
+        (["diagnose", "{tmp}/norun", "--data", "{text}"], "no such run directory"),
     ],
 )
 def test_bad_input_gives_one_clear_line_and_status_1(

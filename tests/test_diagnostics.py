@@ -218,7 +218,7 @@ def test_plot_draws_every_model_and_refuses_bad_input():
     assert all(ax.get_yscale() == "log" for ax in fig.axes)
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), d.jacobian_norms)
     lru, lp, lx, _ = _setup("LRU")
-    e = diagnostics.gradient_diagnostics(lru, lp, lx[:4])
+    e = diagnostics.gradient_diagnostics(lru, lp, lx[:3])
     fig = plots.plot_gradient_diagnostics({"RNN": d, "LRU": e})
     assert [len(ax.lines) for ax in fig.axes] == [2, 5, 4]  # 2nd: + the line at 1
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["RNN", "LRU"]
