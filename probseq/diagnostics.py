@@ -106,7 +106,9 @@ def state_vector(state: PyTree) -> tuple[jax.Array, Any]:
     """
     leaves, treedef = jax.tree.flatten(state)
     is_complex = [jnp.iscomplexobj(leaf) for leaf in leaves]
-    parts = [(leaf.real, leaf.imag) if c else leaf for leaf, c in zip(leaves, is_complex, strict=True)]
+    parts = [
+        (leaf.real, leaf.imag) if c else leaf for leaf, c in zip(leaves, is_complex, strict=True)
+    ]
     vector, unravel_parts = ravel_pytree(parts)
 
     def unravel(v):
@@ -214,9 +216,7 @@ def _diagnostics_kernel(model, params, xs, us, initial_state):
         jac = jax.jacfwd(step, argnums=1)(params, v, x, u)
         prod = jnp.matmul(prod, jac, precision=EXACT)
         norm, top = _spectral_norm(prod, top)
-        loss, (g_params, g_state) = jax.value_and_grad(step_loss, argnums=(0, 1))(
-            params, v, x, u
-        )
+        loss, (g_params, g_state) = jax.value_and_grad(step_loss, argnums=(0, 1))(params, v, x, u)
         a_params, a_state = jax.vjp(lambda p, s: step(p, s, x, u), params, v)[1](adjoint)
         adjoint = g_state + a_state
         contribution = jax.tree.map(jnp.add, g_params, a_params)

@@ -14,6 +14,7 @@ products, which come from a power iteration stopped at 4 machine epsilons of cha
 from __future__ import annotations
 
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -229,4 +230,6 @@ def test_plot_draws_every_model_and_refuses_bad_input():
     with pytest.raises(ValueError, match="jacobian_norms has shape"):
         plots.plot_gradient_diagnostics(d._replace(jacobian_norms=d.jacobian_norms[:-1]))
     with pytest.raises(ValueError, match="NaN"):
-        plots.plot_gradient_diagnostics(d._replace(step_gradient_norms=d.step_gradient_norms * np.nan))
+        plots.plot_gradient_diagnostics(
+            d._replace(step_gradient_norms=d.step_gradient_norms * np.nan)
+        )
