@@ -13,9 +13,25 @@ the last state) at initialisation and after the fit; ``--plot`` draws those curv
 
 Measured with the default arguments (hidden_size 32, 1024 training and 256 test
 sequences, 15 epochs of batch 32 at learning rate 3e-3, seed 0) on a shared 2-core
-CPU, in RESULTS_SECONDS s:
+CPU, in 119 s:
 
-RESULTS_TABLE
+    ========  =======  =======  =======
+    gap G     RNN      LSTM     LRU
+    ========  =======  =======  =======
+    5         1.000    1.000    1.000
+    20        0.285    0.211    1.000
+    50        0.242    0.242    0.996
+    ========  =======  =======  =======
+
+    held-out recall accuracy (chance 0.25). ||ds_T/ds_0|| on one test sequence of
+    gap 50 (T = 53 steps), at initialisation -> after the fit: RNN 2.3e-09 -> 0
+    (below float32's range; the fitted RNN's step Jacobians have median singular
+    value about 0.05), LSTM 0.0081 -> 55.8, LRU 0.53 -> 3.0. Only the LRU, whose
+    linear recurrence keeps |lambda| near 1, carries the symbol across 20 and 50
+    steps; the LSTM's early states do reach the end after the fit (the norm grows)
+    but it has not learnt to use them in 480 Adam steps. With ``--num-epochs 30``
+    (173 s) the picture is the same: at gaps 20 / 50, RNN 0.223 / 0.242, LSTM
+    0.242 / 0.242, LRU 1.000 / 0.992.
 """
 
 from __future__ import annotations

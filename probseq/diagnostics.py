@@ -37,8 +37,11 @@ reverse scan of VJPs (P^T <- J_t^T P^T, n cotangents) would cost the same order.
 The spectral norms of the products come from a power iteration warm-started from
 the previous step's top singular vector (a few n^2 matrix-vector products a step,
 run until the estimate moves by at most 4 machine epsilons), so the per-step SVD of
-J_t (``jnp.linalg.svd``, exact) is the dominant cost. Measured on a 2-core CPU (shared): T = 300 steps of an RNN with hidden_size 200
-(n = 400) take TIMING.
+J_t (``jnp.linalg.svd``, exact) is the dominant cost. Measured on a 2-core CPU
+shared with other jobs (load about 8), T = 300 steps, after compilation: an LSTM
+with hidden_size 64 (n = 192) in 1.0 s (9 s with compilation); an RNN with
+hidden_size 200 (n = 400: carry and output) in 57 s, of which the 300 SVDs of
+400 x 400 take about 0.18 s each.
 
 Parts of a state that the next update does not read give zero singular values: a
 recurrent network's state carries the top layer's output for its head
