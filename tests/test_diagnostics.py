@@ -1,6 +1,7 @@
 """probseq.diagnostics against jax.jacfwd / jax.grad of the whole unrolled map and
 numpy.linalg.svd, for every kind of state (real, stacked, LSTM pairs, the LRU's complex
-one, the HMM's predictive distribution); refusals of batches and ragged input; the plot.
+one, the HMMs' predictive distribution, input-driven transitions too); refusals of
+batches and ragged input; the plot.
 
 References here never call the diagnostics' own code: they unroll ``update`` from s_t
 to s_T in plain Python and differentiate that whole map, with their own flattening of
@@ -31,6 +32,7 @@ CASES = {
     "GRU": lambda: probseq.GRU(obs_dim=2, hidden_size=3, input_dim=2),
     "LRU": lambda: probseq.LRU(vocab_size=4, hidden_size=3, state_size=2),
     "CategoricalHMM": lambda: probseq.CategoricalHMM(num_states=3, vocab_size=4),
+    "GaussianHMM+inputs": lambda: probseq.GaussianHMM(num_states=3, obs_dim=2, input_dim=2),
 }
 
 
@@ -44,9 +46,8 @@ def _setup(name, seed=0):
     model = CASES[name]()
     params = model.init(jax.random.key(seed), dtype=jnp.float64)
     rng = np.random.default_rng(seed)
-    # Jitter every leaf (no exact zeros: biases, LRU's norm_bias) but keep HMM logits.
-    if not isinstance(model, probseq.HMM):
-        params = jax.tree.map(lambda a: a + 0.1 * rng.normal(size=a.shape), params)
+    # Jitter every leaf: no exact zeros (biases, LRU's norm_bias, HMM input weights).
+    params = jax.tree.map(lambda a: a + 0.1 * rng.normal(size=a.shape), params)
     if model.head.is_token:
         x = jnp.asarray(rng.integers(0, 4, T))
     else:
@@ -138,7 +139,7 @@ def test_equal_jacfwd_and_grad_of_the_unrolled_map(name):
     )
 
 
-@pytest.mark.parametrize("name", ["LSTM", "LRU", "CategoricalHMM", "GRU"])
+@pytest.mark.parametrize("name", ["LSTM", "LRU", "CategoricalHMM", "GaussianHMM+inputs"])
 def test_parameter_gradient_and_its_per_step_parts(name):
     """The steps' parts are the gradients with respect to a separate copy of the
     parameters per step (step 0's copy also builds the initial state); they sum to
