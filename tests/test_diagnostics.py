@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax_logs import compiled_messages
 from matplotlib.figure import Figure
 
 import probseq
@@ -181,6 +182,15 @@ def test_float32_parameters_give_float32_results():
         d = diagnostics.gradient_diagnostics(model, params, jnp.arange(5) % 4)
         assert d.jacobian_norms.dtype == jnp.float32
         assert np.isfinite(d.singular_values).all() and d.jacobian_norms[-1] == 1
+
+
+def test_new_parameters_and_data_of_the_same_shapes_do_not_recompile():
+    model, params, x, _ = _setup("RNN")
+    diagnostics.gradient_diagnostics(model, params, x)
+    other, y = jax.tree.map(lambda a: 2 * a, params), (x + 1) % 4
+    with compiled_messages() as compiled:
+        diagnostics.gradient_diagnostics(model, other, y)
+    assert not [m for m in compiled if "_diagnostics_kernel" in m], compiled
 
 
 def test_state_vector_round_trip():
