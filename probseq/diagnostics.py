@@ -22,8 +22,8 @@ Mikolov and Bengio 2013). :func:`gradient_diagnostics` measures, for one sequenc
   vectors, to ``param_gradient`` = jax.grad of L.
 
 It is written once over the contract (``initial_state`` / ``update`` / ``emission``),
-so every family gets it, the HMM included (its state is the predictive distribution
-p(z_t | x_{1:t})). The state pytree is flattened to one real vector of size n with
+so every family gets it, the HMM included (its state s_t is the predictive distribution
+p(z_{t+1} | x_{1:t})). The state pytree is flattened to one real vector of size n with
 :func:`state_vector` (a complex leaf, like the LRU's, counts as its real and
 imaginary parts, since a real loss is not holomorphic in it).
 
