@@ -67,7 +67,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from probseq import validation
-from probseq.core import SequenceModel, as_batch
+from probseq.core import SequenceModel, as_batch, prepare_source
 from probseq.scan import EXACT
 
 __all__ = ["GradientDiagnostics", "gradient_diagnostics", "state_vector"]
@@ -124,7 +124,14 @@ def state_vector(state: PyTree) -> tuple[jax.Array, Any]:
 
 
 def gradient_diagnostics(
-    model: SequenceModel, params, x, *, inputs=None, initial_state=None
+    model: SequenceModel,
+    params,
+    x,
+    *,
+    inputs=None,
+    initial_state=None,
+    source=None,
+    source_mask=None,
 ) -> GradientDiagnostics:
     """Jacobian products, their per-step singular values and the loss gradient's
     norms over one sequence (see the module docstring).
@@ -138,6 +145,9 @@ def gradient_diagnostics(
         inputs: per-step conditioning inputs (T, input_dim) for conditional models.
         initial_state: start from this state (e.g. a ``probseq.score`` final state)
             instead of ``model.initial_state(params)``.
+        source, source_mask: for a conditional model (``model.takes_source``, e.g.
+            :class:`probseq.Seq2Seq`): the one source (S, ...) of ``x``; the start is
+            ``model.source_state``, and its gradient (the encoder's) belongs to step 0.
 
     Returns:
         A :class:`GradientDiagnostics`.
@@ -159,10 +169,15 @@ def gradient_diagnostics(
             "x[i, :lengths[i]] (padding would be read as data)."
         )
     us = None if batch.inputs is None else batch.inputs[0]
+    src = prepare_source(model, source, source_mask, batch)
+    if src is not None:
+        if initial_state is not None:
+            raise ValueError(f"{model!r} starts from its source: pass source=, not initial_state=.")
+        src = (src.x[0], src.mask[0])
     if initial_state is not None:
         validation.check_state(model, params, initial_state, ())
         initial_state = jax.tree.map(jnp.asarray, initial_state)
-    return _diagnostics_kernel(model, params, batch.x[0], us, initial_state)
+    return _diagnostics_kernel(model, params, batch.x[0], us, initial_state, src)
 
 
 def _spectral_norm(m: jax.Array, u: jax.Array, max_iters: int = 1000):
@@ -195,8 +210,10 @@ def _sum_squares(tree) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _diagnostics_kernel(model, params, xs, us, initial_state):
+def _diagnostics_kernel(model, params, xs, us, initial_state, source=None):
     def start(p):
+        if source is not None:
+            return model.source_state(p, *source)
         return model.initial_state(p) if initial_state is None else initial_state
 
     s0, unravel = state_vector(start(params))

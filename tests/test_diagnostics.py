@@ -175,6 +175,22 @@ def test_from_a_given_state_the_start_is_not_differentiated():
     np.testing.assert_allclose(d.loss_gradient_norms, full.loss_gradient_norms[2:], rtol=1e-9)
 
 
+def test_a_seq2seq_starts_from_its_source():
+    enc, dec = probseq.GRU(vocab_size=4, hidden_size=3), probseq.GRU(vocab_size=4, hidden_size=3)
+    model = probseq.Seq2Seq(enc, dec)
+    params = model.init(jax.random.key(0), dtype=jnp.float64)
+    x, src = jnp.array([1, 2, 3, 0]), jnp.array([3, 1, 2])
+    d = diagnostics.gradient_diagnostics(model, params, x, source=src)
+    want = jax.grad(lambda p: -probseq.log_prob(model, p, x, source=src))(params)
+    for got, ref in zip(jax.tree.leaves(d.param_gradient), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(
+        d.step_log_probs, probseq.step_log_probs(model, params, x, source=src), rtol=1e-9
+    )
+    with pytest.raises(ValueError, match="source"):
+        diagnostics.gradient_diagnostics(model, params, x)
+
+
 def test_float32_parameters_give_float32_results():
     with jax.enable_x64(False):
         model = probseq.LRU(vocab_size=4, hidden_size=3)
