@@ -20,6 +20,13 @@ exactly max(quantile of x, 0) (a monotone map), so the bands never go below zero
 keep their coverage. The mean is left uncensored.
 
     python examples/compare_series.py [--series sunspots] [--plot fan.png]
+
+Measured (2026-11-30, default arguments, sunspots, 22 scored test years): LSTM
+-93.84 nats (4.27 nats/year), AR(9) -94.33 (4.29), Gaussian HMM -112.17 (5.10);
+30-year forecasts: mean absolute error 37.6 / 34.6 / 48.2, the 90% band holding
+60% / 67% / 70% of the years. (Before 2026-11-30 the fitted HMM scored -inf: its
+fitted p(z_1) = [0, 0, 1] and a shift over impossible states; fixed in
+probseq.hmm_inference.)
 """
 
 from __future__ import annotations
