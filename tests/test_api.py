@@ -30,6 +30,7 @@ def test_public_names_are_pinned():
             "MinLSTM",
             "AR",
             "fit_ls",
+            "LDS",
             "LRU",
             "HMM",
             "CategoricalHMM",

