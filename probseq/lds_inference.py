@@ -169,9 +169,7 @@ def kalman_filter(
     def step(carry, args):
         mean, scale = carry
         y, b_t, d_t, v = args
-        log_norm, f_mean, f_scale = condition_step(
-            mean, scale, emission, emission_scale, y, d_t, v
-        )
+        log_norm, f_mean, f_scale = condition_step(mean, scale, emission, emission_scale, y, d_t, v)
         p_mean, p_scale = predict_step(f_mean, f_scale, dynamics, dynamics_scale, b_t)
         return (p_mean, p_scale), (log_norm, f_mean, f_scale, p_mean, p_scale)
 

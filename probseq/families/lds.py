@@ -321,7 +321,8 @@ class LDS(SequenceModel):
                                  f"({horizon}, {self.input_dim}).")  # fmt: skip
         else:
             us = jnp.zeros((horizon, 0), dtype)
-        c, r_scale, q_scale = params["emission"], _scale(params, "emission"), _scale(params, "dynamics")
+        c, r_scale = params["emission"], _scale(params, "emission")
+        q_scale = _scale(params, "dynamics")
 
         def step(carry, u):
             mean, scale = carry
