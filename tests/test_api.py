@@ -31,6 +31,7 @@ def test_public_names_are_pinned():
             "AR",
             "fit_ls",
             "LDS",
+            "fit_lds_em",
             "LRU",
             "HMM",
             "CategoricalHMM",
