@@ -8,6 +8,8 @@ in different algebra; measured differences ~1e-11 on log-likelihoods, ~1e-9 abso
 smoothed moments of size ~1-10, which come from dynamax's covariance-form update).
 """
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -390,3 +392,20 @@ def test_fit_lds_em_refuses_bad_input():
         probseq.fit_lds_em(probseq.AR(order=1), params, np.zeros((5, 1)))
     with pytest.raises(ValueError, match="num_iters"):
         probseq.fit_lds_em(model, params, np.zeros((5, 1)), num_iters=0)
+
+
+# ----------------------------------------------------------------- spec and CLI
+def test_spec_and_command_line_fit_nile(tmp_path, capsys):
+    from probseq import cli, spec
+
+    s = spec.load_spec("models/lds_series.toml")
+    assert s.build_model(obs_dim=1) == probseq.LDS(state_dim=2, obs_dim=1)
+    short = tmp_path / "lds.toml"
+    text = pathlib.Path("models/lds_series.toml").read_text()
+    short.write_text(text.replace("num_epochs = 300", "num_epochs = 3"))
+    out = tmp_path / "run"
+    code = cli.main(["fit", str(short), "--data", "builtin:nile", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    run = probseq.load(out)
+    assert run.model == probseq.LDS(state_dim=2, obs_dim=1)
+    assert np.isfinite(run.info["test_log_lik"])
