@@ -45,19 +45,29 @@ import numpyro.distributions as dist
 
 from probseq import validation
 from probseq.core import SequenceModel, as_batch, param_dtype
-from probseq.families.registry import POSITIVE_INT, FamilySpec
+from probseq.families.registry import POSITIVE_INT, FamilySpec, choice
 from probseq.heads import Head, NormalHead
 from probseq.lds_inference import (
     LDSSmoothed,
     condition_step,
     kalman_filter,
+    parallel_kalman_filter,
     predict_step,
     rts_smoother,
     tria,
 )
 from probseq.scan import EXACT
 
-__all__ = ["LDS", "LDSState", "LDSMatrices", "LDSFilterResult"]
+__all__ = ["LDS", "LDSState", "LDSMatrices", "LDSFilterResult", "SCAN_CHOICES"]
+
+#: The ``scan=`` choices of an LDS.
+SCAN_CHOICES = ("auto", "sequential", "parallel")
+
+#: "auto" filters in parallel on an accelerator from this many steps on. Provisional:
+#: not measured on a GPU for the LDS (the HMM's associative scan pays there from a few
+#: hundred steps, ECOSYSTEM.md); on CPU the sequential filter is faster at every
+#: measured size (benchmarks/RESULTS.md, "LDS"), so "auto" never picks parallel there.
+PARALLEL_MIN_STEPS = 256
 
 
 class LDSState(NamedTuple):
@@ -115,11 +125,17 @@ class LDS(SequenceModel):
         state_dim: n, the size of the latent state z_t.
         obs_dim: p, the size of each observation y_t.
         input_dim: m, the size of per-step inputs u_t (0: none).
+        scan: how a sequence is filtered (log_prob, score, filter, smoother, fit_sgd):
+            "sequential" (the square-root filter, T steps), "parallel" (the associative
+            scan of :func:`probseq.lds_inference.parallel_kalman_filter`, O(log T)
+            depth) or "auto" (:meth:`filter_path`). Both give the same values and
+            gradients (the tests: 1e-5 in float32).
     """
 
     state_dim: int
     obs_dim: int = 1
     input_dim: int = 0
+    scan: str = "auto"
     head: Head = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -128,6 +144,7 @@ class LDS(SequenceModel):
         input_dim = validation.check_int("input_dim", self.input_dim, minimum=0)
         object.__setattr__(self, "input_dim", input_dim)
         object.__setattr__(self, "head", NormalHead(self.obs_dim))
+        validation.check_choice("scan", self.scan, SCAN_CHOICES)
 
     # -------------------------------------------------------------- parameters
     def _shapes(self):
@@ -245,20 +262,33 @@ class LDS(SequenceModel):
         return LDSState(*predict_step(mean, scale, params["dynamics"],
                                       _scale(params, "dynamics"), b))  # fmt: skip
 
+    def filter_path(self, num_steps: int) -> str:
+        """ "sequential" or "parallel": ``scan`` unless it is "auto", which takes the
+        parallel filter on accelerators for at least :data:`PARALLEL_MIN_STEPS` steps
+        and the sequential one otherwise (always on CPU)."""
+        if self.scan != "auto":
+            return self.scan
+        on_cpu = jax.default_backend() == "cpu"
+        return "parallel" if not on_cpu and num_steps >= PARALLEL_MIN_STEPS else "sequential"
+
     def _filter(self, params, state, xs, us=None, mask=None):
         b, d = self._offsets(params, us)
         if us is None:
             b = jnp.zeros((xs.shape[0], self.state_dim), xs.dtype)
             d = jnp.zeros_like(xs)
-        return kalman_filter(
+        kernel = kalman_filter
+        if self.filter_path(xs.shape[0]) == "parallel":
+            kernel = parallel_kalman_filter
+        return kernel(
             state.mean, state.scale, params["dynamics"], _scale(params, "dynamics"),
             params["emission"], _scale(params, "emission"), xs.astype(state.mean.dtype),
             b, d, mask,
         )  # fmt: skip
 
     def sequence_log_probs(self, params, state, xs, us=None):
-        """The square-root Kalman filter (:func:`probseq.lds_inference.kalman_filter`):
-        one QR per step for the update and one for the prediction."""
+        """The Kalman filter of :meth:`filter_path`: sequential (the square-root filter,
+        :func:`probseq.lds_inference.kalman_filter`: one QR per step for the update and
+        one for the prediction) or parallel in time."""
         res = self._filter(params, state, xs, us)
         return res.log_normalizers, LDSState(res.predicted_means, res.predicted_scales)
 
@@ -352,7 +382,7 @@ def _posterior_kernel(model: LDS, kernel: str, params, x, mask, inputs):
 SPEC = FamilySpec(
     name="lds",
     model=LDS,
-    keys={"state_dim": POSITIVE_INT},
+    keys={"state_dim": POSITIVE_INT, "scan": choice(*SCAN_CHOICES)},
     build=lambda options, head: LDS(obs_dim=head.obs_dim, **options),
     heads=("normal",),
     required=("state_dim",),
