@@ -138,7 +138,8 @@ def forecast(
     Returns:
         A :class:`Forecast`. Real-valued bands are Monte Carlo estimates from the
         ``num_samples`` paths: their error shrinks as 1/sqrt(num_samples); a model with
-        a closed-form predictive (``model.predict``: :class:`probseq.AR`) gets the
+        a closed-form predictive (``model.predict``: :class:`probseq.AR`,
+        :class:`probseq.LDS`) gets the
         exact mean and Normal quantiles instead (temperature 1).
     """
     horizon = validation.check_int("horizon", horizon)
@@ -167,7 +168,7 @@ def forecast(
         mean = bands = None
         probs = _next_step_probs(model, params, res.final_state, batched)
     elif callable(getattr(model, "predict", None)) and temperature == 1:
-        # A closed-form predictive (probseq.AR): the exact mean and Normal bands.
+        # A closed-form predictive (probseq.AR, probseq.LDS): the exact mean and Normal bands.
         mean, bands = _exact_bands(model, params, res.final_state, horizon, levels, batched,
                                    future_inputs)  # fmt: skip
         probs = None
