@@ -25,7 +25,9 @@ coordinates: differentiating with respect to A, Q, ... would give
 **The M-step** is closed form, the maximum-likelihood regressions on the expected
 statistics: [A B] from regressing z_{t+1} on (z_t, u_t), Q their residual covariance;
 [C D] from regressing y_t on (z_t, u_t), R its residual covariance; m_0 and S_0 the mean
-and covariance of z_1 (over sequences). The log-likelihood never decreases.
+and covariance of z_1 (over sequences). The log-likelihood never decreases (in float64
+to rounding; in float32 the information-form sums carry ~1e-5 relative rounding, which
+is what a float32 fit's history can wobble by: fit in float64 where that matters).
 
 Example:
     >>> import jax, probseq
