@@ -44,6 +44,7 @@ __all__ = [
     "condition_step",
     "kalman_filter",
     "parallel_kalman_filter",
+    "parallel_rts_smoother",
     "rts_smoother",
     "information_log_partition",
 ]
@@ -390,3 +391,36 @@ def parallel_kalman_filter(
     chol = jnp.linalg.cholesky
     sym = lambda m: 0.5 * (m + jnp.swapaxes(m, -1, -2))  # noqa: E731
     return LDSFiltered(lls, f_means, chol(sym(f_covs)), p_means, chol(sym(p_covs)))
+
+
+def parallel_rts_smoother(filtered: LDSFiltered, dynamics) -> LDSSmoothed:
+    """The parallel-in-time Rauch-Tung-Striebel smoother (Sarkka and Garcia-Fernandez
+    2021, section 4): with G_t the RTS gain, each step is the affine map
+    (E_t, g_t, L_t) = (G_t, m_t|t - G_t m_t+1|t, P_t|t - G_t P_t+1|t G_t^T) of
+    p(z_t | z_t+1, y_1:t), and the smoothed moments are their suffix compositions by a
+    reverse ``jax.lax.associative_scan``. Same result as :func:`rts_smoother`."""
+    f_means, f_covs = filtered.filtered_means, _gram(filtered.filtered_scales)
+    p_means, p_scales = filtered.predicted_means, filtered.predicted_scales
+
+    def element(f_mean, f_cov, p_mean, p_scale):
+        gain = cho_solve((p_scale, True), _mm(dynamics, f_cov)).T
+        cov = f_cov - _mm(_mm(gain, _gram(p_scale)), gain.T)
+        return gain, f_mean - _mm(gain, p_mean), 0.5 * (cov + cov.T)
+
+    gains, offsets, covs = jax.vmap(element)(f_means[:-1], f_covs[:-1], p_means[:-1],
+                                             p_scales[:-1])  # fmt: skip
+    last = (jnp.zeros_like(f_covs[-1]), f_means[-1], f_covs[-1])
+    elements = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]),
+                            (gains, offsets, covs), last)  # fmt: skip
+
+    def compose(later, earlier):
+        # associative_scan(reverse=True) passes the later element first
+        e2, g2, l2 = later
+        e1, g1, l1 = earlier
+        t = lambda m: jnp.swapaxes(m, -1, -2)  # noqa: E731
+        cov = _mm(_mm(e1, l2), t(e1)) + l1
+        return _mm(e1, e2), _mm(e1, g2[..., None])[..., 0] + g1, 0.5 * (cov + t(cov))
+
+    _, means, s_covs = jax.lax.associative_scan(compose, elements, reverse=True)
+    cross = _mm(gains, s_covs[1:])  # Cov(z_t, z_t+1 | y) = G_t P_t+1|T
+    return LDSSmoothed(jnp.sum(filtered.log_normalizers), means, s_covs, cross)

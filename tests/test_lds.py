@@ -414,10 +414,16 @@ def test_spec_and_command_line_fit_nile(tmp_path, capsys):
 
 # ------------------------------------------------------------- parallel in time
 def test_parallel_kernel_equals_the_square_root_filter():
-    """The fast sibling of the next test: the two kernels on one float32 sequence with
-    inputs and a missing tail, every output to 1e-5 (measured ~1e-6)."""
+    """The fast sibling of the next test: the two filters, and the two smoothers, on one
+    float32 sequence with inputs and a missing tail, every output to 1e-5 (measured
+    ~1e-6)."""
     from probseq.families.lds import _scale
-    from probseq.lds_inference import kalman_filter, parallel_kalman_filter
+    from probseq.lds_inference import (
+        kalman_filter,
+        parallel_kalman_filter,
+        parallel_rts_smoother,
+        rts_smoother,
+    )
 
     model = probseq.LDS(state_dim=3, obs_dim=2, input_dim=1)
     p = model.init(jax.random.key(43), dtype=jnp.float32)
@@ -431,6 +437,11 @@ def test_parallel_kernel_equals_the_square_root_filter():
     for name in seq._fields:
         np.testing.assert_allclose(getattr(par, name), getattr(seq, name), rtol=1e-5,
                                    atol=1e-5, err_msg=name)  # fmt: skip
+    smoothed = rts_smoother(seq, p["dynamics"])
+    in_parallel = parallel_rts_smoother(seq, p["dynamics"])
+    for name in smoothed._fields:
+        np.testing.assert_allclose(getattr(in_parallel, name), getattr(smoothed, name),
+                                   rtol=1e-5, atol=1e-5, err_msg=name)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -464,6 +475,11 @@ def test_parallel_filter_equals_sequential_values_and_gradients_float32():
     for name in ga:
         scale = float(np.max(np.abs(ga[name]))) or 1.0
         assert float(np.max(np.abs(gb[name] - ga[name]))) <= 1e-5 * scale, name
+    ps, pp = seq.smoother(params, y, mask, inputs=u), par.smoother(params, y, mask, inputs=u)
+    np.testing.assert_allclose(pp.smoothed_means[1, :41], ps.smoothed_means[1, :41],
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(pp.smoothed_covariances, ps.smoothed_covariances,
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
     assert seq.filter_path(10**6) == "sequential"
     auto = probseq.LDS(state_dim=1)
     assert auto.filter_path(10**6) == ("sequential" if jax.default_backend() == "cpu"

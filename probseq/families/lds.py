@@ -52,6 +52,7 @@ from probseq.lds_inference import (
     condition_step,
     kalman_filter,
     parallel_kalman_filter,
+    parallel_rts_smoother,
     predict_step,
     rts_smoother,
     tria,
@@ -125,10 +126,12 @@ class LDS(SequenceModel):
         state_dim: n, the size of the latent state z_t.
         obs_dim: p, the size of each observation y_t.
         input_dim: m, the size of per-step inputs u_t (0: none).
-        scan: how a sequence is filtered (log_prob, score, filter, smoother, fit_sgd):
-            "sequential" (the square-root filter, T steps), "parallel" (the associative
-            scan of :func:`probseq.lds_inference.parallel_kalman_filter`, O(log T)
-            depth) or "auto" (:meth:`filter_path`). Both give the same values and
+        scan: how a sequence is filtered and smoothed (log_prob, score, filter, smoother,
+            fit_sgd): "sequential" (the square-root filter, T steps, and the RTS
+            smoother), "parallel" (the associative scans of
+            :func:`probseq.lds_inference.parallel_kalman_filter` and
+            :func:`~probseq.lds_inference.parallel_rts_smoother`, O(log T) depth) or
+            "auto" (:meth:`filter_path`). Both give the same values and
             gradients (the tests: 1e-5 in float32).
     """
 
@@ -374,7 +377,8 @@ def _posterior_kernel(model: LDS, kernel: str, params, x, mask, inputs):
         if kernel == "filter":
             covs = _mm(res.filtered_scales, jnp.swapaxes(res.filtered_scales, -1, -2))
             return LDSFilterResult(jnp.sum(res.log_normalizers), res.filtered_means, covs)
-        return rts_smoother(res, params["dynamics"])
+        parallel = model.filter_path(xs.shape[0]) == "parallel"
+        return (parallel_rts_smoother if parallel else rts_smoother)(res, params["dynamics"])
 
     return jax.vmap(one)(x, mask, inputs)
 
