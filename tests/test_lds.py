@@ -412,6 +412,28 @@ def test_spec_and_command_line_fit_nile(tmp_path, capsys):
     assert np.isfinite(run.info["test_log_lik"])
 
 
+def test_fit_em_of_an_lds_is_fit_lds_em_and_a_spec_can_say_em(tmp_path, capsys):
+    from probseq import cli
+
+    model = probseq.LDS(state_dim=1, obs_dim=1)
+    params = model.init(jax.random.key(0))
+    y = np.asarray(probseq.sample(model, params, jax.random.key(1), 60, num_samples=2))
+    a = probseq.fit_em(model, params, y, num_iters=4, tol=0.0)
+    b = probseq.fit_lds_em(model, params, y, num_iters=4, tol=0.0)
+    np.testing.assert_array_equal(a.history["log_likelihood"], b.history["log_likelihood"])
+    with pytest.raises(ValueError, match="takes no prior="):
+        probseq.fit_em(model, params, y, prior={"transition": 2.0})
+    with pytest.raises(ValueError, match="takes no num_restarts="):
+        probseq.fit_em(model, params, y, num_restarts=3, key=jax.random.key(0))
+    text = pathlib.Path("models/lds_series.toml").read_text()
+    em = tmp_path / "lds_em.toml"
+    em.write_text(text.split("[fit]")[0] + '[fit]\nmethod = "em"\nnum_iters = 5\n')
+    out = tmp_path / "run"
+    code = cli.main(["fit", str(em), "--data", "builtin:nile", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert np.isfinite(probseq.load(out).info["test_log_lik"])
+
+
 # ------------------------------------------------------------- parallel in time
 def test_parallel_kernel_equals_the_square_root_filter():
     """The fast sibling of the next test: the two filters, and the two smoothers, on one

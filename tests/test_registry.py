@@ -111,7 +111,7 @@ def test_a_family_registered_outside_probseq_is_usable_from_a_spec(iid_registere
     with pytest.raises(spec.SpecError, match="models real-valued series, not text"):
         spec.parse_spec({"data": {"kind": "text"}, "model": {"family": "iid_test"},
                          "fit": {"method": "sgd"}})  # fmt: skip
-    with pytest.raises(spec.SpecError, match="method = 'em' fits family = 'hmm' only"):
+    with pytest.raises(spec.SpecError, match="method = 'em' fits family = 'hmm' or 'lds' only"):
         spec.parse_spec({"data": {"kind": "series"}, "model": {"family": "iid_test"},
                          "fit": {"method": "em"}})  # fmt: skip
 

@@ -93,7 +93,7 @@ def test_unknown_key_lists_the_allowed_ones(tmp_path):
         ({"model": {"family": "gru", "num_states": 3}}, "unknown key 'num_states'"),
         ({"model": {"family": "hmm"}}, "needs the key 'num_states'"),
         ({"model": {"family": "gru", "head": "normal"}}, "text data needs head = 'categorical'"),
-        ({"fit": {"method": "em"}}, "method = 'em' fits family = 'hmm' only"),
+        ({"fit": {"method": "em"}}, "method = 'em' fits family = 'hmm' or 'lds' only"),
         ({"fit": {"method": "sgd", "num_iters": 3}}, r"unknown key 'num_iters' in \[fit\]"),
         ({"fit": {"method": "adam"}}, "method must be 'sgd', 'em' or 'ls'"),
         ({"fit": {"method": "sgd", "learning_rate": -1.0}}, "learning_rate must be a positive"),

@@ -390,5 +390,5 @@ SPEC = FamilySpec(
     build=lambda options, head: LDS(obs_dim=head.obs_dim, **options),
     heads=("normal",),
     required=("state_dim",),
-    fit_methods=("sgd",),
+    fit_methods=("sgd", "em"),
 )

@@ -44,6 +44,7 @@ from probseq import sharding, validation
 from probseq.auto import choose_smoother
 from probseq.core import as_batch
 from probseq.families.hmm import HMM, HMMParams
+from probseq.families.lds import LDS
 from probseq.fit.result import FitHistory, FitResult
 from probseq.heads import Head
 from probseq.hmm_inference import hmm_filter, hmm_smoother_from_likelihoods
@@ -457,7 +458,10 @@ def fit_em(
 
     Args:
         model: a :class:`probseq.HMM` whose head has a closed-form M-step
-            (CategoricalHMM, GaussianHMM, or an HMM with a Poisson/Bernoulli head).
+            (CategoricalHMM, GaussianHMM, or an HMM with a Poisson/Bernoulli head), or
+            a :class:`probseq.LDS` (then this is :func:`probseq.fit_lds_em`: closed-form
+            M-step, autodiff E-step; ``prior``, ``num_restarts``, ``estep`` and ``mesh``
+            are HMM-only).
         params: starting parameters (restart 0).
         data: one sequence, a batch (with ``mask``), or a list of ragged sequences.
         mask: optional (B, T) prefix mask of valid steps.
@@ -496,6 +500,9 @@ def fit_em(
         ``objective`` adds the log prior (no validation, times: NaN); ``info`` has the
         iterations run, whether the fit converged, and every restart's final objective.
     """
+    if isinstance(model, LDS):
+        return _fit_lds(model, params, data, mask, inputs, num_iters, tol, prior,
+                        num_restarts, estep, progress, mesh)  # fmt: skip
     _check_hmm(model)
     _check_estep(estep)
     num_iters = validation.check_int("num_iters", num_iters)
@@ -571,6 +578,27 @@ def fit_em(
         "num_tokens": num_tokens,
     }
     return FitResult(best_params, history, info)
+
+
+def _fit_lds(model, params, data, mask, inputs, num_iters, tol, prior, restarts, estep, progress,
+             mesh):  # fmt: skip
+    """fit_em of a linear-Gaussian state-space model: :func:`probseq.fit_lds_em` (the
+    HMM-only settings refused by name)."""
+    from probseq.fit.lds_em import fit_lds_em
+
+    for name, value, default in (
+        ("prior", prior, None), ("num_restarts", restarts, 1), ("estep", estep, "auto"),
+        ("mesh", mesh, None),
+    ):  # fmt: skip
+        if value is not default and value != default:
+            raise ValueError(
+                f"fit_em of {model!r} (a linear-Gaussian state-space model, by "
+                f"probseq.fit_lds_em) takes no {name}=; got {name}={value!r}."
+            )
+    return fit_lds_em(
+        model, params, data, mask=mask, inputs=inputs, num_iters=num_iters, tol=tol,
+        progress=progress,
+    )  # fmt: skip
 
 
 def _progress_bar(total, enabled):
