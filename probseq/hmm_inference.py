@@ -129,6 +129,16 @@ def _forward(initial_probs, transition_matrix, lik):
     return jax.lax.scan(lambda p, lik_t: step(p, (lik_t, transition_matrix)), initial_probs, lik)[1]
 
 
+def _after(filtered, transition_matrix):
+    """p(z_{t+1} | x_{<=t}) for t < T of a batch: filtered (B, T, K) times A (K, K) or
+    A_t per step (B, T, K, K); (B, T - 1, K)."""
+    if jnp.ndim(transition_matrix) == 4:
+        return jnp.einsum(
+            "btk,btkj->btj", filtered[:, :-1], transition_matrix[:, :-1], precision=EXACT
+        )
+    return _mm(filtered[:, :-1], transition_matrix)
+
+
 def _predicted(initial_probs, transition_matrix, filtered):
     """p(z_t | x_{<t}) for all t from the filtered probabilities: one matrix product
     (a batched one for A_t per step)."""
@@ -178,8 +188,8 @@ def _shifted_likelihoods(
     if initial_probs is not None:
         first = jnp.asarray(initial_probs) > 0
         later = jnp.any(jnp.asarray(transition_matrix) > 0, axis=-2)
-        if jnp.ndim(transition_matrix) == 3:  # A_t per step (T, K, K): step t enters by A_{t-1}
-            later = jnp.concatenate([later[:1], later[:-1]])
+        if jnp.ndim(transition_matrix) >= 3:  # A_t per step (..., T, K, K): t enters by A_{t-1}
+            later = jnp.concatenate([later[..., :1, :], later[..., :-1, :]], axis=-2)
         steps = jnp.arange(ll.shape[-2])[:, None]
         support = jnp.where(steps == 0, first[..., None, :], later)
         ll = jnp.where(support, ll, -jnp.inf)
@@ -288,7 +298,9 @@ def hmm_smoother(
 
     Args:
         initial_probs: (K,) p(z_1).
-        transition_matrix: (K, K) with A[i, j] = p(z_{t+1} = j | z_t = i).
+        transition_matrix: (K, K) with A[i, j] = p(z_{t+1} = j | z_t = i), or (T, K, K)
+            with A_t the transition out of step t (an input-driven HMM; then
+            :math:`\xi_t` uses :math:`A_t`).
         log_likelihoods: (T, K) log p(x_t | z_t = k).
         mask: (T,) bool prefix mask (valid steps first, then padding), or None.
 
@@ -303,9 +315,9 @@ def hmm_smoother(
         ((3, 2), 2.0)
     """
     ll = jnp.asarray(log_likelihoods)
-    post = hmm_smoother_batch(
-        initial_probs, transition_matrix, ll[None], _prefix_mask(ll, mask)[None]
-    )
+    a = jnp.asarray(transition_matrix)
+    a = a[None] if a.ndim == 3 else a  # A_t per step (T, K, K): a batch of one
+    post = hmm_smoother_batch(initial_probs, a, ll[None], _prefix_mask(ll, mask)[None])
     return jax.tree.map(lambda z: z[0], post)
 
 
@@ -315,9 +327,9 @@ def hmm_smoother_batch(
     log_likelihoods: jax.Array,
     mask: jax.Array,
 ) -> HMMPosterior:
-    """``jax.vmap(hmm_smoother)`` over a batch (B, T, K) with masks (B, T), the loops
-    vmapped and the rest (posteriors, counts) written for the batch: the same values,
-    about twice as fast for long sequences on CPU."""
+    """``jax.vmap(hmm_smoother)`` over a batch (B, T, K) with masks (B, T) (A: (K, K), or
+    per step (B, T, K, K)), the loops vmapped and the rest (posteriors, counts) written
+    for the batch: the same values, about twice as fast for long sequences on CPU."""
     lik, shift = _shifted_likelihoods(
         jnp.asarray(log_likelihoods), initial_probs, transition_matrix
     )
@@ -344,7 +356,9 @@ def hmm_smoother_from_likelihoods(
     log-likelihood array where a head has a cheaper exact form.
 
     Args:
-        initial_probs: (K,) p(z_1). transition_matrix: (K, K).
+        initial_probs: (K,) p(z_1).
+        transition_matrix: (K, K), or (B, T, K, K) with A_t the transition out of step
+            t of each sequence (an input-driven HMM; "forward_backward" only).
         likelihoods: (B, T, K). shifts: (B, T).
         mask: (B, T) prefix masks, or None.
         method: "forward_backward" (:func:`hmm_smoother_batch`) or "chunked"
@@ -359,10 +373,20 @@ def hmm_smoother_from_likelihoods(
     shift = jnp.where(valid, jnp.asarray(shifts, lik.dtype), jnp.zeros((), lik.dtype))
     pi = jnp.asarray(initial_probs)
     a = jnp.asarray(transition_matrix)
-    if method == "chunked":
+    per_step = a.ndim == 4
+    if per_step and a.shape != (b, num_steps, k, k):
+        raise ValueError(
+            f"transition_matrix must be (K, K) or per step (B, T, K, K) = {(b, num_steps, k, k)}"
+            f"; got shape {a.shape}."
+        )
+    if method == "chunked" and not per_step:
         c, filtered, betas, s = _chunked_messages(pi, a, lik, valid, chunk_size, tol)
     elif method == "forward_backward":
-        c, filtered, betas, s = jax.vmap(_messages, in_axes=(None, None, 0, 0))(pi, a, lik, valid)
+        c, filtered, betas, s = jax.vmap(_messages, in_axes=(None, 0 if per_step else None, 0, 0))(
+            pi, a, lik, valid
+        )
+    elif method == "chunked":
+        raise ValueError("method='chunked' takes one transition matrix (K, K), not one per step.")
     else:
         raise ValueError(f"method must be 'forward_backward' or 'chunked'; got {method!r}.")
     return _posterior(pi, a, lik, shift, valid, c, filtered, betas, s)
@@ -376,17 +400,18 @@ def _messages(initial_probs, a, lik, valid):
     dtype = filtered.dtype
     num_states = a.shape[-1]
 
+    per_step = a.ndim == 3  # A_t per step (T, K, K): beta_t = A_t (lik_{t+1} * beta_{t+1})
+
     def step(beta_next, inputs):
-        lik_next, has_next = inputs
-        u = _mm(a, lik_next * beta_next)
+        lik_next, has_next = inputs[:2]
+        u = _mm(inputs[2] if per_step else a, lik_next * beta_next)
         s = jnp.sum(u)
         beta = u / jnp.where(s > 0, s, jnp.ones((), dtype))
         beta = jnp.where(has_next, beta, jnp.ones_like(beta_next))
         return beta, (beta, s)
 
-    _, (betas, s) = jax.lax.scan(
-        step, jnp.ones((num_states,), dtype), (lik[1:], valid[1:]), reverse=True
-    )
+    xs = (lik[1:], valid[1:]) + ((a[:-1],) if per_step else ())
+    _, (betas, s) = jax.lax.scan(step, jnp.ones((num_states,), dtype), xs, reverse=True)
     betas = jnp.concatenate([betas, jnp.ones((1, num_states), dtype)])
     s = jnp.concatenate([s, jnp.ones((1,), dtype)])
     return c, filtered, betas, s
@@ -416,9 +441,12 @@ def _posterior(initial_probs, a, lik, shift, valid, c, filtered, betas, s) -> HM
     ok = has_next[..., None] & (z > 0)
     v_next = jnp.roll(lik * betas, -1, axis=-2)
     w = jnp.where(ok, v_next / jnp.where(z > 0, z, jnp.ones((), dtype)), zero)
-    counts = a * _sum_of_outer_products(filtered, w)
+    if a.ndim == 4:  # A_t per step (B, T, K, K): xi_t = A_t * outer(alpha_t, w_t)
+        counts = jnp.einsum("btij,bti,btj->bij", a, filtered, w, precision=EXACT)
+    else:
+        counts = a * _sum_of_outer_products(filtered, w)
     predicted = jnp.concatenate(
-        [jnp.broadcast_to(initial_probs, filtered[:, :1].shape), _mm(filtered[:, :-1], a)], axis=1
+        [jnp.broadcast_to(initial_probs, filtered[:, :1].shape), _after(filtered, a)], axis=1
     )
     keep = valid[..., None]
     return HMMPosterior(
@@ -762,7 +790,8 @@ def hmm_filter_batch(
 
     Args:
         initial_probs: (K,) p(z_1), or (B, K) one per sequence (continuing a stream).
-        transition_matrix: (K, K).
+        transition_matrix: (K, K), or (B, T, K, K) with A_t the transition out of step t
+            of each sequence (an input-driven HMM; ``"sequential"`` only).
         log_likelihoods: (B, T, K) log p(x_t | z_t = k).
         mask: (B, T) prefix masks or None; padded steps give 0 / zero rows.
         method: one of :data:`FILTER_METHODS`.
@@ -782,6 +811,12 @@ def hmm_filter_batch(
     pi = jnp.broadcast_to(jnp.asarray(initial_probs, ll.dtype), (b, k))
     valid = jnp.ones((b, num_steps), bool) if mask is None else jnp.asarray(mask, bool)
     ll = jnp.where(valid[..., None], ll, jnp.zeros((), ll.dtype))
+    if a.ndim == 4 and (method != "sequential" or a.shape != (b, num_steps, k, k)):
+        raise ValueError(
+            "a transition matrix per step must be (B, T, K, K) = "
+            f"{(b, num_steps, k, k)} (got {a.shape}) and takes method='sequential' (got "
+            f"{method!r})."
+        )
     if method == "sequential":
         log_c, filtered = _filter_sequential(pi, a, ll)
     elif method == "chunked":
@@ -790,7 +825,7 @@ def hmm_filter_batch(
         log_c, filtered = _filter_parallel(pi, a, ll, group_size)
     zero = jnp.zeros((), filtered.dtype)
     log_c = jnp.where(valid, log_c, zero)
-    predicted = jnp.concatenate([pi[:, None], _mm(filtered[:, :-1], a)], axis=1)
+    predicted = jnp.concatenate([pi[:, None], _after(filtered, a)], axis=1)
     keep = valid[..., None]
     return HMMFilterResult(
         pairwise_sum(log_c),
@@ -803,12 +838,12 @@ def hmm_filter_batch(
 def _filter_sequential(pi, a, ll):
     """(log c (B, T), filtered (B, T, K)) by the scaled recursion, per sequence."""
 
-    def one(p, lls):
+    def one(p, a, lls):
         lik, shift = _shifted_likelihoods(lls, p, a)
         c, filtered = _forward(p, a, lik)
         return jnp.log(c) + shift, filtered
 
-    return jax.vmap(one)(pi, ll)
+    return jax.vmap(one, in_axes=(0, 0 if a.ndim == 4 else None, 0))(pi, a, ll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -908,7 +943,8 @@ def hmm_viterbi(
 
     Args:
         initial_probs: (K,) p(z_1).
-        transition_matrix: (K, K) with A[i, j] = p(z_{t+1} = j | z_t = i).
+        transition_matrix: (K, K) with A[i, j] = p(z_{t+1} = j | z_t = i), or (T, K, K)
+            with A_t the transition out of step t (an input-driven HMM).
         log_likelihoods: (T, K) log p(x_t | z_t = k).
         mask: (T,) bool prefix mask (valid steps first, then padding), or None.
 
@@ -933,9 +969,11 @@ def hmm_viterbi(
         m = jnp.max(delta)
         return delta - jnp.where(jnp.isfinite(m), m, jnp.zeros((), m.dtype))
 
+    per_step = log_a.ndim == 3
+
     def step(delta, inputs):
-        ll, is_valid = inputs
-        scores = delta[:, None] + log_a
+        ll, is_valid = inputs[:2]
+        scores = delta[:, None] + (inputs[2] if per_step else log_a)
         pointers = jnp.argmax(scores, axis=0).astype(jnp.int32)
         new = shift(jnp.max(scores, axis=0) + ll)
         delta = jnp.where(is_valid, new, delta)
@@ -943,7 +981,8 @@ def hmm_viterbi(
         return delta, pointers
 
     delta0 = shift(_log(jnp.asarray(initial_probs)) + log_likelihoods[0])
-    delta, pointers = jax.lax.scan(step, delta0, (log_likelihoods[1:], valid[1:]))
+    xs = (log_likelihoods[1:], valid[1:]) + ((log_a[:-1],) if per_step else ())
+    delta, pointers = jax.lax.scan(step, delta0, xs)
     last = jnp.argmax(delta).astype(jnp.int32)
 
     def backtrack(z_next, ptr):
@@ -1000,7 +1039,8 @@ def hmm_backward_sample(
     key: jax.Array, transition_matrix: jax.Array, filtered_probs: jax.Array, mask: jax.Array
 ) -> jax.Array:
     """The backward half of :func:`hmm_posterior_sample`, from filtered probabilities
-    (T, K) of :func:`hmm_masked_filter` (filter once, then draw many paths)."""
+    (T, K) of :func:`hmm_masked_filter` (filter once, then draw many paths); A is (K, K)
+    or (T, K, K) per step (A_t the transition out of step t)."""
     valid = jnp.asarray(mask, bool)
     log_alpha = _log(filtered_probs)
     log_a = _log(jnp.asarray(transition_matrix))
@@ -1009,13 +1049,15 @@ def hmm_backward_sample(
     # valid steps however much padding follows.
     keys = jax.vmap(functools.partial(jax.random.fold_in, key))(jnp.arange(filtered_probs.shape[0]))
 
+    per_step = log_a.ndim == 3
+
     def step(z_next, inputs):
-        k, log_alpha_t, has_next_t, is_valid = inputs
-        logits = log_alpha_t + jnp.where(has_next_t, log_a[:, z_next], 0.0)
+        k, log_alpha_t, has_next_t, is_valid = inputs[:4]
+        log_a_t = inputs[4] if per_step else log_a
+        logits = log_alpha_t + jnp.where(has_next_t, log_a_t[:, z_next], 0.0)
         z = jax.random.categorical(k, logits).astype(jnp.int32)
         return z, jnp.where(is_valid, z, -jnp.ones((), jnp.int32))
 
-    _, states = jax.lax.scan(
-        step, jnp.zeros((), jnp.int32), (keys, log_alpha, has_next, valid), reverse=True
-    )
+    xs = (keys, log_alpha, has_next, valid) + ((log_a,) if per_step else ())
+    _, states = jax.lax.scan(step, jnp.zeros((), jnp.int32), xs, reverse=True)
     return states

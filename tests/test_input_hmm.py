@@ -158,9 +158,107 @@ def test_what_an_input_driven_hmm_refuses():
         probseq.log_prob(hmm, params, x)  # inputs missing
     with pytest.raises(ValueError, match="autodiff"):
         probseq.fit_em(hmm, params, x, inputs=u, estep="chunked")
-    with pytest.raises(ValueError, match="not implemented"):
-        hmm.filter(params, x)
+    for method in (hmm.filter, hmm.smoother, hmm.most_likely_states):
+        with pytest.raises(ValueError, match="input_dim"):
+            method(params, x)  # inputs missing
+        with pytest.raises(ValueError, match="shape"):
+            method(params, x, inputs=jnp.zeros((1, 4, 1)))  # one step short
+    with pytest.raises(ValueError, match="input_dim"):
+        hmm.sample_states(params, jax.random.key(0), x)
+    with pytest.raises(ValueError, match="takes no conditioning inputs"):
+        probseq.CategoricalHMM(2, 3).smoother(params._replace(input_weights=None), x, inputs=u)
     with pytest.raises(ValueError, match="sequentially"):
         probseq.CategoricalHMM(2, 3, input_dim=1, scan="parallel")
     with pytest.raises(ValueError, match="input_dim"):
         probseq.CategoricalHMM(2, 3, input_dim=-1)
+
+
+# ------------------------------------------------ state posteriors given inputs
+def _enumerate(pi, logits, w, b, x, u):
+    """p(z_{1:T}, x_{1:T} | u) of every path (float64 brute force): (paths (P, T), p (P,))."""
+    import itertools
+
+    k, t = len(pi), len(x)
+    paths = np.array(list(itertools.product(range(k), repeat=t)))
+    a = np.stack([_softmax(logits + np.einsum("ijm,m->ij", w, u[s])) for s in range(t)])
+    joint = pi[paths[:, 0]] * b[paths[:, 0], x[0]]
+    for s in range(1, t):
+        joint = joint * a[s - 1][paths[:, s - 1], paths[:, s]] * b[paths[:, s], x[s]]
+    return paths, joint
+
+
+def test_filter_smoother_viterbi_equal_enumeration_with_inputs():
+    rng = np.random.default_rng(5)
+    hmm, params, (pi, a, b, w) = _model(rng, k=3, v=4, m=2, scale=1.5)
+    lengths = [6, 4]
+    xs = [rng.integers(0, 4, size=n) for n in lengths]
+    us = [rng.normal(size=(n, 2)).astype(np.float32) for n in lengths]
+    filt = np.asarray(hmm.filter(params, xs, inputs=us))
+    smooth = np.asarray(hmm.smoother(params, xs, inputs=us))
+    path = np.asarray(hmm.most_likely_states(params, xs, inputs=us))
+    logits = np.log(a)
+    for i, (x, u) in enumerate(zip(xs, us, strict=True)):
+        n = len(x)
+        paths, joint = _enumerate(pi, logits, w, b, x, u.astype(np.float64))
+        post = joint / joint.sum()
+        want_smooth = np.stack([np.bincount(paths[:, s], post, minlength=3) for s in range(n)])
+        np.testing.assert_allclose(smooth[i, :n], want_smooth, atol=2e-6)
+        for s in range(n):  # p(z_s | x_{1:s}): enumerate the prefix
+            pp, jj = _enumerate(pi, logits, w, b, x[: s + 1], u[: s + 1].astype(np.float64))
+            want = np.bincount(pp[:, s], jj / jj.sum(), minlength=3)
+            np.testing.assert_allclose(filt[i, s], want, atol=2e-6)
+        np.testing.assert_array_equal(path[i, :n], paths[np.argmax(joint)])
+        assert (path[i, n:] == -1).all() and (smooth[i, n:] == 0).all()
+
+
+def test_one_sequence_and_zero_weights_match_the_plain_hmm_posteriors():
+    rng = np.random.default_rng(6)
+    hmm, params, _ = _model(rng, scale=0.0)
+    plain, plain_params = probseq.CategoricalHMM(3, 4), params._replace(input_weights=None)
+    x = rng.integers(0, 4, size=25)
+    u = rng.normal(size=(25, 2)).astype(np.float32)
+    for name in ("filter", "smoother", "most_likely_states"):
+        got = getattr(hmm, name)(params, x, inputs=u)
+        want = getattr(plain, name)(plain_params, x)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=2e-6, err_msg=name)
+    key = jax.random.key(3)
+    np.testing.assert_array_equal(
+        hmm.sample_states(params, key, x, num_samples=4, inputs=u),
+        plain.sample_states(plain_params, key, x, num_samples=4),
+    )
+
+
+def test_sample_states_with_inputs_draws_the_exact_posterior():
+    rng = np.random.default_rng(7)
+    hmm, params, (pi, a, b, w) = _model(rng, k=2, v=3, m=1, scale=2.0)
+    x = rng.integers(0, 3, size=4)
+    u = rng.normal(size=(4, 1)).astype(np.float32)
+    paths, joint = _enumerate(pi, np.log(a), w, b, x, u.astype(np.float64))
+    post = joint / joint.sum()
+    n = 20000
+    z = np.asarray(hmm.sample_states(params, jax.random.key(0), x, num_samples=n, inputs=u))
+    code = (z * (2 ** np.arange(3, -1, -1))).sum(-1)  # path -> index in product order
+    freq = np.bincount(code, minlength=len(post)) / n
+    # 4 standard errors of a frequency from n draws, per path.
+    np.testing.assert_array_less(np.abs(freq - post), 4 * np.sqrt(post * (1 - post) / n) + 1e-3)
+
+
+def test_smoother_counts_with_a_matrix_per_step_equal_the_autodiff_estep():
+    from probseq.hmm_inference import hmm_smoother
+
+    rng = np.random.default_rng(8)
+    hmm, params, _ = _model(rng, scale=1.0)
+    x = rng.integers(0, 4, size=(1, 15))
+    u = rng.normal(size=(1, 15, 2)).astype(np.float32)
+    stats = expected_statistics(hmm, params, x, inputs=u)
+    a_t = hmm.transition_matrices(params, jnp.asarray(u[0]))
+    ll = hmm.emission_log_likelihoods(params, jnp.asarray(x[0]))
+    post = hmm_smoother(hmm.initial_state(params), a_t, ll)
+    np.testing.assert_allclose(
+        post.expected_transitions, np.asarray(stats.transition_counts)[0].sum(0), atol=1e-5
+    )
+    np.testing.assert_allclose(post.smoothed_probs, stats.posteriors[0], atol=1e-5)
+    np.testing.assert_allclose(
+        post.marginal_loglik, probseq.log_prob(hmm, params, x[0], inputs=u[0]), rtol=1e-6
+    )

@@ -190,10 +190,11 @@ class HMM(SequenceModel):
         itemsize = jnp.dtype(dtype).itemsize
         return choose_hmm_filter(num_sequences, num_steps, self.num_states, itemsize)
 
-    def filter_batch(self, params, x, mask=None, initial_probs=None):
+    def filter_batch(self, params, x, mask=None, initial_probs=None, inputs=None):
         """:func:`probseq.hmm_inference.hmm_filter_batch` of a padded batch x (B, T, ...)
-        by this model's filter path, from ``initial_probs`` (B, K) or p(z_1)."""
-        pi, a, ll = _batch_inputs(self, params, x)
+        by this model's filter path, from ``initial_probs`` (B, K) or p(z_1); an
+        input-driven HMM takes ``inputs`` (B, T, m) (A_t per step, the sequential path)."""
+        pi, a, ll = _batch_inputs(self, params, x, inputs)
         pi = pi if initial_probs is None else initial_probs
         method, group = self.filter_path(ll.shape[0], ll.shape[1], ll.dtype)
         return hmm_filter_batch(pi, a, ll, mask, method=method, group_size=group)
@@ -219,7 +220,7 @@ class HMM(SequenceModel):
         return res.log_normalizers, after
 
     # ------------------------------------------------------ posterior over states
-    def filter(self, params, x, mask=None):
+    def filter(self, params, x, mask=None, *, inputs=None):
         r"""Filtered (causal) state probabilities :math:`p(z_t \mid x_{1:t})`.
 
         Args:
@@ -227,6 +228,9 @@ class HMM(SequenceModel):
             x: one sequence (T,) / (T, D), a batch (B, T) / (B, T, D), or a list of
                 unequal-length sequences (padded here).
             mask: optional (B, T) (or (T,)) boolean prefix mask, True on valid steps.
+            inputs: an input-driven HMM's (``input_dim=m``) per-step inputs u_t, (T, m)
+                or (B, T, m) (or a list matching x); the transition out of step t is
+                A(u_t). None for a plain HMM.
 
         Returns:
             (T, K) or (B, T, K) probabilities; rows of padded steps are 0.
@@ -237,9 +241,9 @@ class HMM(SequenceModel):
             >>> hmm.filter(p, jnp.array([0, 2, 1])).shape
             (3, 2)
         """
-        return self._posterior(_filter_kernel, params, x, mask)
+        return self._posterior(_filter_kernel, params, x, mask, inputs)
 
-    def smoother(self, params, x, mask=None):
+    def smoother(self, params, x, mask=None, *, inputs=None):
         r"""Smoothed state probabilities :math:`p(z_t \mid x_{1:T})` (forward-backward).
 
         Takes the same inputs as :meth:`filter`; returns (T, K) or (B, T, K), 0 on
@@ -252,9 +256,9 @@ class HMM(SequenceModel):
             >>> hmm.smoother(p, [jnp.array([0, 2, 1]), jnp.array([1])]).shape
             (2, 3, 2)
         """
-        return self._posterior(_smoother_kernel, params, x, mask)
+        return self._posterior(_smoother_kernel, params, x, mask, inputs)
 
-    def most_likely_states(self, params, x, mask=None):
+    def most_likely_states(self, params, x, mask=None, *, inputs=None):
         r"""The Viterbi path :math:`\arg\max_{z_{1:T}} p(z_{1:T} \mid x_{1:T})`.
 
         Takes the same inputs as :meth:`filter`; returns int32 states (T,) or (B, T),
@@ -266,16 +270,16 @@ class HMM(SequenceModel):
             >>> hmm.most_likely_states(p, jnp.array([0, 2, 1])).shape
             (3,)
         """
-        return self._posterior(_viterbi_kernel, params, x, mask)
+        return self._posterior(_viterbi_kernel, params, x, mask, inputs)
 
-    def sample_states(self, params, key, x, mask=None, num_samples=None):
+    def sample_states(self, params, key, x, mask=None, num_samples=None, *, inputs=None):
         r"""Exact draws of whole state paths :math:`z_{1:T} \sim p(z_{1:T} \mid x_{1:T})`
         (forward filtering, backward sampling).
 
         Args:
             params: this model's parameters.
             key: a PRNG key (``jax.random.key(seed)``).
-            x, mask: as for :meth:`filter`.
+            x, mask, inputs: as for :meth:`filter`.
             num_samples: independent paths per sequence (None: one, no sample axis).
 
         Returns:
@@ -289,76 +293,68 @@ class HMM(SequenceModel):
             (5, 3)
         """
         validation.check_key(key)
-        _no_inputs(self, "filter, smoother, most_likely_states and sample_states")
         num_samples = validation.check_int("num_samples", num_samples, allow_none=True)
-        batch = as_batch(self, params, x, mask)
+        batch = as_batch(self, params, x, mask, inputs)
         draws = 1 if num_samples is None else num_samples
-        z = _sample_states_kernel(self, params, key, batch.x, batch.mask, draws)
+        z = _sample_states_kernel(self, params, key, batch.x, batch.mask, batch.inputs, draws)
         if not batch.batched:
             z = z[:, 0]
         return z if num_samples is not None else z[0]
 
-    def _posterior(self, kernel, params, x, mask):
-        _no_inputs(self, "filter, smoother, most_likely_states and sample_states")
-        batch = as_batch(self, params, x, mask)
-        out = kernel(self, params, batch.x, batch.mask)
+    def _posterior(self, kernel, params, x, mask, inputs):
+        batch = as_batch(self, params, x, mask, inputs)
+        out = kernel(self, params, batch.x, batch.mask, batch.inputs)
         # Rows a traced call could not validate are NaN (integer paths: undefined).
         out = poison_invalid_rows(self, out, batch.x, batch.mask)
         return out if batch.batched else out[0]
 
 
-def _no_inputs(model, what):
-    if model.input_dim:
-        raise ValueError(
-            f"{what} of an input-driven HMM ({model!r}) are not implemented: they take no "
-            "inputs yet. log_prob, score, step_log_probs, sample, forecast, fit_sgd and "
-            "fit_em take inputs=."
-        )
-
-
-def _batch_inputs(model, params, x):
-    """p(z_1), A and the (B, T, K) emission log-likelihoods of a padded batch."""
+def _batch_inputs(model, params, x, us=None):
+    """p(z_1), A (K, K) (A_t per step (B, T, K, K) given inputs us (B, T, m)) and the
+    (B, T, K) emission log-likelihoods of a padded batch."""
     ll = jax.vmap(lambda xs: model.emission_log_likelihoods(params, xs))(x)
-    return model.initial_state(params), model.transition_matrix(params), ll
+    return model.initial_state(params), model._transition(params, us), ll
 
 
-def _over_batch(kernel):
+def _over_batch(kernel, a):
     """A kernel (initial_probs, transition_matrix, log_likelihoods, mask) mapped over
-    the batch axis of the last two."""
-    return jax.vmap(kernel, in_axes=(None, None, 0, 0))
+    the batch axis of the last two (and of A when it is per step, (B, T, K, K))."""
+    return jax.vmap(kernel, in_axes=(None, 0 if a.ndim == 4 else None, 0, 0))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _filter_kernel(model, params, x, mask):
-    return model.filter_batch(params, x, mask).filtered_probs
+def _filter_kernel(model, params, x, mask, us):
+    return model.filter_batch(params, x, mask, inputs=us).filtered_probs
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _smoother_kernel(model, params, x, mask):
-    pi, a, ll = _batch_inputs(model, params, x)
-    # Long sequences with few states: all time chunks at once, fixed up until exact.
+def _smoother_kernel(model, params, x, mask, us):
+    pi, a, ll = _batch_inputs(model, params, x, us)
+    # Long sequences with few states: all time chunks at once, fixed up until exact
+    # (one transition matrix only).
     chunked = choose_smoother(x.shape[0], x.shape[1], model.num_states) == "chunked"
-    smoother = hmm_smoother_chunked if chunked else hmm_smoother_batch
+    smoother = hmm_smoother_chunked if chunked and a.ndim == 2 else hmm_smoother_batch
     return smoother(pi, a, ll, mask).smoothed_probs
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _viterbi_kernel(model, params, x, mask):
-    pi, a, ll = _batch_inputs(model, params, x)
-    return _over_batch(hmm_viterbi)(pi, a, ll, mask)
+def _viterbi_kernel(model, params, x, mask, us):
+    pi, a, ll = _batch_inputs(model, params, x, us)
+    return _over_batch(hmm_viterbi, a)(pi, a, ll, mask)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _sample_states_kernel(model, params, key, x, mask, num_draws):
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _sample_states_kernel(model, params, key, x, mask, us, num_draws):
     """(num_draws, B, T) paths; the filter runs once per sequence, not once per draw."""
-    a = model.transition_matrix(params)
-    filtered = model.filter_batch(params, x, mask).filtered_probs
+    a = model._transition(params, us)
+    filtered = model.filter_batch(params, x, mask, inputs=us).filtered_probs
     rows = jnp.arange(x.shape[0])
+    sample = jax.vmap(hmm_backward_sample, in_axes=(0, 0 if a.ndim == 4 else None, 0, 0))
 
     def one_draw(k):
         # Sequence b uses fold_in(k, b): draws do not depend on the batch size.
         keys = jax.vmap(functools.partial(jax.random.fold_in, k))(rows)
-        return jax.vmap(hmm_backward_sample, in_axes=(0, None, 0, 0))(keys, a, filtered, mask)
+        return sample(keys, a, filtered, mask)
 
     return jax.vmap(one_draw)(jax.random.split(key, num_draws))
 
