@@ -130,7 +130,14 @@ def check_stochastic(name: str, p, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def check_inputs(
-    model, inputs, expected: tuple[int, ...], *, what="inputs", note="", broadcast=False
+    model,
+    inputs,
+    expected: tuple[int, ...],
+    *,
+    what="inputs",
+    note="",
+    broadcast=False,
+    name="inputs",
 ) -> bool:
     """Whether ``model`` takes conditioning inputs, after checking ``inputs`` against it.
 
@@ -144,6 +151,7 @@ def check_inputs(
         what: how the message names the inputs, e.g. "future inputs".
         note: appended to the shape message, e.g. "(matching x)".
         broadcast: accept shapes that broadcast to ``expected``.
+        name: the argument's name, as the message names it, e.g. "future_inputs".
 
     Returns:
         False when the model is unconditional (and ``inputs`` is None), True when
@@ -157,13 +165,13 @@ def check_inputs(
         if inputs is None:
             return False
         raise ValueError(
-            f"{model!r} takes no conditioning inputs (input_dim=0); got inputs= with shape "
+            f"{model!r} takes no conditioning inputs (input_dim=0); got {name}= with shape "
             f"{np.shape(inputs)}. Build the model with input_dim=... to use them."
         )
     if inputs is None:
         raise ValueError(
             f"{model!r} is conditioned on inputs of size input_dim={input_dim}: it needs "
-            f"{what} of shape {expected}; pass them as inputs=."
+            f"{what} of shape {expected}; pass them as {name}=."
         )
     got = tuple(np.shape(inputs))
     note = f" {note}" if note else ""
@@ -174,18 +182,18 @@ def check_inputs(
             fits = False
         if not fits:
             raise ValueError(
-                f"inputs has shape {got}, which does not broadcast to batch_shape + "
+                f"{name} has shape {got}, which does not broadcast to batch_shape + "
                 f"(T, input_dim) = {tuple(expected)}{note}."
             )
     elif got != tuple(expected):
-        raise ValueError(f"inputs must have shape {tuple(expected)}{note}; got {got}.")
+        raise ValueError(f"{name} must have shape {tuple(expected)}{note}; got {got}.")
     if not _is_tracer(inputs):
         dtype = getattr(inputs, "dtype", None)
         dtype = np.asarray(inputs).dtype if dtype is None else np.dtype(dtype)
         if dtype == np.bool_ or not (
             np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
         ):
-            raise ValueError(f"inputs must hold real numbers; got dtype {dtype}.")
+            raise ValueError(f"{name} must hold real numbers; got dtype {dtype}.")
     return True
 
 

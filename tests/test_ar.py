@@ -140,6 +140,25 @@ def test_bad_input_is_refused():
         m.predict(p, m.initial_state(p), 3)
 
 
+def test_predict_checks_future_inputs():
+    """predict says which argument is wrong and what it needs, before any work."""
+    m = probseq.AR(order=1, input_dim=2)
+    p = m.init(jax.random.key(0))
+    state = m.initial_state(p)
+    with pytest.raises(ValueError, match=r"future inputs of shape \(3, 2\); pass them as fu"):
+        m.predict(p, state, 3)
+    with pytest.raises(ValueError, match=r"future_inputs must have shape \(3, 2\); got \(3, 1\)"):
+        m.predict(p, state, 3, np.zeros((3, 1)))
+    with pytest.raises(ValueError, match="future_inputs must hold real numbers"):
+        m.predict(p, state, 3, np.full((3, 2), "a"))
+    plain = probseq.AR(order=1)
+    q = plain.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"takes no conditioning inputs .* got future_inputs="):
+        plain.predict(q, plain.initial_state(q), 3, np.zeros((3, 1)))
+    mean, cov = m.predict(p, state, 3, np.ones((3, 2)))
+    assert mean.shape == (3, 1) and cov.shape == (3, 1, 1)
+
+
 def test_spec_and_command_line_fit_sunspots(tmp_path, capsys):
     s = spec.load_spec("models/ar_series.toml")
     assert s.build_model(obs_dim=1) == probseq.AR(order=9)

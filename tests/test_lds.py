@@ -282,6 +282,12 @@ def test_bad_input_raises():
     state = LDSState(*model.initial_state(params))
     with pytest.raises(ValueError, match="future_inputs"):
         model.predict(params, state, 3)
+    with pytest.raises(ValueError, match=r"future_inputs must have shape \(3, 1\); got \(2, 1\)"):
+        model.predict(params, state, 3, np.zeros((2, 1)))
+    plain = probseq.LDS(state_dim=2, obs_dim=1)
+    q = plain.init(key)
+    with pytest.raises(ValueError, match="takes no conditioning inputs .* got future_inputs="):
+        plain.predict(q, LDSState(*plain.initial_state(q)), 3, np.zeros((3, 1)))
     with pytest.raises(ValueError):
         model.smoother(params, np.zeros((5, 1)))  # inputs missing
 

@@ -344,16 +344,11 @@ class LDS(SequenceModel):
         """
         horizon = validation.check_int("horizon", horizon)
         dtype = params["dynamics"].dtype
-        if self.input_dim:
-            if future_inputs is None:
-                raise ValueError(f"{self!r} has inputs: give future_inputs of shape "
-                                 f"({horizon}, {self.input_dim}).")  # fmt: skip
-            us = jnp.asarray(future_inputs, dtype)
-            if us.shape != (horizon, self.input_dim):
-                raise ValueError(f"future_inputs has shape {us.shape}, expected "
-                                 f"({horizon}, {self.input_dim}).")  # fmt: skip
-        else:
-            us = jnp.zeros((horizon, 0), dtype)
+        expected = (horizon, self.input_dim)  # (H, 0) without inputs
+        validation.check_inputs(
+            self, future_inputs, expected, what="future inputs", name="future_inputs"
+        )
+        us = jnp.asarray(jnp.zeros(expected) if future_inputs is None else future_inputs, dtype)
         c, r_scale = params["emission"], _scale(params, "emission")
         q_scale = _scale(params, "dynamics")
 
