@@ -55,6 +55,7 @@ __all__ = [
     "Source",
     "prepare_source",
     "start_states",
+    "source_start_states",
 ]
 
 PyTree = Any
@@ -203,6 +204,19 @@ def start_states(model: SequenceModel, params, batch_size: int, source=None) -> 
 
 
 _source_states = jax.jit(start_states, static_argnums=(0, 2))
+
+
+def source_start_states(model: SequenceModel, params, source, source_mask) -> tuple[PyTree, bool]:
+    """The start states of sampling or decoding from a conditional model's sources.
+
+    Validates ``source`` (one, a batch (B, S, ...) with an optional mask, or a list) with
+    :func:`prepare_source` and encodes each with ``model.source_state`` (jitted).
+
+    Returns:
+        (states (B, ...), whether the caller passed a batch of sources).
+    """
+    src = prepare_source(model, source, source_mask, None)
+    return _source_states(model, params, src.x.shape[0], (src.x, src.mask)), src.batched
 
 
 class ScoreResult(NamedTuple):
@@ -514,9 +528,7 @@ def sample(
         batched = res.log_prob.ndim == 1
         states = res.final_state if batched else jax.tree.map(lambda a: a[None], res.final_state)
     elif source is not None or model.takes_source:
-        src = prepare_source(model, source, source_mask, None)
-        batched = src.batched
-        states = _source_states(model, params, src.x.shape[0], (src.x, src.mask))
+        states, batched = source_start_states(model, params, source, source_mask)
     elif initial_state is not None:
         template = jax.eval_shape(model.initial_state, params)
         extra = jnp.ndim(jax.tree.leaves(initial_state)[0]) - jnp.ndim(jax.tree.leaves(template)[0])

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from probseq import validation
-from probseq.core import prepare_source, start_states
+from probseq.core import source_start_states, start_states
 
 __all__ = ["DecodeResult", "BeamResult", "greedy", "ancestral", "beam_search"]
 
@@ -87,12 +87,8 @@ def _starts(model, params, source, source_mask):
     if not model.head.is_token:
         raise ValueError(f"decoding needs a token model (a categorical head); got {model!r}.")
     if source is not None or model.takes_source:
-        src = prepare_source(model, source, source_mask, None)
-        return _start_kernel(model, params, src.x.shape[0], (src.x, src.mask)), src.batched
+        return source_start_states(model, params, source, source_mask)
     return start_states(model, params, 1), False
-
-
-_start_kernel = jax.jit(start_states, static_argnums=(0, 2))
 
 
 def _check(max_length, eos, model):
