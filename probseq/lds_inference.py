@@ -97,6 +97,32 @@ class LDSSmoothed(NamedTuple):
     smoothed_cross_covariances: jax.Array
 
 
+def _normal_log_density(chol, resid):
+    """(log N(resid; 0, chol chol^T), the whitened residual chol^-1 resid) for a lower
+    Cholesky factor ``chol`` (p, p) and a residual (p,)."""
+    white = solve_triangular(chol, resid, lower=True)
+    log_density = (
+        -0.5 * jnp.sum(white**2)
+        - jnp.sum(jnp.log(jnp.diagonal(chol)))
+        - 0.5 * chol.shape[0] * math.log(2 * math.pi)
+    )
+    return log_density, white
+
+
+def _offsets_and_mask(ys, initial_mean, dynamics_offsets, emission_offsets, mask):
+    """The filters' optional arguments filled in: (b (T, n), d (T, p), valid (T,)),
+    zeros and all-observed where None."""
+    num_steps, n = ys.shape[0], initial_mean.shape[0]
+    b = (
+        jnp.zeros((num_steps, n), initial_mean.dtype)
+        if dynamics_offsets is None
+        else dynamics_offsets
+    )
+    d = jnp.zeros_like(ys) if emission_offsets is None else emission_offsets
+    valid = jnp.ones((num_steps,), bool) if mask is None else mask
+    return b, d, valid
+
+
 def condition_step(mean, scale, emission, emission_scale, y, offset, valid=True):
     """Condition the predictive p(z) = N(mean, scale scale^T) on y = C z + offset + v.
 
@@ -113,13 +139,7 @@ def condition_step(mean, scale, emission, emission_scale, y, offset, valid=True)
     bottom = jnp.concatenate([jnp.zeros((n, p), scale.dtype), scale], axis=1)
     post = tria(jnp.concatenate([top, bottom], axis=0))
     s, gain_s, filtered_scale = post[:p, :p], post[p:, :p], post[p:, p:]
-    innovation = y - _mm(emission, mean) - offset
-    white = solve_triangular(s, innovation, lower=True)
-    log_norm = (
-        -0.5 * jnp.sum(white**2)
-        - jnp.sum(jnp.log(jnp.diagonal(s)))
-        - 0.5 * p * math.log(2 * math.pi)
-    )
+    log_norm, white = _normal_log_density(s, y - _mm(emission, mean) - offset)
     filtered_mean = mean + _mm(gain_s, white)
     return (
         jnp.where(valid, log_norm, jnp.zeros((), log_norm.dtype)),
@@ -162,11 +182,7 @@ def kalman_filter(
     Returns:
         :class:`LDSFiltered`.
     """
-    num_steps, n = ys.shape[0], initial_mean.shape[0]
-    dtype = initial_mean.dtype
-    b = jnp.zeros((num_steps, n), dtype) if dynamics_offsets is None else dynamics_offsets
-    d = jnp.zeros_like(ys) if emission_offsets is None else emission_offsets
-    valid = jnp.ones((num_steps,), bool) if mask is None else mask
+    b, d, valid = _offsets_and_mask(ys, initial_mean, dynamics_offsets, emission_offsets, mask)
 
     def step(carry, args):
         mean, scale = carry
@@ -341,11 +357,10 @@ def parallel_kalman_filter(
     factorisation of the covariances, in covariance form: for very long float32 runs
     the sequential square-root filter is the safer one).
     """
-    num_steps, n = ys.shape[0], initial_mean.shape[0]
-    dtype = initial_mean.dtype
-    b_off = jnp.zeros((num_steps, n), dtype) if dynamics_offsets is None else dynamics_offsets
-    d_off = jnp.zeros_like(ys) if emission_offsets is None else emission_offsets
-    valid = jnp.ones((num_steps,), bool) if mask is None else mask
+    n, dtype = initial_mean.shape[0], initial_mean.dtype
+    b_off, d_off, valid = _offsets_and_mask(
+        ys, initial_mean, dynamics_offsets, emission_offsets, mask
+    )
     f, h = dynamics, emission
     q, r = _gram(dynamics_scale), _gram(emission_scale)
     p0 = _gram(initial_scale)
@@ -382,9 +397,7 @@ def parallel_kalman_filter(
 
     def log_norm(mean, cov, y, d, v):
         s_chol = jnp.linalg.cholesky(_mm(_mm(h, cov), h.T) + r)
-        white = solve_triangular(s_chol, y - _mm(h, mean) - d, lower=True)
-        ll = (-0.5 * jnp.sum(white**2) - jnp.sum(jnp.log(jnp.diagonal(s_chol)))
-              - 0.5 * h.shape[0] * math.log(2 * math.pi))  # fmt: skip
+        ll = _normal_log_density(s_chol, y - _mm(h, mean) - d)[0]
         return jnp.where(v, ll, jnp.zeros((), ll.dtype))
 
     lls = jax.vmap(log_norm)(prior_means, prior_covs, ys, d_off, valid)
