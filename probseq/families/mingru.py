@@ -25,11 +25,13 @@ import jax
 import jax.numpy as jnp
 
 from probseq import validation
-from probseq.families.recurrent import RecurrentNetwork, dense_init, recurrent_spec
+from probseq.families.recurrent import RecurrentNetwork, gate_init, gate_project, recurrent_spec
 from probseq.families.registry import choice
-from probseq.scan import NEURAL, SCAN_MODES, linear_recurrence, resolve_scan_mode
+from probseq.scan import SCAN_MODES, linear_recurrence, resolve_scan_mode
 
 __all__ = ["MinGRU"]
+
+_GATES = ("z", "h")  # update gate, candidate
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
@@ -49,23 +51,17 @@ class MinGRU(RecurrentNetwork):
         validation.check_choice("scan", self.scan, SCAN_MODES)
 
     def cell_init(self, key, in_size, dtype):
-        k1, k2 = jax.random.split(key)
-        h = self.hidden_size
-        return {
-            "w_z": dense_init(k1, in_size, h, dtype),
-            "b_z": jnp.zeros((h,), dtype),
-            "w_h": dense_init(k2, in_size, h, dtype),
-            "b_h": jnp.zeros((h,), dtype),
-        }
+        return gate_init(key, in_size, self.hidden_size, _GATES, dtype)
 
     def cell_carry(self, p):
         return jnp.zeros((self.hidden_size,), p["b_z"].dtype)
 
     def cell_project(self, p, x):
-        # Projections at XLA's fast default precision, stated (probseq.scan.NEURAL); the
-        # scan over time is elementwise.
-        z = jax.nn.sigmoid(jnp.matmul(x, p["w_z"], precision=NEURAL) + p["b_z"])
-        return 1.0 - z, z * (jnp.matmul(x, p["w_h"], precision=NEURAL) + p["b_h"])
+        # Projections at XLA's fast default precision (gate_project); the scan over time
+        # is elementwise.
+        k_z, h_tilde = gate_project(p, x, _GATES)
+        z = jax.nn.sigmoid(k_z)
+        return 1.0 - z, z * h_tilde
 
     def cell_recur(self, p, h, pre):
         a, b = pre

@@ -29,11 +29,13 @@ import jax
 import jax.numpy as jnp
 
 from probseq import validation
-from probseq.families.recurrent import RecurrentNetwork, dense_init, recurrent_spec
+from probseq.families.recurrent import RecurrentNetwork, gate_init, gate_project, recurrent_spec
 from probseq.families.registry import choice
-from probseq.scan import NEURAL, SCAN_MODES, log_linear_recurrence, resolve_scan_mode
+from probseq.scan import SCAN_MODES, log_linear_recurrence, resolve_scan_mode
 
 __all__ = ["MinLSTM"]
+
+_GATES = ("f", "i", "h")  # forget, input, candidate
 
 
 def log_g(v: jax.Array) -> jax.Array:
@@ -58,25 +60,14 @@ class MinLSTM(RecurrentNetwork):
         validation.check_choice("scan", self.scan, SCAN_MODES)
 
     def cell_init(self, key, in_size, dtype):
-        k_f, k_i, k_h = jax.random.split(key, 3)
-        h = self.hidden_size
-        return {
-            "w_f": dense_init(k_f, in_size, h, dtype),
-            "b_f": jnp.zeros((h,), dtype),
-            "w_i": dense_init(k_i, in_size, h, dtype),
-            "b_i": jnp.zeros((h,), dtype),
-            "w_h": dense_init(k_h, in_size, h, dtype),
-            "b_h": jnp.zeros((h,), dtype),
-        }
+        return gate_init(key, in_size, self.hidden_size, _GATES, dtype)
 
     def cell_carry(self, p):
         return jnp.zeros((self.hidden_size,), p["b_f"].dtype)
 
     def cell_project(self, p, x):
         """(log f'_t, log i'_t + log g(h~_t)): the recurrence's log coefficients."""
-        k_f = jnp.matmul(x, p["w_f"], precision=NEURAL) + p["b_f"]
-        k_i = jnp.matmul(x, p["w_i"], precision=NEURAL) + p["b_i"]
-        k_h = jnp.matmul(x, p["w_h"], precision=NEURAL) + p["b_h"]
+        k_f, k_i, k_h = gate_project(p, x, _GATES)
         d = jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
         return -jax.nn.softplus(d), -jax.nn.softplus(-d) + log_g(k_h)
 

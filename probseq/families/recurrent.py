@@ -30,6 +30,7 @@ from probseq import memory, validation
 from probseq.core import SequenceModel, param_dtype
 from probseq.families.registry import POSITIVE_INT, FamilySpec, Key
 from probseq.heads import CategoricalHead, Head, NormalHead
+from probseq.scan import NEURAL
 
 __all__ = ["RecurrentNetwork", "RecurrentState", "recurrent_spec"]
 
@@ -203,6 +204,25 @@ def dense_init(key, in_size: int, out_size: int, dtype):
     """Input kernel: normal with variance 1/in_size (LeCun)."""
     return jax.random.normal(key, (in_size, out_size), dtype) / jnp.sqrt(
         jnp.asarray(in_size, dtype)
+    )
+
+
+def gate_init(key, in_size: int, hidden_size: int, names: tuple[str, ...], dtype) -> dict:
+    """Input-only gates (MinGRU, MinLSTM): for each name n, a kernel ``w_n``
+    (in_size, hidden_size) by :func:`dense_init` from its own split of ``key`` and a zero
+    bias ``b_n`` (hidden_size,)."""
+    params = {}
+    for k, n in zip(jax.random.split(key, len(names)), names, strict=True):
+        params[f"w_{n}"] = dense_init(k, in_size, hidden_size, dtype)
+        params[f"b_{n}"] = jnp.zeros((hidden_size,), dtype)
+    return params
+
+
+def gate_project(params, x, names: tuple[str, ...]) -> tuple[jax.Array, ...]:
+    """``x w_n + b_n`` for each gate name n of :func:`gate_init`, at XLA's fast default
+    precision, stated (:data:`probseq.scan.NEURAL`); ``x`` may carry leading (time) dims."""
+    return tuple(
+        jnp.matmul(x, params[f"w_{n}"], precision=NEURAL) + params[f"b_{n}"] for n in names
     )
 
 
