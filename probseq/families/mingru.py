@@ -22,12 +22,15 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
-from probseq import validation
-from probseq.families.recurrent import RecurrentNetwork, gate_init, gate_project, recurrent_spec
+from probseq.families.recurrent import (
+    MinimalRecurrentNetwork,
+    gate_init,
+    gate_project,
+    recurrent_spec,
+)
 from probseq.families.registry import choice
-from probseq.scan import SCAN_MODES, linear_recurrence, resolve_scan_mode
+from probseq.scan import SCAN_MODES, linear_recurrence
 
 __all__ = ["MinGRU"]
 
@@ -35,7 +38,7 @@ _GATES = ("z", "h")  # update gate, candidate
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
-class MinGRU(RecurrentNetwork):
+class MinGRU(MinimalRecurrentNetwork):
     """Minimal GRU network.
 
     Args:
@@ -44,17 +47,8 @@ class MinGRU(RecurrentNetwork):
         (others: see RecurrentNetwork)
     """
 
-    scan: str = "auto"
-
-    def __post_init__(self):
-        super().__post_init__()
-        validation.check_choice("scan", self.scan, SCAN_MODES)
-
     def cell_init(self, key, in_size, dtype):
         return gate_init(key, in_size, self.hidden_size, _GATES, dtype)
-
-    def cell_carry(self, p):
-        return jnp.zeros((self.hidden_size,), p["b_z"].dtype)
 
     def cell_project(self, p, x):
         # Projections at XLA's fast default precision (gate_project); the scan over time
@@ -70,7 +64,7 @@ class MinGRU(RecurrentNetwork):
 
     def layer_scan(self, p, h, pre):
         a, b = pre
-        hs = linear_recurrence(a, b, h, parallel=resolve_scan_mode(self.scan) == "parallel")
+        hs = linear_recurrence(a, b, h, parallel=self._parallel)
         return hs, hs
 
 

@@ -28,10 +28,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from probseq import validation
-from probseq.families.recurrent import RecurrentNetwork, gate_init, gate_project, recurrent_spec
+from probseq.families.recurrent import (
+    MinimalRecurrentNetwork,
+    gate_init,
+    gate_project,
+    recurrent_spec,
+)
 from probseq.families.registry import choice
-from probseq.scan import SCAN_MODES, log_linear_recurrence, resolve_scan_mode
+from probseq.scan import SCAN_MODES, log_linear_recurrence
 
 __all__ = ["MinLSTM"]
 
@@ -44,7 +48,7 @@ def log_g(v: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
-class MinLSTM(RecurrentNetwork):
+class MinLSTM(MinimalRecurrentNetwork):
     """Minimal LSTM network.
 
     Args:
@@ -53,17 +57,8 @@ class MinLSTM(RecurrentNetwork):
         (others: see RecurrentNetwork)
     """
 
-    scan: str = "auto"
-
-    def __post_init__(self):
-        super().__post_init__()
-        validation.check_choice("scan", self.scan, SCAN_MODES)
-
     def cell_init(self, key, in_size, dtype):
         return gate_init(key, in_size, self.hidden_size, _GATES, dtype)
-
-    def cell_carry(self, p):
-        return jnp.zeros((self.hidden_size,), p["b_f"].dtype)
 
     def cell_project(self, p, x):
         """(log f'_t, log i'_t + log g(h~_t)): the recurrence's log coefficients."""
@@ -78,8 +73,7 @@ class MinLSTM(RecurrentNetwork):
 
     def layer_scan(self, p, h, pre):
         log_a, log_b = pre
-        parallel = resolve_scan_mode(self.scan) == "parallel"
-        hs = log_linear_recurrence(log_a, log_b, h, parallel=parallel)
+        hs = log_linear_recurrence(log_a, log_b, h, parallel=self._parallel)
         return hs, hs
 
 

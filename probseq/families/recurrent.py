@@ -30,9 +30,9 @@ from probseq import memory, validation
 from probseq.core import SequenceModel, param_dtype
 from probseq.families.registry import POSITIVE_INT, FamilySpec, Key
 from probseq.heads import CategoricalHead, Head, NormalHead
-from probseq.scan import NEURAL
+from probseq.scan import NEURAL, SCAN_MODES, resolve_scan_mode
 
-__all__ = ["RecurrentNetwork", "RecurrentState", "recurrent_spec"]
+__all__ = ["RecurrentNetwork", "MinimalRecurrentNetwork", "RecurrentState", "recurrent_spec"]
 
 
 class RecurrentState(NamedTuple):
@@ -198,6 +198,28 @@ class RecurrentNetwork(SequenceModel):
             cs, inp = self.layer_scan(p, c, self.cell_project(p, inp))
             carries.append(cs)
         return RecurrentState(tuple(carries), inp)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class MinimalRecurrentNetwork(RecurrentNetwork):
+    """Base of MinGRU and MinLSTM (Feng et al. 2024): gates that read the input only, so a
+    layer is one linear recurrence ``h_t = a_t h_{t-1} + b_t`` over (hidden_size,) states,
+    solved by the family's ``layer_scan`` sequentially or in parallel as ``scan`` says
+    ("sequential", "parallel" or "auto": parallel on accelerators, sequential on CPU)."""
+
+    scan: str = "auto"
+
+    def __post_init__(self):
+        super().__post_init__()
+        validation.check_choice("scan", self.scan, SCAN_MODES)
+
+    def cell_carry(self, p):
+        return jnp.zeros((self.hidden_size,), jax.tree.leaves(p)[0].dtype)
+
+    @property
+    def _parallel(self) -> bool:
+        """Whether ``layer_scan`` takes the associative scan."""
+        return resolve_scan_mode(self.scan) == "parallel"
 
 
 def dense_init(key, in_size: int, out_size: int, dtype):
