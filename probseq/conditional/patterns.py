@@ -59,6 +59,17 @@ def _make_head(head, num_classes, obs_dim, owner) -> Head:
     return CategoricalHead(num_classes) if num_classes is not None else NormalHead(obs_dim)
 
 
+def _encoder_and_readout_init(model, key, dtype) -> dict:
+    """Parameters of a classifier or tagger: its encoder's and a readout of the encoder's
+    features by its head."""
+    dtype = param_dtype(dtype)
+    k_enc, k_head = jax.random.split(key)
+    return {
+        "encoder": model.encoder.init(k_enc, dtype=dtype),
+        "head": model.head.init_readout(k_head, model.encoder.output_size, dtype),
+    }
+
+
 def _raise_needs_source(model):
     raise ValueError(
         f"{model!r} starts from its source: pass source= (the first state is "
@@ -169,12 +180,7 @@ class SequenceClassifier(SequenceModel):
             raise ValueError(f"pooling must be 'final' or 'mean'; got pooling={self.pooling!r}.")
 
     def init(self, key, *, dtype=None):
-        dtype = param_dtype(dtype)
-        k_enc, k_head = jax.random.split(key)
-        return {
-            "encoder": self.encoder.init(k_enc, dtype=dtype),
-            "head": self.head.init_readout(k_head, self.encoder.output_size, dtype),
-        }
+        return _encoder_and_readout_init(self, key, dtype)
 
     def prepare_source(self, source, source_mask, target_mask) -> Source:
         return sequence_source(self.encoder, source, source_mask)
@@ -229,12 +235,7 @@ class SequenceTagger(SequenceModel):
         object.__setattr__(self, "head", head)
 
     def init(self, key, *, dtype=None):
-        dtype = param_dtype(dtype)
-        k_enc, k_head = jax.random.split(key)
-        return {
-            "encoder": self.encoder.init(k_enc, dtype=dtype),
-            "head": self.head.init_readout(k_head, self.encoder.output_size, dtype),
-        }
+        return _encoder_and_readout_init(self, key, dtype)
 
     def prepare_source(self, source, source_mask, target_mask) -> Source:
         src = sequence_source(self.encoder, source, source_mask)
