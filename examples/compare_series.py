@@ -41,8 +41,8 @@ import probseq
 from probseq import data, spec, workflow
 
 MODELS = pathlib.Path(__file__).resolve().parents[1] / "models"
-SPECS = {"ar": "ar_series.toml", "gaussian_hmm": "gaussian_hmm_series.toml",
-         "lstm": "lstm_series.toml"}  # fmt: skip
+SPECS = {"ar": "ar_series.toml", "lds": "lds_series.toml",
+         "gaussian_hmm": "gaussian_hmm_series.toml", "lstm": "lstm_series.toml"}  # fmt: skip
 
 
 def run(args) -> dict:
@@ -53,8 +53,9 @@ def run(args) -> dict:
     for name, file in SPECS.items():
         s = spec.load_spec(MODELS / file)
         if s.method == "sgd":
-            s = s.replace(fit={"num_epochs": args.sgd_epochs},
-                          model={"hidden_size": args.hidden_size})  # fmt: skip
+            s = s.replace(fit={"num_epochs": args.sgd_epochs})
+            if "hidden_size" in s.model:  # the LSTM's (the LDS has a state_dim instead)
+                s = s.replace(model={"hidden_size": args.hidden_size})
         elif s.method == "em":
             s = s.replace(fit={"num_iters": args.em_iters})
         runs[name] = workflow.fit_spec(s, source, progress=False)
