@@ -37,11 +37,10 @@ EOS = NUM_DIGITS  # target vocabulary: the digits and EOS
 
 
 def make_pairs(rng: np.random.Generator, num: int, min_len: int, max_len: int):
-    """``num`` (source, target) pairs: digits, and the digits reversed then EOS."""
-    lengths = rng.integers(min_len, max_len + 1, size=num)
-    sources = [rng.integers(0, NUM_DIGITS, size=n) for n in lengths]
-    targets = [np.append(s[::-1], EOS) for s in sources]
-    return sources, targets
+    """``num`` (source, target) pairs: digits, and the digits reversed then EOS
+    (``probseq.data.reversal_pairs``, the data of ``builtin:reversal``)."""
+    sources, reversed_ = probseq.data.reversal_pairs(rng, num, min_len, max_len)
+    return sources, [np.append(r, EOS) for r in reversed_]
 
 
 def build(attention, hidden_size: int):

@@ -39,7 +39,7 @@ Simulated data with known parameters (the occasionally dishonest casino):
 """
 
 from probseq.data.arrays import from_arrays
-from probseq.data.builtin import Casino, Series, casino, series, series_names
+from probseq.data.builtin import Casino, Series, casino, reversal_pairs, series, series_names
 from probseq.data.csv import CsvColumns, read_csv
 from probseq.data.scaling import Standardizer
 from probseq.data.splits import DataSplits, Split, cut_rows, series_splits, text_splits
@@ -59,6 +59,7 @@ __all__ = [
     "Standardizer",
     "casino",
     "Casino",
+    "reversal_pairs",
     "series",
     "series_names",
     "Series",

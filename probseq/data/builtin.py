@@ -1,5 +1,6 @@
 """Built-in data sets that need no download: the occasionally dishonest casino
-(simulated, with known parameters) and real series that statsmodels ships.
+(simulated, with known parameters), random digit strings and their reversals (a
+sequence-to-sequence task), and real series that statsmodels ships.
 
 Example:
     >>> c = casino(seed=0, num_sequences=2, num_timesteps=100)
@@ -15,7 +16,7 @@ import numpy as np
 
 from probseq.validation import check_int
 
-__all__ = ["casino", "Casino", "series", "series_names", "Series"]
+__all__ = ["casino", "Casino", "reversal_pairs", "series", "series_names", "Series"]
 
 
 def _check_count(value, name: str) -> int:
@@ -78,6 +79,37 @@ def casino(seed: int = 0, *, num_sequences: int = 5, num_timesteps: int = 300) -
     v = rng.random(shape)
     rolls = (v[..., None] >= thresholds[states]).sum(axis=-1).astype(np.int32)
     return Casino(rolls, states, initial_probs, transition_matrix, emission_probs)
+
+
+def reversal_pairs(rng: np.random.Generator, num: int, min_len: int = 5, max_len: int = 20):
+    """``num`` random digit strings and their reversals (a sequence-to-sequence task).
+
+    Each source has a length drawn uniformly from [min_len, max_len] and uniform
+    digits 0-9; its target is the same digits in reverse order (no end token: a model
+    adds its own). The draws are, in order, the lengths, then each source's digits,
+    so the same generator state gives the same pairs.
+
+    Args:
+        rng: a ``numpy.random.Generator`` (advanced by the draws).
+        num: number of pairs.
+        min_len, max_len: shortest and longest source.
+
+    Returns:
+        (sources, targets): two lists of ``num`` int64 arrays.
+
+    Example:
+        >>> src, tgt = reversal_pairs(np.random.default_rng(0), 2, 3, 4)
+        >>> [s[::-1].tolist() == t.tolist() for s, t in zip(src, tgt)]
+        [True, True]
+    """
+    num = check_int("num", num)
+    min_len = check_int("min_len", min_len)
+    max_len = check_int("max_len", max_len)
+    if max_len < min_len:
+        raise ValueError(f"max_len must be >= min_len; got {min_len=}, {max_len=}.")
+    lengths = rng.integers(min_len, max_len + 1, size=num)
+    sources = [rng.integers(0, 10, size=n) for n in lengths]
+    return sources, [s[::-1] for s in sources]
 
 
 class Series(NamedTuple):
