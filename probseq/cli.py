@@ -3,14 +3,18 @@
     probseq fit SPEC --data FILE --out DIR [--columns A,B] [--plot FILE.png]
     probseq compare DIR... --data FILE [--part test] [--plot FILE.png]
     probseq sample DIR --length N [--prefix TEXT] [--temperature T]
+    probseq sample DIR --source TEXT... [--decode greedy|beam|ancestral] [--beam-width K]
     probseq forecast DIR --data FILE --horizon H [--plot FILE.png]
     probseq states DIR --data FILE [--plot FILE.png]      (HMM runs)
     probseq diagnose DIR --data FILE [--length N] [--plot FILE.png]
     probseq demo
 
 ``--data`` takes a text file (text models), a CSV file with a header row (series
-models), ``builtin:pydoc`` (English text that ships with Python) or
-``builtin:sunspots`` / ``builtin:nile`` / ... (series shipped by statsmodels).
+models), a file of ``source<TAB>target`` lines (pairs models: sequence to sequence,
+classifiers, taggers; :mod:`probseq.data.pairs`), ``builtin:pydoc`` (English text
+that ships with Python), ``builtin:sunspots`` / ``builtin:nile`` / ... (series shipped
+by statsmodels) or ``builtin:reversal`` (digit strings and their reversals, pairs).
+``probseq sample`` of a pairs run decodes the target of each ``--source``.
 Bad input ends with one line ``probseq: error: ...`` on stderr and exit status 1
 (2 for a command line that argparse refuses); so does every other failure, an
 out-of-memory error or an internal error included. Set ``PROBSEQ_DEBUG=1`` in the
@@ -67,8 +71,8 @@ def _save_plot(fig, path, echo) -> None:
 
 # ---------------------------------------------------------------------- commands
 def _text_columns(kind: str, columns) -> None:
-    if kind == "text" and columns is not None:
-        raise _Usage("--columns picks CSV columns of a series; this is a text model.")
+    if kind != "series" and columns is not None:
+        raise _Usage(f"--columns picks CSV columns of a series; this is a {kind} model.")
 
 
 def _read(workflow, kind, location, columns, echo):
@@ -84,7 +88,18 @@ def _scores(run, kind) -> str:
         for part in ("valid", "test")
         if isinstance(run.info.get(f"{part}_bits_per_symbol"), int | float)
     )
-    return f"{scores} {'bits/char' if kind == 'text' else 'bits/step'}"
+    units = {"text": "bits/char", "series": "bits/step", "pairs": "bits/target symbol"}[kind]
+    exact = run.info.get("test_exact_match")
+    exact = f"; test exact match (greedy) {exact:.3f}" if isinstance(exact, int | float) else ""
+    return f"{scores} {units}{exact}"
+
+
+def _describe(s) -> str:
+    """What a spec fits, for the progress line: "lstm, sgd", "gru -> gru, sgd"."""
+    if s.encoder is None:
+        return f"{s.model['family']}, {s.method}"
+    decoder = s.model.get("family", s.data["target"])
+    return f"{s.encoder['family']} encoder -> {decoder}, {s.method}"
 
 
 def cmd_fit(args, echo) -> None:
@@ -197,7 +212,7 @@ def _fit_into(s, source, out, fingerprint, resuming, args, echo, mesh=None):
     from probseq.fit.sgd import CheckpointMismatchError
 
     verb = "resuming" if resuming else "fitting"
-    echo(f"{verb} {s.source} ({s.model['family']}, {s.method}) on {source.origin}")
+    echo(f"{verb} {s.source} ({_describe(s)}) on {source.origin}")
     checkpoints = os.path.join(out, "checkpoints")
     try:
         run = workflow.fit_spec(
@@ -236,6 +251,11 @@ def cmd_compare(args, echo) -> None:
     for name, run in runs.items():
         if run.kind != first.kind:
             raise _Usage(f"{name} models {run.kind} data but {first_name} models {first.kind}.")
+        if run.kind == "pairs" and run.pair_encoding.target != first.pair_encoding.target:
+            raise _Usage(
+                f"{name} reads targets as {run.pair_encoding.target!r} but {first_name} as "
+                f"{first.pair_encoding.target!r}; compare runs of the same target kind."
+            )
         if run.kind == "series" and list(run.columns) != list(first.columns):
             raise _Usage(
                 f"{name} models the column(s) {', '.join(run.columns)} but {first_name} "
@@ -267,6 +287,14 @@ def cmd_sample(args, echo) -> None:
     from probseq.core import sample
 
     run = io.load(args.run)
+    if run.kind == "pairs":
+        return _sample_pairs(run, args, echo)
+    for flag, value in (("--source", args.source), ("--decode", args.decode),
+                        ("--beam-width", args.beam_width)):  # fmt: skip
+        if value is not None:
+            raise _Usage(f"{flag} decodes pairs runs (sequence to sequence); {args.run} "
+                         f"models {run.kind}.")  # fmt: skip
+    args.length = 200 if args.length is None else args.length
     prefix = None
     if args.prefix is not None:
         if run.kind != "text":
@@ -293,6 +321,70 @@ def cmd_sample(args, echo) -> None:
             echo(f"--- sample {i + 1} ({', '.join(run.columns)})")
             for row in values:
                 echo(",".join(f"{v:.6g}" for v in np.atleast_1d(row)))
+
+
+def _sample_pairs(run, args, echo) -> None:
+    """``probseq sample`` of a pairs run: decode the target of each ``--source``."""
+    from probseq import decoding
+
+    if not args.source:
+        raise _Usage(f"{args.run} models source/target pairs: give --source TEXT (repeatable).")
+    if args.prefix is not None:
+        raise _Usage("--prefix continues text runs; a pairs run decodes from --source.")
+    enc, method = run.pair_encoding, args.decode or "greedy"
+    if method != "beam" and args.beam_width is not None:
+        raise _Usage("--beam-width needs --decode beam.")
+    if method != "ancestral" and (args.temperature != 1.0 or args.num_samples != 1):
+        raise _Usage("--temperature and --num-samples apply to --decode ancestral.")
+    if enc.target != "sequence" and args.length is not None:
+        raise _Usage(f"--length: a {enc.target!r} target has a fixed length (1 for a label, "
+                     "the source's for tags).")  # fmt: skip
+    sources = [enc.encode_source(text, f"--source {text!r}") for text in args.source]
+    # A tagger emits one tag per source step: decode each source at its own length.
+    groups = (
+        [[i] for i in range(len(sources))] if enc.target == "tags" else [list(range(len(sources)))]
+    )
+    key = _key(args.seed)
+    width = args.beam_width or 4
+    for group in groups:
+        if enc.target == "sequence":
+            length = args.length or 200
+        else:
+            length = 1 if enc.target == "label" else len(sources[group[0]])
+        batch = [sources[i] for i in group]
+        if method == "beam":
+            if width > run.model.head.vocab_size:
+                raise _Usage(f"--beam-width {width} exceeds the {run.model.head.vocab_size} "
+                             "target symbols.")  # fmt: skip
+            out = decoding.beam_search(run.model, run.params, length, beam_width=width,
+                                       source=batch, eos=enc.eos)  # fmt: skip
+            found = [list(zip(out.sequences[b], out.log_probs[b], strict=True))
+                     for b in range(len(batch))]  # fmt: skip
+        elif method == "greedy":
+            out = decoding.greedy(run.model, run.params, length, source=batch, eos=enc.eos)
+            found = [[(out.sequences[b], out.log_probs[b])] for b in range(len(batch))]
+        else:
+            found = [[] for _ in batch]
+            for _ in range(args.num_samples):
+                key, sub = _split(key)
+                out = decoding.ancestral(run.model, run.params, sub, length, source=batch,
+                                         eos=enc.eos, temperature=args.temperature)  # fmt: skip
+                for b in range(len(batch)):
+                    found[b].append((out.sequences[b], out.log_probs[b]))
+        for i, candidates in zip(group, found, strict=True):
+            echo(f"source {args.source[i]}")
+            for rank, (ids, log_p) in enumerate(candidates, start=1):
+                ids = np.asarray(ids)
+                text = enc.decode_target(ids)
+                if enc.eos is not None and enc.eos not in ids:
+                    text += f"  (no end token within {len(ids)} symbols)"
+                echo(f"  {method} {rank}: {text}\tlog p = {float(log_p):.4f}")
+
+
+def _split(key):
+    import jax
+
+    return tuple(jax.random.split(key))
 
 
 def cmd_forecast(args, echo) -> None:
@@ -482,10 +574,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("sample", help="draw sequences from a fitted run")
+    p = sub.add_parser(
+        "sample", help="draw sequences from a fitted run; decode targets of a pairs run"
+    )
     p.add_argument("run", metavar="DIR")
-    p.add_argument("--length", type=_positive_int, default=200)
+    p.add_argument(
+        "--length",
+        type=_positive_int,
+        help="steps to draw (default 200); the most target symbols to decode (pairs)",
+    )
     p.add_argument("--prefix", help="text to continue (text runs)")
+    p.add_argument(
+        "--source",
+        action="append",
+        help="a source to decode the target of (pairs runs; repeat for several)",
+    )
+    p.add_argument(
+        "--decode",
+        choices=("greedy", "beam", "ancestral"),
+        help="pairs runs: most probable symbol per step (default), beam search, or sampling",
+    )
+    p.add_argument("--beam-width", type=_positive_int, help="beams kept by --decode beam (4)")
     p.add_argument("--temperature", type=_temperature, default=1.0)
     p.add_argument("--num-samples", type=_positive_int, default=1)
     p.add_argument("--seed", type=_seed, default=0, help=f"0 to {MAX_SEED}")

@@ -281,7 +281,9 @@ def compare(
             sequences (e.g. models fitted with different vocabularies or
             standardisations): each value is data as above or a
             :class:`probseq.data.Split` (``.x``, ``.mask``); every view must have
-            the same number of sequences and of valid steps in each.
+            the same number of sequences and of valid steps in each. A view with
+            ``.source`` and ``.source_mask`` (a :class:`probseq.data.PairSplit`)
+            gives its conditional model its own encoding of the sources too.
         mask: optional (B, T) boolean prefix mask for a padded batch.
         inputs: per-step conditioning inputs, passed to every model.
         log_det_jacobians: optional ``{name: float}``, log|det J| per step of the map
@@ -332,6 +334,13 @@ def compare(
             # Validated here for the lengths; score validates again (cheap, NumPy).
             batch = validation.prepare_batch(model, x, m, inputs)
             src = (source, source_mask) if model.takes_source else (None, None)
+            own = (
+                {str(k): v for k, v in data.items()}.get(name)
+                if isinstance(data, Mapping)
+                else None
+            )
+            if model.takes_source and hasattr(own, "source") and hasattr(own, "source_mask"):
+                src = (own.source, own.source_mask)
             res = score(
                 model, params, x, m, inputs=inputs, mesh=mesh, source=src[0], source_mask=src[1]
             )

@@ -4,8 +4,9 @@ A run directory holds
 
 * ``spec.toml``    the model spec it was fitted from (:mod:`probseq.spec`);
 * ``params.npz``   the fitted parameters (NumPy ``.npz`` + JSON, no pickle);
-* ``data.json``    how data is encoded: the character vocabulary (text) or the
-  columns and the standardisation (series);
+* ``data.json``    how data is encoded: the character vocabulary (text), the
+  columns and the standardisation (series), or the source and target vocabularies
+  (pairs, :class:`probseq.data.PairEncoding`);
 * ``history.json`` the fit history (every :class:`probseq.FitHistory` field by name;
   an older run's keys still load) and facts about the fit;
 * ``run.json``     written last: format version, probseq version, model, and the
@@ -78,6 +79,7 @@ class Run:
             :meth:`~probseq.FitHistory.from_dict`).
         info: JSON facts about the fit (how it stopped, test scores, ...).
         path: the directory it was loaded from (None before saving).
+        pair_encoding: the :class:`probseq.data.PairEncoding` (pairs), else None.
     """
 
     model: Any
@@ -89,6 +91,7 @@ class Run:
     history: FitHistory | None = None
     info: dict = dataclasses.field(default_factory=dict)
     path: str | None = None
+    pair_encoding: data_lib.PairEncoding | None = None
 
     def __post_init__(self):
         if isinstance(self.history, dict):
@@ -97,7 +100,7 @@ class Run:
 
     @property
     def kind(self) -> str:
-        """ "text" or "series"."""
+        """ "text", "series" or "pairs"."""
         return self.spec.kind
 
     def encode(self, source) -> np.ndarray:
@@ -132,11 +135,12 @@ class Run:
         """Columns per step (series), else None."""
         return None if self.kind == "text" else len(self.columns)
 
-    def log_prob(self, x, mask=None):
-        """probseq.log_prob of encoded data under this run's model."""
+    def log_prob(self, x, mask=None, *, source=None, source_mask=None):
+        """probseq.log_prob of encoded data under this run's model (``source=``: the
+        encoded sources of a pairs run's targets)."""
         from probseq.core import log_prob
 
-        return log_prob(self.model, self.params, x, mask)
+        return log_prob(self.model, self.params, x, mask, source=source, source_mask=source_mask)
 
 
 def _json_safe(value):
@@ -233,6 +237,8 @@ def save_run(run: Run, directory, *, fingerprint: dict | None = None) -> str:
         "scaler": None if run.scaler is None else run.scaler.to_dict(),
         "columns": None if run.columns is None else list(run.columns),
     }
+    if run.pair_encoding is not None:
+        encoding["pairs"] = run.pair_encoding.to_dict()
     _write_atomic(directory, "data.json", json.dumps(encoding, indent=1))
     stored = {} if run.history is None else _json_safe(_history_lists(run.history))
     history = {"history": stored, "info": _json_safe(run.info)}
@@ -448,7 +454,16 @@ def load(directory) -> Run:
         if encoding.get("kind") != spec.kind:
             raise ValueError(f"kind {encoding.get('kind')!r} differs from the spec's")
         vocabulary = scaler = columns = None
-        if spec.kind == "text":
+        pair_encoding = None
+        if spec.kind == "pairs":
+            pair_encoding = data_lib.PairEncoding.from_dict(encoding["pairs"])
+            if pair_encoding.target != spec.data["target"]:
+                raise ValueError(f"target {pair_encoding.target!r} differs from the spec's")
+            model = spec.build_model(
+                vocab_size=pair_encoding.target_vocab_size,
+                source_vocab_size=pair_encoding.source.vocab_size,
+            )
+        elif spec.kind == "text":
             vocabulary = data_lib.CharVocabulary(encoding["vocabulary"])
             model = spec.build_model(vocab_size=vocabulary.vocab_size)
         else:
@@ -487,4 +502,5 @@ def load(directory) -> Run:
         history=history,
         info=info,
         path=directory,
+        pair_encoding=pair_encoding,
     )

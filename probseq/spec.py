@@ -25,6 +25,24 @@ Example ``models/lstm_text.toml``::
     num_epochs = 3
     batch_size = 32
 
+Sequence to sequence (and the other conditional models) read source/target pairs
+(``kind = "pairs"``: a file of ``source<TAB>target`` lines, :mod:`probseq.data.pairs`);
+the ``[source]`` table is the encoder, ``[model]`` the decoder::
+
+    [data]
+    kind = "pairs"
+    target = "sequence"      # "sequence" (Seq2Seq), "label" (SequenceClassifier),
+                             # "tags" (SequenceTagger: one tag per source character)
+    [source]                 # the encoder
+    family = "gru"           # any recurrent family: rnn, lstm, gru, mingru, minlstm, lru
+    hidden_size = 64         # and the family's other keys (num_layers, embed_size, ...)
+    bidirectional = true     # add a run over the reversed source (default false)
+    layers = 1               # stacked (bidirectional) encoder layers (default 1)
+    attention = "additive"   # target "sequence": "none" (default), "additive" or "dot"
+    [model]                  # the decoder (target "sequence" only; "label" and "tags"
+    family = "gru"           # read the encoder's states: their [model] is empty)
+    hidden_size = 64
+
 In Python::
 
     >>> spec = parse_spec({"data": {"kind": "text"}, "model": {"family": "gru",
@@ -40,11 +58,12 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from typing import Any
 
 import jax
 
+from probseq.data.pairs import TARGETS
 from probseq.families import FAMILY_SPECS
+from probseq.families.recurrent import RecurrentNetwork
 from probseq.families.registry import (
     BOOL,
     HEADS,
@@ -77,7 +96,7 @@ class _FamilyClasses(Mapping):
 
 #: family name -> model class, for every registered family (probseq.families.registry).
 FAMILIES = _FamilyClasses()
-_KINDS = ("text", "series")
+_KINDS = ("text", "series", "pairs")
 
 
 def _fractions(v):
@@ -121,7 +140,18 @@ _DATA = {
     ),
     "columns": ((list,), _names, "a non-empty list of column names or 0-based indices"),
     "standardize": BOOL,
+    "target": choice(*TARGETS),
 }
+_ATTENTION = ("none", "additive", "dot")
+#: The [source] table's own keys (besides the encoder family's keys).
+_SOURCE = {
+    "bidirectional": BOOL,
+    "layers": POSITIVE_INT,
+    "attention": choice(*_ATTENTION),
+    "attention_size": POSITIVE_INT,
+    "pooling": choice("final", "mean"),
+}
+_SOURCE_ONLY = {"attention": "sequence", "attention_size": "sequence", "pooling": "label"}
 _FIT_METHODS = ("sgd", "em", "ls")
 _FIT = {
     "sgd": {
@@ -148,6 +178,7 @@ _FIT["ls"] = {"method": choice(*_FIT_METHODS)}  # closed form: nothing to set
 _FIT_DEFAULTS = {"sgd": {"num_epochs": 1, "batch_size": 32}, "em": {"num_iters": 100}, "ls": {}}
 _DATA_DEFAULTS = {"text": {"sequence_length": 256, "split": [0.9, 0.05, 0.05]}}
 _DATA_DEFAULTS["series"] = {"split": [0.8, 0.1, 0.1], "standardize": True}
+_DATA_DEFAULTS["pairs"] = {"target": "sequence", "split": [0.9, 0.05, 0.05]}
 
 
 def _check_table(table, allowed: dict, where: str, source: str) -> dict:
@@ -181,6 +212,8 @@ class Spec:
         seed: seeds the parameter initialisation and the fit.
         description: free text.
         source: where the spec came from (a path or "<dict>"), for messages.
+        encoder: the ``[source]`` table (the encoder of a ``kind = "pairs"`` model,
+            with defaults filled in), else None.
     """
 
     data: dict
@@ -189,10 +222,11 @@ class Spec:
     seed: int = 0
     description: str = ""
     source: str = "<dict>"
+    encoder: dict | None = None
 
     @property
     def kind(self) -> str:
-        """ "text" or "series"."""
+        """ "text", "series" or "pairs"."""
         return self.data["kind"]
 
     @property
@@ -205,26 +239,38 @@ class Spec:
         out = {"seed": self.seed, "data": dict(self.data)}
         if self.description:
             out["description"] = self.description
+        if self.encoder is not None:
+            out["source"] = dict(self.encoder)
         out["model"], out["fit"] = dict(self.model), dict(self.fit)
         return out
 
     def replace(self, **tables) -> Spec:
-        """A new spec with keys of ``data=``, ``model=`` or ``fit=`` overridden (and
-        checked again), e.g. ``spec.replace(fit={"num_epochs": 1})``."""
+        """A new spec with keys of ``data=``, ``source=`` (the [source] table),
+        ``model=`` or ``fit=`` overridden (and checked again), e.g.
+        ``spec.replace(fit={"num_epochs": 1})``."""
         d = self.to_dict()
         for name, updates in tables.items():
-            if name not in ("data", "model", "fit"):
-                raise SpecError(f"replace() takes data=, model= or fit=; got {name}=.")
-            d[name] = {**d[name], **updates}
+            if name not in ("data", "source", "model", "fit"):
+                raise SpecError(f"replace() takes data=, source=, model= or fit=; got {name}=.")
+            d[name] = {**d.get(name, {}), **updates}
         return parse_spec(d, source=self.source)
 
-    def build_model(self, *, vocab_size: int | None = None, obs_dim: int | None = None):
+    def build_model(
+        self,
+        *,
+        vocab_size: int | None = None,
+        obs_dim: int | None = None,
+        source_vocab_size: int | None = None,
+    ):
         """The model this spec describes, sized for the data.
 
         Args:
-            vocab_size: number of symbols (text data).
+            vocab_size: number of symbols (text data; the targets of pairs).
             obs_dim: dimension of each observation (series data).
+            source_vocab_size: number of source symbols (pairs).
         """
+        if self.kind == "pairs":
+            return self._build_conditional(vocab_size, source_vocab_size)
         m = dict(self.model)
         family = FAMILY_SPECS[m.pop("family")]
         try:
@@ -238,6 +284,34 @@ class Spec:
             raise SpecError(f"{self.source}: {e}") from None
         return family.build(m, head)
 
+    def _build_conditional(self, vocab_size, source_vocab_size):
+        """A Seq2Seq, SequenceClassifier or SequenceTagger (``[data].target``)."""
+        from probseq.conditional import Encoder, Seq2Seq, SequenceClassifier, SequenceTagger
+
+        if vocab_size is None or source_vocab_size is None:
+            raise SpecError(
+                f"{self.source}: a pairs model needs vocab_size= (target symbols) and "
+                "source_vocab_size= (source symbols)."
+            )
+        e = dict(self.encoder)
+        own = {k: e.pop(k) for k in _SOURCE if k in e}
+        cell = FAMILY_SPECS[e.pop("family")].build(
+            e, make_head("categorical", vocab_size=source_vocab_size)
+        )
+        encoder = Encoder(cell, bidirectional=own["bidirectional"], num_layers=own["layers"])
+        target = self.data["target"]
+        if target == "label":
+            return SequenceClassifier(encoder, num_classes=vocab_size, pooling=own["pooling"])
+        if target == "tags":
+            return SequenceTagger(encoder, num_classes=vocab_size)
+        m = dict(self.model)
+        m.pop("head")
+        decoder = FAMILY_SPECS[m.pop("family")].build(
+            m, make_head("categorical", vocab_size=vocab_size)
+        )
+        attention = None if own["attention"] == "none" else own["attention"]
+        return Seq2Seq(encoder, decoder, attention, own.get("attention_size"))
+
     def init_params(self, model):
         """Random starting parameters from ``seed``."""
         return model.init(jax.random.fold_in(jax.random.key(self.seed), 0))
@@ -248,8 +322,9 @@ class Spec:
         """Fit ``model`` from ``params`` as the [fit] table says.
 
         Args:
-            train, valid: :class:`probseq.data.Split` (x, mask) pairs; ``valid`` is
-                used for early stopping by SGD (EM ignores it).
+            train, valid: :class:`probseq.data.Split` (x, mask) pairs (for pairs data,
+                :class:`probseq.data.PairSplit`, with the sources); ``valid`` is used
+                for early stopping by SGD (EM ignores it).
             progress: show progress bars.
             checkpoint_dir: SGD checkpoints (a killed fit resumes from them).
             mesh: a ``jax.sharding.Mesh`` to split the sequences over (the same fit).
@@ -278,6 +353,10 @@ class Spec:
         kwargs = {}
         if valid is not None:
             kwargs = {"valid_data": valid.x, "valid_mask": valid.mask}
+        if self.kind == "pairs":  # a probseq.data.PairSplit: targets and their sources
+            kwargs.update(source=train.source, source_mask=train.source_mask)
+            if valid is not None:
+                kwargs.update(valid_source=valid.source, valid_source_mask=valid.source_mask)
         return fit_sgd(
             model, params, train.x, mask=train.mask,
             key=jax.random.fold_in(jax.random.key(self.seed), 2),
@@ -295,7 +374,7 @@ def parse_spec(d: dict, *, source: str = "<dict>") -> Spec:
     """
     if not isinstance(d, dict):
         raise SpecError(f"{source}: a spec is a table of tables, got {type(d).__name__}.")
-    allowed_top = {**_TOP, "data": None, "model": None, "fit": None}
+    allowed_top = {**_TOP, "data": None, "source": None, "model": None, "fit": None}
     unknown = [k for k in d if k not in allowed_top]
     if unknown:
         raise SpecError(
@@ -303,17 +382,104 @@ def parse_spec(d: dict, *, source: str = "<dict>") -> Spec:
             f"{', '.join(allowed_top)}."
         )
     top = _check_table({k: v for k, v in d.items() if k in _TOP}, _TOP, "the top level", source)
-    for name in ("data", "model", "fit"):
+    for name in ("data", "fit"):
         _require(d, name, "the spec", source)
 
     data = _check_table(d["data"], _DATA, "[data]", source)
     kind = _require(data, "kind", "[data]", source)
-    if kind == "text":
-        for key in ("columns", "standardize"):
-            if key in data:
-                raise SpecError(f"{source}: [data].{key} applies to kind = 'series' only.")
+    for key, kinds in _DATA_KINDS.items():
+        if key in data and kind not in kinds:
+            raise SpecError(
+                f"{source}: [data].{key} applies to kind = {_or(repr(k) for k in kinds)} only."
+            )
     data = {**_DATA_DEFAULTS[kind], **data}
+    if kind == "pairs":
+        encoder, model, family, fit_methods = _conditional_tables(d, data, source)
+    else:
+        if "source" in d:
+            raise SpecError(f"{source}: [source] (an encoder) applies to kind = 'pairs' only.")
+        encoder, (model, family, fit_methods) = None, _model_table(d, kind, source)
+    fit = _fit_table(d, family, fit_methods, source)
+    return Spec(
+        data=data,
+        model=model,
+        fit=fit,
+        seed=top.get("seed", 0),
+        description=top.get("description", ""),
+        source=source,
+        encoder=encoder,
+    )
 
+
+#: [data] keys that only some kinds take.
+_DATA_KINDS = {
+    "columns": ("series",),
+    "standardize": ("series",),
+    "target": ("pairs",),
+    "sequence_length": ("text", "series"),
+}
+
+
+def _recurrent_family(table: dict, where: str, source: str):
+    """The FamilySpec a [source] or decoder [model] table names (a recurrent family)."""
+    recurrent = [n for n, f in FAMILY_SPECS.items() if issubclass(f.model, RecurrentNetwork)]
+    family = _require(table, "family", where, source)
+    if not isinstance(family, str) or family not in recurrent:
+        raise SpecError(
+            f"{source}: {where}.family must be a recurrent family ({', '.join(recurrent)}); "
+            f"got {family!r}."
+        )
+    fam = FAMILY_SPECS[family]
+    return fam, {"family": choice(*recurrent), **fam.keys}
+
+
+def _conditional_tables(d: dict, data: dict, source: str):
+    """([source] table, [model] table, what the model is called, fit methods) of a
+    ``kind = "pairs"`` spec."""
+    target = data["target"]
+    if "source" not in d:
+        raise SpecError(f"{source}: kind = 'pairs' needs a [source] table (the encoder).")
+    if not isinstance(d["source"], dict):
+        raise SpecError(f"{source}: [source] must be a table.")
+    fam, allowed = _recurrent_family(d["source"], "[source]", source)
+    where = f"[source] (family {fam.name!r})"
+    encoder = _check_table(d["source"], {**allowed, **_SOURCE}, where, source)
+    for key in fam.required:
+        _require(encoder, key, where, source)
+    for key, wanted in _SOURCE_ONLY.items():
+        if key in encoder and target != wanted:
+            raise SpecError(f"{source}: [source].{key} applies to target = {wanted!r} only.")
+    if "attention_size" in encoder and encoder.get("attention") != "additive":
+        raise SpecError(f"{source}: [source].attention_size needs attention = 'additive'.")
+    defaults = {"bidirectional": False, "layers": 1}
+    defaults.update(
+        {"sequence": {"attention": "none"}, "label": {"pooling": "final"}}.get(target, {})
+    )
+    encoder = {**encoder, **{k: v for k, v in defaults.items() if k not in encoder}}
+    model = d.get("model", {})
+    if not isinstance(model, dict):
+        raise SpecError(f"{source}: [model] must be a table.")
+    if target != "sequence":
+        if model:
+            raise SpecError(
+                f"{source}: target = {target!r} reads its targets off the encoder's states "
+                f"([source]); [model] (a decoder, for target = 'sequence') takes no keys "
+                f"here; got {next(iter(model))!r}."
+            )
+        return encoder, {}, f"kind = 'pairs' (target {target!r})", ("sgd",)
+    _require(d, "model", "the spec", source)
+    dec, allowed = _recurrent_family(model, "[model]", source)
+    where = f"[model] (the decoder, family {dec.name!r})"
+    model = _check_table(model, {**allowed, "head": choice("categorical")}, where, source)
+    for key in dec.required:
+        _require(model, key, where, source)
+    model.setdefault("head", "categorical")
+    return encoder, model, "kind = 'pairs'", ("sgd",)
+
+
+def _model_table(d: dict, kind: str, source: str):
+    """([model] table, its family's name, fit methods) of a text or series spec."""
+    _require(d, "model", "the spec", source)
     if not isinstance(d["model"], dict):
         raise SpecError(f"{source}: [model] must be a table.")
     family = _require(d["model"], "family", "[model]", source)
@@ -340,7 +506,11 @@ def parse_spec(d: dict, *, source: str = "<dict>") -> Spec:
         raise SpecError(f"{source}: series data needs a real-valued head, not 'categorical'.")
     if "num_components" in model and model["head"] != "mixture_normal":
         raise SpecError(f"{source}: [model].num_components needs head = 'mixture_normal'.")
+    return model, repr(family), fam.fit_methods
 
+
+def _fit_table(d: dict, family: str, fit_methods, source: str) -> dict:
+    """The checked [fit] table, for a model (``family``) fitted by ``fit_methods``."""
     if not isinstance(d["fit"], dict):
         raise SpecError(f"{source}: [fit] must be a table.")
     method = _require(d["fit"], "method", "[fit]", source)
@@ -349,21 +519,13 @@ def parse_spec(d: dict, *, source: str = "<dict>") -> Spec:
             f"{source}: [fit].method must be {_or(repr(m) for m in _FIT_METHODS)}; got {method!r}."
         )
     fit = _check_table(d["fit"], _FIT[method], f"[fit] (method {method!r})", source)
-    if method not in fam.fit_methods:
+    if method not in fit_methods:
         fitted = [n for n, f in FAMILY_SPECS.items() if method in f.fit_methods]
         raise SpecError(
             f"{source}: method = {method!r} fits family = {_or(repr(n) for n in fitted)} only; "
-            f"for {family!r} use {_or(repr(m) for m in fam.fit_methods)}."
+            f"for {family} use {_or(repr(m) for m in fit_methods)}."
         )
-    fit = {**_FIT_DEFAULTS[method], **fit}
-    return Spec(
-        data=data,
-        model=model,
-        fit=fit,
-        seed=top.get("seed", 0),
-        description=top.get("description", ""),
-        source=source,
-    )
+    return {**_FIT_DEFAULTS[method], **fit}
 
 
 def _or(items) -> str:
@@ -399,9 +561,11 @@ def spec_text(spec: Spec) -> str:
     if spec.description:
         lines.append(f"description = {_toml_value(spec.description)}")
     lines.append(f"seed = {spec.seed}")
-    for name in ("data", "model", "fit"):
+    tables = {"data": spec.data, "source": spec.encoder, "model": spec.model, "fit": spec.fit}
+    for name, table in tables.items():
+        if table is None:
+            continue
         lines.append(f"\n[{name}]")
-        table: dict[str, Any] = getattr(spec, name)
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
     return "\n".join(lines) + "\n"
 

@@ -2,8 +2,10 @@
 
 What the command line does, as Python functions:
 
-* :func:`read_source` reads a text file, a CSV file or a built-in data set
-  (``builtin:pydoc`` text; ``builtin:sunspots``, ``builtin:nile``, ... series);
+* :func:`read_source` reads a text file, a CSV file, a pair file
+  (``source<TAB>target`` lines, :mod:`probseq.data.pairs`) or a built-in data set
+  (``builtin:pydoc`` text; ``builtin:sunspots``, ``builtin:nile``, ... series;
+  ``builtin:reversal`` pairs);
 * :func:`fit_spec` splits the data as the spec says, builds the model, fits it and
   scores the test part, returning a :class:`probseq.io.Run`;
 * :func:`prepare` encodes new data the way a run was trained (its vocabulary or
@@ -40,6 +42,7 @@ __all__ = [
     "fit_fingerprint",
     "prepare",
     "encode",
+    "decode_accuracy",
     "PARTS",
 ]
 
@@ -48,8 +51,9 @@ BUILTIN = "builtin:"
 
 
 class Source(NamedTuple):
-    """Data read for a spec kind: ``text`` (str) or ``values`` (T, D) with column
-    ``names``; ``origin`` says where it came from (for messages)."""
+    """Data read for a spec kind: ``text`` (str), ``values`` (T, D) with column
+    ``names``, or ``pairs`` (:class:`probseq.data.Pairs`); ``origin`` says where it
+    came from (for messages)."""
 
     kind: str
     text: str | None = None
@@ -57,6 +61,7 @@ class Source(NamedTuple):
     names: tuple[str, ...] | None = None
     origin: str = ""
     notice: str = ""  # CSV: the columns used and why any others were left out
+    pairs: data_lib.Pairs | None = None
 
 
 def read_source(kind: str, location, columns=None) -> Source:
@@ -65,9 +70,11 @@ def read_source(kind: str, location, columns=None) -> Source:
     Args:
         kind: what the model expects.
         location: a path (a text file for "text", a CSV file with a header row for
-            "series"), or ``builtin:pydoc`` (English text that ships with Python),
+            "series", a file of ``source<TAB>target`` lines for "pairs"), or
+            ``builtin:pydoc`` (English text that ships with Python),
             ``builtin:<name>`` for a statsmodels series (see
-            :func:`probseq.data.series_names`).
+            :func:`probseq.data.series_names`), ``builtin:reversal`` (pairs, see
+            :func:`probseq.data.builtin_pairs`).
         columns: CSV columns to use (names or indices; None: every numeric column).
 
     Raises:
@@ -75,6 +82,14 @@ def read_source(kind: str, location, columns=None) -> Source:
             built-in name (the message says which).
     """
     location = os.fspath(location)
+    if kind == "pairs":
+        if columns is not None:
+            raise ValueError("--columns applies to CSV files of series, not to pairs.")
+        if location.startswith(BUILTIN):
+            pairs = data_lib.builtin_pairs(location[len(BUILTIN) :])
+        else:
+            pairs = data_lib.read_pairs(location)
+        return Source("pairs", origin=location, pairs=pairs)
     if location.startswith(BUILTIN):
         name = location[len(BUILTIN) :]
         if kind == "text":
@@ -114,24 +129,29 @@ def fit_fingerprint(spec: Spec, source: Source) -> dict:
     defaults filled in: the model and its sizes, the optimizer, its learning rate,
     clipping, patience, epochs, batch size, the EM settings, the cut and split of
     the data) and the identity of the data (its kind, the SHA-256 of its content,
-    its shape and the columns used). Only the description is left out. Two calls
-    with equal fingerprints fit the same model to the same data the same way.
+    its shape and the columns used; for pairs, the SHA-256 of every ``source<TAB>target``
+    line and their number). Only the description is left out. Two calls with equal
+    fingerprints fit the same model to the same data the same way.
     """
     digest = hashlib.sha256()
-    if source.kind == "text":
+    if source.kind == "pairs":
+        sha256, shape = source.pairs.sha256(), [len(source.pairs.sources)]
+    elif source.kind == "text":
         digest.update(source.text.encode("utf-8", "surrogatepass"))
-        shape = [len(source.text)]
+        sha256, shape = digest.hexdigest(), [len(source.text)]
     else:
         values = np.ascontiguousarray(source.values, dtype=np.float64)
         digest.update(values.tobytes())
-        shape = list(values.shape)
+        sha256, shape = digest.hexdigest(), list(values.shape)
     data = {
         "kind": source.kind,
-        "sha256": digest.hexdigest(),
+        "sha256": sha256,
         "shape": shape,
         "columns": None if source.names is None else list(source.names),
     }
     spec_part = {"seed": spec.seed, "data": spec.data, "model": spec.model, "fit": spec.fit}
+    if spec.encoder is not None:
+        spec_part["source"] = spec.encoder
     return json.loads(json.dumps({"spec": spec_part, "data": data}))
 
 
@@ -171,6 +191,8 @@ def fit_spec(
     the units of the data as read, not the standardised ones) and the time.
     """
     _check_kind(spec, source)
+    if spec.kind == "pairs":
+        return _fit_pairs(spec, source, progress=progress, checkpoint_dir=checkpoint_dir, mesh=mesh)
     start = time.perf_counter()
     if spec.kind == "text":
         splits = _splits(spec, source.text)
@@ -225,22 +247,99 @@ def fit_spec(
     )
 
 
+def _fit_pairs(spec: Spec, source: Source, *, progress, checkpoint_dir, mesh) -> Run:
+    """fit_spec for source/target pairs (a Seq2Seq, classifier or tagger)."""
+    start = time.perf_counter()
+    encoding = data_lib.PairEncoding.from_pairs(source.pairs, spec.data["target"])
+    parts = data_lib.pair_splits(*encoding.encode(source.pairs), tuple(spec.data["split"]))
+    model = spec.build_model(
+        vocab_size=encoding.target_vocab_size, source_vocab_size=encoding.source.vocab_size
+    )
+    params = spec.init_params(model)
+    train, valid = parts.train, parts.valid
+    if sharding.is_multiprocess(mesh):
+        raise ValueError("pairs models are fitted on one process (--devices N of this one).")
+    fit = spec.fit_model(
+        model, params, train, valid, progress=progress, checkpoint_dir=checkpoint_dir, mesh=mesh
+    )
+    info = {
+        "source": source.origin,
+        "num_train_pairs": int(train.x.shape[0]),
+        "num_train_symbols": int(train.mask.sum()),
+        "fit_seconds": round(time.perf_counter() - start, 3),
+        "stopped": fit.info.get("stopped"),
+    }
+    from probseq.core import log_prob
+
+    for name in ("valid", "test"):
+        part = getattr(parts, name)
+        total = log_prob(
+            model, fit.params, part.x, part.mask, source=part.source, source_mask=part.source_mask
+        )
+        per = float(np.sum(np.asarray(total, np.float64))) / int(part.mask.sum())
+        info[f"{name}_log_lik"] = per
+        info[f"{name}_bits_per_symbol"] = -per / math.log(2)
+    run = Run(
+        model=model,
+        params=fit.params,
+        spec=spec,
+        history=fit.history,
+        info=info,
+        pair_encoding=encoding,
+    )
+    info["test_exact_match"] = decode_accuracy(run, parts.test)
+    return run
+
+
+def decode_accuracy(run: Run, part: data_lib.PairSplit, batch_size: int = 1000) -> float:
+    """The share of ``part``'s pairs whose greedy decoding (:func:`probseq.decoding.greedy`)
+    equals the target exactly: every symbol and, for target "sequence", the end token
+    at the right place (for "label", the classification accuracy)."""
+    from probseq.decoding import greedy
+
+    num, length = part.x.shape
+    right = 0
+    for i in range(0, num, batch_size):
+        rows = slice(i, i + batch_size)
+        out = greedy(
+            run.model,
+            run.params,
+            length,
+            source=part.source[rows],
+            source_mask=part.source_mask[rows],
+            eos=run.pair_encoding.eos,
+        )
+        same = (np.asarray(out.sequences) == part.x[rows]) | ~part.mask[rows]
+        right += int(same.all(axis=1).sum())
+    return right / num
+
+
 def prepare(
     run: Run, source: Source, part: str = "all", *, layout: Spec | None = None
-) -> data_lib.Split:
+) -> data_lib.Split | data_lib.PairSplit:
     """``source`` encoded as ``run`` was trained (vocabulary / standardisation) and cut
     into the run's sequence length; ``part`` picks the spec's train/valid/test part
     of it, or "all". ``layout``: another spec whose sequence length and split
     fractions cut the data instead (so that runs fitted with different specs score
     the same sequences).
 
+    For pairs: a :class:`probseq.data.PairSplit` (targets and their sources) of all
+    pairs or of the ``part`` of them that the split fractions give, in file order.
+
     Raises:
-        ValueError: a character outside the run's vocabulary, a series with another
-            number of columns, or an unknown part.
+        ValueError: a character outside the run's vocabulary (for pairs: the file,
+            line and symbol), a series with another number of columns, or an
+            unknown part.
     """
     if part not in PARTS:
         raise ValueError(f"part must be one of {', '.join(PARTS)}; got {part!r}.")
     layout = run.spec if layout is None else layout
+    if run.kind == "pairs":
+        _check_kind(run.spec, source)
+        encoded = run.pair_encoding.encode(source.pairs)
+        if part == "all":
+            return data_lib.pair_batch(*encoded)
+        return getattr(data_lib.pair_splits(*encoded, tuple(layout.data["split"])), part)
     encoded = encode(run, source)
     if part == "all":
         return _as_float32(data_lib.cut_rows(encoded, layout.data.get("sequence_length")))
@@ -260,6 +359,12 @@ def encode(run: Run, source: Source) -> np.ndarray:
             another number of columns.
     """
     _check_kind(run.spec, source)
+    if run.kind == "pairs":
+        raise ValueError(
+            f"{run.path or 'this run'} models source/target pairs: use `probseq sample "
+            "--source` / `probseq compare`; forecast, states and diagnose take text and "
+            "series runs."
+        )
     if run.kind == "text":
         try:
             return run.vocabulary.encode(source.text)

@@ -32,6 +32,14 @@ batches (the scaler is fit on the training part only):
     >>> table = read_csv("prices.csv", columns="open,close")  # doctest: +SKIP
     >>> x, mask = from_arrays([np.ones(5), np.ones(3)])       # ragged -> padded
 
+Source/target pairs for conditional models (``source<TAB>target`` lines; see
+:mod:`probseq.data.pairs`):
+    >>> pairs = builtin_pairs("reversal")        # digit strings and their reversals
+    >>> enc = PairEncoding.from_pairs(pairs, "sequence")
+    >>> splits = pair_splits(*enc.encode(pairs))
+    >>> splits.train.source.shape, splits.train.x.shape
+    ((18000, 20), (18000, 21))
+
 Simulated data with known parameters (the occasionally dishonest casino):
     >>> c = casino(seed=0, num_sequences=2, num_timesteps=100)
     >>> c.rolls.shape, c.transition_matrix.tolist()
@@ -41,6 +49,17 @@ Simulated data with known parameters (the occasionally dishonest casino):
 from probseq.data.arrays import from_arrays
 from probseq.data.builtin import Casino, Series, casino, reversal_pairs, series, series_names
 from probseq.data.csv import CsvColumns, read_csv
+from probseq.data.pairs import (
+    PairEncoding,
+    Pairs,
+    PairSplit,
+    PairSplits,
+    builtin_pairs,
+    pair_batch,
+    pair_names,
+    pair_splits,
+    read_pairs,
+)
 from probseq.data.scaling import Standardizer
 from probseq.data.splits import DataSplits, Split, cut_rows, series_splits, text_splits
 from probseq.data.text import CharVocabulary, cut_sequences, pydoc_text, read_text, split_contiguous
@@ -68,4 +87,13 @@ __all__ = [
     "cut_rows",
     "text_splits",
     "series_splits",
+    "Pairs",
+    "PairEncoding",
+    "PairSplit",
+    "PairSplits",
+    "read_pairs",
+    "builtin_pairs",
+    "pair_names",
+    "pair_batch",
+    "pair_splits",
 ]
