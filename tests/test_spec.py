@@ -27,6 +27,12 @@ def _series_source(t=120, d=1, seed=0):
     return workflow.Source("series", values=z, names=tuple(f"c{i}" for i in range(d)), origin="rw")
 
 
+def _pairs_source(n=200):
+    full = probseq.data.builtin_pairs("reversal")
+    pairs = full._replace(sources=full.sources[:n], targets=full.targets[:n], lines=full.lines[:n])
+    return workflow.Source("pairs", origin="reversal[:n]", pairs=pairs)
+
+
 def _minimal(**over):
     d = {
         "data": {"kind": "text"},
@@ -56,16 +62,17 @@ def test_every_spec_loads_fits_a_few_steps_and_scores(path, tmp_path):
     s = spec.load_spec(path)
     short = {"em": {"num_iters": 2}, "ls": {}}.get(s.method, {"num_epochs": 1})
     s = s.replace(fit=short)
-    source = _text_source() if s.kind == "text" else _series_source()
+    source = {"text": _text_source, "series": _series_source, "pairs": _pairs_source}[s.kind]()
     run = workflow.fit_spec(s, source, progress=False)
     assert math.isfinite(run.info["test_log_lik"])
     test = workflow.prepare(run, source, "test")
-    lp = probseq.log_prob(run.model, run.params, test.x, test.mask)
+    src = {"source": test.source, "source_mask": test.source_mask} if s.kind == "pairs" else {}
+    lp = probseq.log_prob(run.model, run.params, test.x, test.mask, **src)
     assert np.isfinite(np.asarray(lp)).all()
     # the same run, saved and loaded, scores identically
     loaded = io.load(io.save_run(run, tmp_path / "run"))
     np.testing.assert_array_equal(
-        np.asarray(probseq.log_prob(loaded.model, loaded.params, test.x, test.mask)),
+        np.asarray(probseq.log_prob(loaded.model, loaded.params, test.x, test.mask, **src)),
         np.asarray(lp),
     )
 
