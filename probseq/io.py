@@ -105,7 +105,9 @@ class Run:
 
     def encode(self, source) -> np.ndarray:
         """Model-space data: text -> (T,) ids; a real series (T,) / (T, D) ->
-        standardized (T, D) (when the run standardizes)."""
+        standardized (T, D) (when the run standardizes). A pairs run encodes with
+        ``pair_encoding`` (:class:`probseq.data.PairEncoding`)."""
+        self._not_pairs("encode")
         if self.kind == "text":
             return self.vocabulary.encode(source)
         values = np.asarray(source, dtype=np.float64)
@@ -119,10 +121,18 @@ class Run:
 
     def decode(self, x):
         """Back from model space: ids -> str; standardized values -> original units."""
+        self._not_pairs("decode")
         if self.kind == "text":
             return self.vocabulary.decode(np.asarray(x))
         x = np.asarray(x, dtype=np.float64)
         return x if self.scaler is None else self.scaler.inverse(x)
+
+    def _not_pairs(self, what: str) -> None:
+        if self.kind == "pairs":
+            raise ValueError(
+                f"a pairs run has no {what}(); use run.pair_encoding (encode, encode_source, "
+                "decode_target)."
+            )
 
     def log_det_jacobian(self) -> float:
         """log|det J| per step of :meth:`encode` (nats): a density of the encoded data
@@ -133,7 +143,7 @@ class Run:
     @property
     def obs_dim(self) -> int | None:
         """Columns per step (series), else None."""
-        return None if self.kind == "text" else len(self.columns)
+        return len(self.columns) if self.kind == "series" else None
 
     def log_prob(self, x, mask=None, *, source=None, source_mask=None):
         """probseq.log_prob of encoded data under this run's model (``source=``: the
