@@ -664,7 +664,8 @@ def test_text_splits_feed_a_categorical_hmm():
 _PUBLIC = (
     "pad_sequences pydoc_text CharVocabulary split_contiguous cut_sequences read_text read_csv "
     "CsvColumns from_arrays Standardizer casino Casino series series_names Series Split "
-    "DataSplits cut_rows text_splits series_splits"
+    "DataSplits cut_rows text_splits series_splits reversal_pairs Pairs PairEncoding PairSplit "
+    "PairSplits read_pairs builtin_pairs pair_names pair_batch pair_splits"
 ).split()
 
 

@@ -280,6 +280,7 @@ class PairEncoding:
 
     @classmethod
     def from_dict(cls, d: dict) -> PairEncoding:
+        """The encoding :meth:`to_dict` wrote."""
         return cls(CharVocabulary(d["source"]), d["target"], tuple(d["symbols"]))
 
 
