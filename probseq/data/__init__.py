@@ -30,6 +30,7 @@ batches (the scaler is fit on the training part only):
     (1, 80, 1)
     >>> orig = splits.scaler.inverse(splits.valid.x)   # back to 10^8 m^3
     >>> table = read_csv("prices.csv", columns="open,close")  # doctest: +SKIP
+    >>> import numpy as np
     >>> x, mask = from_arrays([np.ones(5), np.ones(3)])       # ragged -> padded
 
 Source/target pairs for conditional models (``source<TAB>target`` lines; see
