@@ -18,6 +18,8 @@ without inputs). Covariances travel as lower Cholesky factors ("scales", L L^T =
 - :func:`information_log_partition`: log p(y) from the model's *natural* parameters
   (the information form), the function whose gradient is the E-step of
   :mod:`probseq.fit.lds_em`.
+- :func:`stationary_distribution`: the stationary N(m, P) of z_{t+1} = A z_t + b + w_t
+  (P = A P A^T + Q by square-root doubling), or a flag that there is none.
 
 A masked step (``mask[t]`` False) is a missing observation: no conditioning, no
 log-likelihood; the state is only predicted on. A padded tail therefore leaves the
@@ -47,6 +49,9 @@ __all__ = [
     "parallel_rts_smoother",
     "rts_smoother",
     "information_log_partition",
+    "LDSStationary",
+    "stationary_distribution",
+    "NUM_DOUBLINGS",
 ]
 
 
@@ -193,6 +198,73 @@ def kalman_filter(
 
     _, out = jax.lax.scan(step, (initial_mean, initial_scale), (ys, b, d, valid))
     return LDSFiltered(*out)
+
+
+#: Doublings :func:`stationary_distribution` runs: the sum it forms has 2**40 terms,
+#: enough for a spectral radius up to about 1 - 1e-11 (beyond float32's resolution of 1).
+NUM_DOUBLINGS = 40
+
+
+class LDSStationary(NamedTuple):
+    """What :func:`stationary_distribution` returns.
+
+    mean: (n,) the stationary mean (I - A)^-1 b.
+    scale: (n, n) lower Cholesky factor of the stationary covariance P = A P A^T + Q.
+    stable: () bool, whether the dynamics have a stationary distribution (to working
+        precision); where False, ``mean`` and ``scale`` mean nothing.
+    """
+
+    mean: jax.Array
+    scale: jax.Array
+    stable: jax.Array
+
+
+def stationary_distribution(
+    dynamics, dynamics_scale, offset=None, *, num_doublings: int = NUM_DOUBLINGS
+) -> LDSStationary:
+    r"""The stationary distribution of z_{t+1} = A z_t + b + w_t, w_t ~ N(0, Q).
+
+    The covariance solves the discrete Lyapunov equation :math:`P = A P A^T + Q`, i.e.
+    :math:`P = \sum_{k \ge 0} A^k Q (A^T)^k`, summed by doubling: with
+    :math:`P_0 = Q, A_0 = A`, :math:`P_{j+1} = P_j + A_j P_j A_j^T` and
+    :math:`A_{j+1} = A_j^2`, so :math:`P_j` holds the first :math:`2^j` terms. It is
+    carried as a Cholesky factor, :math:`L_{j+1} = \mathrm{tria}([L_j, A_j L_j])`
+    (:func:`tria`), so it stays positive definite in float32. The truncation error is
+    :math:`A_J P A_J^T` with :math:`A_J = A^{2^J}`, so the sum has converged to relative
+    accuracy eps when :math:`\max |A_J| \le \sqrt{\epsilon}`; that is the ``stable``
+    test, which fails (rather than returning a huge or infinite P) when A has an
+    eigenvalue of modulus >= 1 or so close to 1 that 2**num_doublings steps do not
+    forget the start. The mean solves m = A m + b.
+
+    Args:
+        dynamics: A (n, n).
+        dynamics_scale: Q^1/2 (n, n), any square root of Q (e.g. its Cholesky factor).
+        offset: b (n,) (None: zeros, so the mean is 0).
+        num_doublings: J, the number of doublings.
+
+    Returns:
+        :class:`LDSStationary`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> st = stationary_distribution(jnp.array([[0.5]]), jnp.array([[1.0]]))
+        >>> round(float(st.scale[0, 0] ** 2), 6), bool(st.stable)  # 1 / (1 - 0.25)
+        (1.333333, True)
+    """
+    n = dynamics.shape[0]
+    dtype = dynamics.dtype
+
+    def double(_, carry):
+        power, scale = carry
+        scale = tria(jnp.concatenate([scale, _mm(power, scale)], axis=1))
+        return _mm(power, power), scale
+
+    power, scale = jax.lax.fori_loop(0, num_doublings, double, (dynamics, dynamics_scale))
+    tol = math.sqrt(float(jnp.finfo(dtype).eps))
+    stable = jnp.all(jnp.abs(power) <= tol) & jnp.all(jnp.isfinite(scale))
+    b = jnp.zeros((n,), dtype) if offset is None else offset
+    mean = jnp.linalg.solve(jnp.eye(n, dtype=dtype) - dynamics, b)
+    return LDSStationary(mean, scale, stable)
 
 
 def _gram(scale):

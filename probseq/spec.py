@@ -399,7 +399,8 @@ def parse_spec(d: dict, *, source: str = "<dict>") -> Spec:
         if "source" in d:
             raise SpecError(f"{source}: [source] (an encoder) applies to kind = 'pairs' only.")
         encoder, (model, family, fit_methods) = None, _model_table(d, kind, source)
-    fit = _fit_table(d, family, fit_methods, source)
+    fit_keys = None if kind == "pairs" else FAMILY_SPECS[model["family"]].fit_keys
+    fit = _fit_table(d, family, fit_methods, source, fit_keys)
     return Spec(
         data=data,
         model=model,
@@ -509,8 +510,9 @@ def _model_table(d: dict, kind: str, source: str):
     return model, repr(family), fam.fit_methods
 
 
-def _fit_table(d: dict, family: str, fit_methods, source: str) -> dict:
-    """The checked [fit] table, for a model (``family``) fitted by ``fit_methods``."""
+def _fit_table(d: dict, family: str, fit_methods, source: str, fit_keys=None) -> dict:
+    """The checked [fit] table, for a model (``family``) fitted by ``fit_methods`` that
+    takes ``fit_keys`` of its own (:attr:`probseq.families.registry.FamilySpec.fit_keys`)."""
     if not isinstance(d["fit"], dict):
         raise SpecError(f"{source}: [fit] must be a table.")
     method = _require(d["fit"], "method", "[fit]", source)
@@ -518,7 +520,8 @@ def _fit_table(d: dict, family: str, fit_methods, source: str) -> dict:
         raise SpecError(
             f"{source}: [fit].method must be {_or(repr(m) for m in _FIT_METHODS)}; got {method!r}."
         )
-    fit = _check_table(d["fit"], _FIT[method], f"[fit] (method {method!r})", source)
+    allowed_fit = {**_FIT[method], **(fit_keys or {}).get(method, {})}  # + the family's own
+    fit = _check_table(d["fit"], allowed_fit, f"[fit] (method {method!r})", source)
     if method not in fit_methods:
         fitted = [n for n, f in FAMILY_SPECS.items() if method in f.fit_methods]
         raise SpecError(

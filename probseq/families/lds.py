@@ -59,10 +59,14 @@ from probseq.lds_inference import (
 )
 from probseq.scan import EXACT
 
-__all__ = ["LDS", "LDSState", "LDSMatrices", "LDSFilterResult", "SCAN_CHOICES"]
+__all__ = ["LDS", "LDSState", "LDSMatrices", "LDSFilterResult", "SCAN_CHOICES", "INITIAL_CHOICES"]
 
 #: The ``scan=`` choices of an LDS.
 SCAN_CHOICES = ("auto", "sequential", "parallel")
+
+#: The ``initial=`` choices of :func:`probseq.fit_lds_em` (how EM fits the initial
+#: distribution; a spec's ``[fit] initial``), the default first.
+INITIAL_CHOICES = ("stationary", "learn", "fixed")
 
 #: "auto" filters in parallel on an accelerator from this many steps on. Provisional:
 #: not measured on a GPU for the LDS (the HMM's associative scan pays there from a few
@@ -386,4 +390,5 @@ SPEC = FamilySpec(
     heads=("normal",),
     required=("state_dim",),
     fit_methods=("sgd", "em"),
+    fit_keys={"em": {"initial": choice(*INITIAL_CHOICES)}},
 )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from probseq import heads as heads_lib
@@ -110,6 +111,8 @@ class FamilySpec(NamedTuple):
             for series data; ``'categorical'`` is the default for text).
         required: keys a spec must give.
         fit_methods: ``[fit].method`` values that fit this family ("sgd", "em", "ls").
+        fit_keys: ``[fit]`` keys only this family takes, by method, beside the method's
+            own (``{"em": {"initial": choice(...)}}``); passed to the fitter as keywords.
     """
 
     name: str
@@ -119,6 +122,7 @@ class FamilySpec(NamedTuple):
     heads: tuple[str, ...] = HEADS
     required: tuple[str, ...] = ()
     fit_methods: tuple[str, ...] = ("sgd",)
+    fit_keys: Mapping[str, Mapping[str, Key]] = MappingProxyType({})
 
     def check(self):
         """Raise ValueError if the description is inconsistent (checked on register)."""
@@ -135,6 +139,12 @@ class FamilySpec(NamedTuple):
             raise ValueError(f"family {self.name!r}: required keys {missing} are not in keys.")
         if any(not isinstance(k, Key) for k in self.keys.values()):
             raise ValueError(f"family {self.name!r}: every key's check must be a Key.")
+        stray = [m for m in self.fit_keys if m not in self.fit_methods]
+        if stray:
+            raise ValueError(f"family {self.name!r}: fit_keys for methods {stray} it is "
+                             f"not fitted by (fit_methods {self.fit_methods}).")  # fmt: skip
+        if any(not isinstance(k, Key) for t in self.fit_keys.values() for k in t.values()):
+            raise ValueError(f"family {self.name!r}: every fit key's check must be a Key.")
 
 
 _REGISTRY: dict[str, FamilySpec] = {}
@@ -158,6 +168,4 @@ def register(spec: FamilySpec) -> FamilySpec:
 
 def registered() -> Mapping[str, FamilySpec]:
     """The registered families by name, in registration order (a read-only view)."""
-    from types import MappingProxyType
-
     return MappingProxyType(_REGISTRY)

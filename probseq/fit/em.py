@@ -448,6 +448,7 @@ def fit_em(
     estep: str = "auto",
     progress: bool = False,
     mesh=None,
+    initial: str | None = None,
 ) -> FitResult:
     """Fit an HMM by expectation-maximisation.
 
@@ -491,6 +492,8 @@ def fit_em(
         mesh: a ``jax.sharding.Mesh``: split the sequences over its devices
             (parameters replicated; expected statistics summed across devices by XLA).
             The same fit as on one device (:mod:`probseq.sharding`).
+        initial: LDS only: how its initial distribution is fitted (``initial=`` of
+            :func:`probseq.fit_lds_em`; None: its default, "stationary").
 
     Returns:
         :class:`FitResult` with the fitted params; its :class:`FitHistory` has one entry
@@ -502,7 +505,12 @@ def fit_em(
     """
     if isinstance(model, LDS):
         return _fit_lds(model, params, data, mask, inputs, num_iters, tol, prior,
-                        num_restarts, estep, progress, mesh)  # fmt: skip
+                        num_restarts, estep, progress, mesh, initial)  # fmt: skip
+    if initial is not None:
+        raise ValueError(
+            "initial= is a setting of an LDS's EM (probseq.fit_lds_em); an HMM's initial "
+            f"probabilities are always learned; got {initial=}."
+        )
     _check_hmm(model)
     _check_estep(estep)
     num_iters = validation.check_int("num_iters", num_iters)
@@ -581,7 +589,7 @@ def fit_em(
 
 
 def _fit_lds(model, params, data, mask, inputs, num_iters, tol, prior, restarts, estep, progress,
-             mesh):  # fmt: skip
+             mesh, initial):  # fmt: skip
     """fit_em of a linear-Gaussian state-space model: :func:`probseq.fit_lds_em` (the
     HMM-only settings refused by name)."""
     from probseq.fit.lds_em import fit_lds_em
@@ -595,9 +603,10 @@ def _fit_lds(model, params, data, mask, inputs, num_iters, tol, prior, restarts,
                 f"fit_em of {model!r} (a linear-Gaussian state-space model, by "
                 f"probseq.fit_lds_em) takes no {name}=; got {name}={value!r}."
             )
+    extra = {} if initial is None else {"initial": initial}
     return fit_lds_em(
         model, params, data, mask=mask, inputs=inputs, num_iters=num_iters, tol=tol,
-        progress=progress,
+        progress=progress, **extra,
     )  # fmt: skip
 
 

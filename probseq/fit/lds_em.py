@@ -24,10 +24,35 @@ coordinates: differentiating with respect to A, Q, ... would give
 
 **The M-step** is closed form, the maximum-likelihood regressions on the expected
 statistics: [A B] from regressing z_{t+1} on (z_t, u_t), Q their residual covariance;
-[C D] from regressing y_t on (z_t, u_t), R its residual covariance; m_0 and S_0 the mean
-and covariance of z_1 (over sequences). The log-likelihood never decreases (in float64
-to rounding; in float32 the information-form sums carry ~1e-5 relative rounding, which
-is what a float32 fit's history can wobble by: fit in float64 where that matters).
+[C D] from regressing y_t on (z_t, u_t), R its residual covariance. The initial
+distribution N(m_0, S_0) is set by ``initial=`` (:data:`INITIAL_CHOICES`):
+
+- ``"stationary"`` (the default; statsmodels' choice for a stationary state-space model):
+  after each M-step (and once at the start) N(m_0, S_0) is the stationary distribution
+  of the new dynamics, S_0 = A S_0 A^T + Q and m_0 = A m_0 + B u-bar, with u-bar the
+  mean training input (0 without inputs)
+  (:func:`probseq.lds_inference.stationary_distribution`). Where A has no stationary
+  distribution (an eigenvalue of modulus >= 1), the previous m_0, S_0 are kept and the
+  iteration is listed in ``info["nonstationary_iterations"]``.
+- ``"learn"`` (dynamax's ``fit_em``): m_0, S_0 the mean and covariance of the smoothed
+  z_1 over sequences, their maximum-likelihood update.
+- ``"fixed"``: m_0, S_0 stay those of the starting parameters (bit for bit).
+
+Why the default is not the maximum-likelihood update: probseq scores every sequence
+(a validation or test part too) from the initial state, and from a single training
+sequence the update sets S_0 to the smoothed covariance of one z_1, nearly singular,
+so any other sequence's first step costs hundreds of nats (a sunspots fit: valid 51.6
+bits/step against SGD's 7.5, see models/README.md). With several independent
+sequences that share a start (trials from rest), ``"learn"`` estimates that start.
+
+"learn" and "fixed" are exact EM (coordinate-wise for "fixed"): the log-likelihood
+never decreases (in float64 to rounding; in float32 the information-form sums carry
+~1e-5 relative rounding, which is what a float32 fit's history can wobble by: fit in
+float64 where that matters). "stationary" is not: its M-step for A and Q ignores that
+S_0 and m_0 now depend on them, so the initial term can fall by more than the rest
+gains and the log-likelihood *can* decrease. It is one term against T - 1 transitions,
+so on long sequences the changes are tiny (the tests measure them), but its history is
+not guaranteed monotone.
 
 Example:
     >>> import jax, probseq
@@ -50,18 +75,22 @@ import numpy as np
 
 from probseq import validation
 from probseq.core import as_batch
-from probseq.families.lds import LDS, LDSMatrices
+from probseq.families.lds import INITIAL_CHOICES, LDS, LDSMatrices
 from probseq.fit.result import FitResult
-from probseq.lds_inference import LDSNatural, information_log_partition
+from probseq.lds_inference import LDSNatural, information_log_partition, stationary_distribution
 from probseq.scan import EXACT
 
 __all__ = [
+    "INITIAL_CHOICES",
     "LDSStatistics",
     "natural_parameters",
     "lds_expected_statistics",
     "lds_m_step",
     "fit_lds_em",
 ]
+
+
+_INITIAL_LEAVES = ("initial_mean", "initial_log_scale", "initial_scale_lower")
 
 
 def _mm(a, b):
@@ -232,10 +261,52 @@ def lds_m_step(model: LDS, stats: LDSStatistics) -> LDSMatrices:
     )
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _em_step(model, params, x, mask, inputs):
+def _with_initial(params, source):
+    return {**params, **{name: source[name] for name in _INITIAL_LEAVES}}
+
+
+def _stationary_initial(model, params, mean_input):
+    """``params`` with N(m_0, S_0) the stationary distribution of their dynamics driven
+    by the input ``mean_input`` (m,), unchanged where there is none; and whether there is."""
+    mats = model.matrices(params)
+    offset = _mm(mats.dynamics_input, mean_input)
+    st = stationary_distribution(
+        mats.dynamics, jnp.linalg.cholesky(mats.dynamics_covariance), offset
+    )
+    tied = {
+        "initial_mean": st.mean,
+        "initial_log_scale": jnp.log(jnp.diagonal(st.scale)),
+        "initial_scale_lower": jnp.tril(st.scale, -1),
+    }
+    tied = {name: jnp.where(st.stable, tied[name], params[name]) for name in _INITIAL_LEAVES}
+    return {**params, **tied}, st.stable
+
+
+_stationary_initial_jit = jax.jit(_stationary_initial, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _em_step(model, initial, params, x, mask, inputs, mean_input):
+    """One EM iteration: (new params, log p(y | params), whether the new dynamics have a
+    stationary distribution (always True unless ``initial == "stationary"``))."""
     stats = lds_expected_statistics(model, params, x, mask, inputs)
-    return model.params_from_matrices(lds_m_step(model, stats)), stats.log_likelihood
+    new = model.params_from_matrices(lds_m_step(model, stats))
+    stable = jnp.ones((), bool)
+    if initial == "fixed":
+        new = _with_initial(new, params)
+    elif initial == "stationary":
+        new, stable = _stationary_initial(model, new, mean_input)
+    return new, stats.log_likelihood, stable
+
+
+def _mean_input(model, batch, params):
+    """The mean input u-bar (m,) over the observed steps (zeros without inputs)."""
+    dtype = params["dynamics"].dtype
+    if batch.inputs is None or not model.input_dim:
+        return jnp.zeros((model.input_dim,), dtype)
+    w = np.asarray(batch.mask, np.float64)
+    total = np.einsum("bt,btm->m", w, np.asarray(batch.inputs, np.float64))
+    return jnp.asarray(total / w.sum(), dtype)
 
 
 def fit_lds_em(
@@ -247,6 +318,7 @@ def fit_lds_em(
     inputs=None,
     num_iters: int = 100,
     tol: float = 1e-6,
+    initial: str = "stationary",
     progress: bool = False,
 ) -> FitResult:
     """Fit a :class:`probseq.LDS` by expectation-maximisation (closed-form M-step; the
@@ -260,22 +332,33 @@ def fit_lds_em(
         inputs: (T, m) / (B, T, m) inputs for a model with ``input_dim > 0``.
         num_iters: at most this many iterations.
         tol: stop when the log-likelihood changes by at most ``tol`` times its magnitude.
+        initial: how the initial distribution N(m_0, S_0) is fitted (the module
+            docstring): "stationary" (the stationary distribution of the fitted dynamics;
+            the default, sane for one long series and for windows of one), "learn" (the
+            maximum-likelihood update, as dynamax; for many sequences sharing a start)
+            or "fixed" (kept as in ``params``).
         progress: show a tqdm progress bar.
 
     Returns:
         :class:`probseq.FitResult`: the fitted params; ``history["log_likelihood"]``
-        holds log p(y | params) before each M-step (as fit_em); ``info`` the iterations
-        run and whether the fit converged.
+        holds log p(y | params) before each M-step (as fit_em; with "stationary" the
+        first entry is of ``params`` with their stationary start); ``info`` the
+        iterations run, whether the fit converged, ``initial``, and with "stationary"
+        ``nonstationary_iterations``: the iterations (0: the start, i: after the i-th
+        M-step) whose dynamics had no stationary distribution, so the previous
+        initial distribution was kept.
 
     Raises:
-        ValueError: a model that is not an LDS, bad data (as for ``log_prob``), or fewer
-            than two observed steps in every sequence (no transition to fit A and Q on).
+        ValueError: a model that is not an LDS, bad data (as for ``log_prob``), fewer
+            than two observed steps in every sequence (no transition to fit A and Q
+            on), or an ``initial`` not in :data:`INITIAL_CHOICES`.
     """
     if not isinstance(model, LDS):
         raise ValueError(f"fit_lds_em fits a probseq.LDS; got {model!r} "
                          "(fit_em fits HMMs, fit_ls AR models, fit_sgd every model).")  # fmt: skip
     num_iters = validation.check_int("num_iters", num_iters)
     tol = validation.check_nonnegative_float("tol", tol)
+    validation.check_choice("initial", initial, INITIAL_CHOICES)
     batch = as_batch(model, params, data, mask, inputs, name="data")
     num_pairs = int(np.sum(np.asarray(batch.mask)[:, 1:]))
     if num_pairs < 1:
@@ -288,13 +371,23 @@ def fit_lds_em(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_iters, desc="EM", unit="iter")
+    mean_input = _mean_input(model, batch, params)
+    unstable = []
+    if initial == "stationary":
+        params, stable = _stationary_initial_jit(model, params, mean_input)
+        if not bool(stable):
+            unstable.append(0)
     history, converged = [], False
     for _ in range(num_iters):
-        new, loglik = _em_step(model, params, batch.x, batch.mask, batch.inputs)
+        new, loglik, stable = _em_step(
+            model, initial, params, batch.x, batch.mask, batch.inputs, mean_input
+        )
         history.append(float(loglik))
         if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(new)):
             break  # a degenerate M-step (e.g. a singular regression): keep the last params
         params = new
+        if not bool(stable):
+            unstable.append(len(history))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(log_likelihood=f"{history[-1]:.4f}")
@@ -304,5 +397,7 @@ def fit_lds_em(
     if bar is not None:
         bar.close()
     info = {"method": "em", "num_iters": len(history), "converged": converged,
-            "num_steps": int(np.sum(np.asarray(batch.mask)))}  # fmt: skip
+            "num_steps": int(np.sum(np.asarray(batch.mask))), "initial": initial}  # fmt: skip
+    if initial == "stationary":
+        info["nonstationary_iterations"] = unstable
     return FitResult(params=params, history={"log_likelihood": np.array(history)}, info=info)
