@@ -212,3 +212,14 @@ def test_bad_initial_is_refused_by_name(tmp_path):
     train = Split(np.random.default_rng(0).normal(size=(1, 12, 1)), np.ones((1, 12), bool))
     fit = s.fit_model(model, s.init_params(model), train, progress=False)
     assert fit.info["initial"] == "fixed"
+
+
+def test_family_fit_keys_are_checked():
+    from probseq.families.lds import SPEC
+    from probseq.families.registry import POSITIVE_INT
+
+    assert "initial" in SPEC.fit_keys["em"]
+    with pytest.raises(ValueError, match=r"fit_keys for methods \['ls'\]"):
+        SPEC._replace(fit_keys={"ls": {"x": POSITIVE_INT}}).check()
+    with pytest.raises(ValueError, match="every fit key's check must be a Key"):
+        SPEC._replace(fit_keys={"em": {"initial": "learn"}}).check()
