@@ -345,7 +345,9 @@ def test_em_never_decreases_with_inputs_and_ragged_batches():
     with jax.enable_x64(True):
         model, _, y, mask, u = _ragged_batch_with_inputs()
         start = model.init(jax.random.key(30))
-        fit = probseq.fit_lds_em(model, start, y, mask=mask, inputs=u, num_iters=25, tol=0.0)
+        fit = probseq.fit_lds_em(
+            model, start, y, mask=mask, inputs=u, num_iters=25, tol=0.0, initial="learn"
+        )
         ll = fit.history["log_likelihood"]
         assert len(ll) == 25
         assert np.all(np.diff(ll) >= -1e-9 * np.abs(ll[:-1])), np.diff(ll)
