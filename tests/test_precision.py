@@ -101,11 +101,32 @@ def test_posterior_kernels_are_highest(which, scan, kernel):
     mask = jnp.ones(x.shape[:2], bool)
     fn = getattr(hmm_module, kernel).__wrapped__
     if kernel == "_sample_states_kernel":
-        closed = jax.make_jaxpr(fn, static_argnums=(0, 5))(
-            model, params, jax.random.key(1), x, mask, 2
+        closed = jax.make_jaxpr(fn, static_argnums=(0, 6))(
+            model, params, jax.random.key(1), x, mask, None, 2
         )
     else:
-        closed = jax.make_jaxpr(fn, static_argnums=0)(model, params, x, mask)
+        closed = jax.make_jaxpr(fn, static_argnums=0)(model, params, x, mask, None)
+    assert_all_highest(closed, kernel)
+
+
+@pytest.mark.parametrize(
+    "kernel", ["_filter_kernel", "_smoother_kernel", "_viterbi_kernel", "_sample_states_kernel"]
+)
+def test_input_driven_posterior_kernels_are_highest(kernel):
+    """An input-driven HMM's kernels: A_t = softmax(logits + W u_t) per step, and the
+    per-step products of the filter, smoother, counts and predictions."""
+    model = probseq.CategoricalHMM(3, 5, input_dim=2)
+    params = model.init(jax.random.key(0))
+    x = jnp.zeros((2, 7), jnp.int32)
+    mask = jnp.ones(x.shape, bool)
+    us = jnp.ones((2, 7, 2), jnp.float32)
+    fn = getattr(hmm_module, kernel).__wrapped__
+    if kernel == "_sample_states_kernel":
+        closed = jax.make_jaxpr(fn, static_argnums=(0, 6))(
+            model, params, jax.random.key(1), x, mask, us, 2
+        )
+    else:
+        closed = jax.make_jaxpr(fn, static_argnums=0)(model, params, x, mask, us)
     assert_all_highest(closed, kernel)
 
 
