@@ -99,14 +99,17 @@ def test_log_prob_is_highest(which, scan):
 def test_posterior_kernels_are_highest(which, scan, kernel):
     model, params, x = _models(scan)[which]
     mask = jnp.ones(x.shape[:2], bool)
+    assert_all_highest(_kernel_jaxpr(kernel, model, params, x, mask, None), kernel)
+
+
+def _kernel_jaxpr(kernel, model, params, x, mask, us):
+    """The jaxpr of a posterior kernel of probseq.families.hmm (inputs us or None)."""
     fn = getattr(hmm_module, kernel).__wrapped__
     if kernel == "_sample_states_kernel":
-        closed = jax.make_jaxpr(fn, static_argnums=(0, 6))(
-            model, params, jax.random.key(1), x, mask, None, 2
+        return jax.make_jaxpr(fn, static_argnums=(0, 6))(
+            model, params, jax.random.key(1), x, mask, us, 2
         )
-    else:
-        closed = jax.make_jaxpr(fn, static_argnums=0)(model, params, x, mask, None)
-    assert_all_highest(closed, kernel)
+    return jax.make_jaxpr(fn, static_argnums=0)(model, params, x, mask, us)
 
 
 @pytest.mark.parametrize(
@@ -120,14 +123,7 @@ def test_input_driven_posterior_kernels_are_highest(kernel):
     x = jnp.zeros((2, 7), jnp.int32)
     mask = jnp.ones(x.shape, bool)
     us = jnp.ones((2, 7, 2), jnp.float32)
-    fn = getattr(hmm_module, kernel).__wrapped__
-    if kernel == "_sample_states_kernel":
-        closed = jax.make_jaxpr(fn, static_argnums=(0, 6))(
-            model, params, jax.random.key(1), x, mask, us, 2
-        )
-    else:
-        closed = jax.make_jaxpr(fn, static_argnums=0)(model, params, x, mask, us)
-    assert_all_highest(closed, kernel)
+    assert_all_highest(_kernel_jaxpr(kernel, model, params, x, mask, us), kernel)
 
 
 @pytest.mark.parametrize("model,params,x", MODELS, ids=IDS)
