@@ -1014,7 +1014,8 @@ def hmm_posterior_sample(
     Args:
         key: a PRNG key.
         initial_probs: (K,) p(z_1).
-        transition_matrix: (K, K) with A[i, j] = p(z_{t+1} = j | z_t = i).
+        transition_matrix: (K, K) with A[i, j] = p(z_{t+1} = j | z_t = i), or (T, K, K)
+            with A_t the transition out of step t (an input-driven HMM).
         log_likelihoods: (T, K) log p(x_t | z_t = k).
         mask: (T,) bool prefix mask (valid steps first, then padding), or None.
 

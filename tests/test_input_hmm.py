@@ -262,3 +262,24 @@ def test_smoother_counts_with_a_matrix_per_step_equal_the_autodiff_estep():
     np.testing.assert_allclose(
         post.marginal_loglik, probseq.log_prob(hmm, params, x[0], inputs=u[0]), rtol=1e-6
     )
+
+
+def test_kernels_refuse_a_matrix_per_step_where_they_take_one():
+    from probseq.hmm_inference import hmm_filter_batch, hmm_smoother_from_likelihoods
+
+    pi = jnp.array([0.5, 0.5])
+    a = jnp.tile(jnp.array([[0.9, 0.1], [0.2, 0.8]]), (1, 6, 1, 1))  # (B, T, K, K)
+    ll = jnp.zeros((1, 6, 2))
+    for method in ("chunked", "parallel"):
+        with pytest.raises(ValueError, match="method='sequential'"):
+            hmm_filter_batch(pi, a, ll, method=method)
+    with pytest.raises(ValueError, match=r"\(B, T, K, K\)"):
+        hmm_filter_batch(pi, a[:, :5], ll)  # one step short
+    lik, shift = jnp.ones((1, 6, 2)), jnp.zeros((1, 6))
+    with pytest.raises(ValueError, match="one transition matrix"):
+        hmm_smoother_from_likelihoods(pi, a, lik, shift, method="chunked")
+    with pytest.raises(ValueError, match=r"\(B, T, K, K\)"):
+        hmm_smoother_from_likelihoods(pi, a[:, :5], lik, shift)
+    # The sequential path with a matrix per step equal to the one matrix: the same filter.
+    got = hmm_filter_batch(pi, a, ll).filtered_probs
+    np.testing.assert_allclose(got, hmm_filter_batch(pi, a[0, 0], ll).filtered_probs, atol=1e-7)
