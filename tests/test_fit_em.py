@@ -386,3 +386,66 @@ def test_chunked_estep_equals_hmmlearn_and_forward_backward():
     np.testing.assert_allclose(
         multi.info["restart_objectives"][0], single.history["objective"][-1], rtol=1e-10
     )
+
+
+@pytest.mark.parametrize("family", ["categorical", "gaussian"])
+def test_fit_em_chunked_equals_forward_backward(family):
+    """fit_em's chunked E-step runs in the chunks' own layout (time-major rows; the
+    observations reordered to meet their posteriors, the first step of each sequence
+    found among the rows) and its sums skip the (B, T) order: five EM iterations equal
+    the sequential E-step's (float64, 1e-9), with ragged lengths, many chunks per
+    sequence, categorical and 2-D Gaussian emissions, and padding that holds garbage."""
+    rng = np.random.default_rng(11)
+    k, lengths = 3, [300, 129, 7, 450]
+    pi, a = rng.dirichlet(np.ones(k)), rng.dirichlet(np.ones(k) * 2, size=k)
+    mask = np.arange(max(lengths))[None, :] < np.asarray(lengths)[:, None]
+    if family == "categorical":
+        v = 5
+        model = probseq.CategoricalHMM(k, v)
+        params = _init_categorical64(model, pi, a, rng.dirichlet(np.ones(v), size=k))
+        x = np.where(mask, rng.integers(0, v, mask.shape), 3)
+    else:
+        d = 2
+        model = probseq.GaussianHMM(k, d)
+        params = _init_gaussian64(
+            model, pi, a, rng.normal(size=(k, d)) * 2, rng.uniform(0.5, 1.5, (k, d))
+        )
+        x = np.where(mask[..., None], rng.normal(size=mask.shape + (d,)) * 1.5, 1e3)
+    assert emmod._resolve_estep("auto", len(lengths), max(lengths), k) == "chunked"
+    fits = {
+        estep: fit_em(model, params, x, mask=mask, num_iters=5, tol=0.0, estep=estep)
+        for estep in ("chunked", "forward_backward")
+    }
+    got, ref = fits["chunked"], fits["forward_backward"]
+    np.testing.assert_allclose(
+        got.history["log_likelihood"], ref.history["log_likelihood"], rtol=1e-10
+    )
+    for g, r in zip(jax.tree.leaves(got.params), jax.tree.leaves(ref.params), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-9, atol=1e-12)
+
+
+def test_fit_em_chunked_first_steps_use_the_initial_support():
+    """The chunked E-step finds each sequence's first step among its rows: there the
+    likelihoods are scaled over the states p(z_1) allows. A state the chain cannot
+    start in whose density at x_1 is exp(800) times the others' would, scaled over all
+    states, underflow the others to 0 (log p = -inf); here both E-steps agree and stay
+    finite."""
+    rng = np.random.default_rng(12)
+    k, d, lengths = 3, 1, [300, 129, 7, 450]
+    pi = np.array([0.0, 0.4, 0.6])
+    a = rng.dirichlet(np.ones(k) * 2, size=k)
+    mask = np.arange(max(lengths))[None, :] < np.asarray(lengths)[:, None]
+    x = rng.normal(size=mask.shape + (d,)) + 40.0
+    x[:, 0] = 0.0
+    model = probseq.GaussianHMM(k, d)
+    params = _init_gaussian64(model, pi, a, np.array([[0.0], [40.0], [41.0]]), np.array(
+        [[0.01], [1.0], [1.0]]
+    ))
+    lls = {
+        estep: fit_em(model, params, x, mask=mask, num_iters=1, tol=0.0, estep=estep).history[
+            "log_likelihood"
+        ][0]
+        for estep in ("chunked", "forward_backward")
+    }
+    assert np.isfinite(lls["chunked"]), lls
+    np.testing.assert_allclose(lls["chunked"], lls["forward_backward"], rtol=1e-10)

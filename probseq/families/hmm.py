@@ -169,16 +169,22 @@ class HMM(SequenceModel):
         """log p(x_t | z_t = k) for a whole sequence: (T, K)."""
         return jax.vmap(lambda x: self.head.component_log_probs(params.emission, x))(xs)
 
-    def emission_likelihoods(self, params, xs, initial_probs, transition_matrix):
+    def emission_likelihoods(self, params, xs, initial_probs, transition_matrix, starts=None):
         """p(x_t | z_t = k) up to a factor per step, for a whole sequence: (l (T, K),
         m (T,)) with log p(x_t | k) = log l_tk + m_t on the states the chain can be in
         (p(z_1) > 0 at the first step, a column of A with a positive entry after it; see
-        :meth:`probseq.heads.Head.component_likelihoods`): what the smoothers run on."""
+        :meth:`probseq.heads.Head.component_likelihoods`): what the smoothers run on.
+        ``starts`` (int array) lists the steps of xs that begin a sequence when xs holds
+        the steps of several (the chunked E-step's layout); None: step 0."""
         raw = params.emission
         later = jnp.any(transition_matrix > 0, axis=0)
         lik, m = jax.vmap(lambda x: self.head.component_likelihoods(raw, x, later))(xs)
-        lik0, m0 = self.head.component_likelihoods(raw, xs[0], initial_probs > 0)
-        return lik.at[0].set(lik0), m.at[0].set(m0)
+        if starts is None:
+            lik0, m0 = self.head.component_likelihoods(raw, xs[0], initial_probs > 0)
+            return lik.at[0].set(lik0), m.at[0].set(m0)
+        first = initial_probs > 0
+        lik0, m0 = jax.vmap(lambda x: self.head.component_likelihoods(raw, x, first))(xs[starts])
+        return lik.at[starts].set(lik0), m.at[starts].set(m0)
 
     def filter_path(self, num_sequences: int, num_steps: int, dtype) -> tuple[str, int | None]:
         """(method, group_size) of :func:`probseq.hmm_inference.hmm_filter_batch` for a

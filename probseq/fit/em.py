@@ -47,7 +47,12 @@ from probseq.families.hmm import HMM, HMMParams
 from probseq.families.lds import LDS
 from probseq.fit.result import FitHistory, FitResult
 from probseq.heads import Head
-from probseq.hmm_inference import hmm_filter, hmm_smoother_from_likelihoods
+from probseq.hmm_inference import (
+    ChunkLayout,
+    chunked_statistics,
+    hmm_filter,
+    hmm_smoother_from_likelihoods,
+)
 from probseq.scan import EXACT, pairwise_sum
 from probseq.validation import check_key
 
@@ -104,7 +109,12 @@ def _log_marginal_inputs(log_pi, log_a, log_likelihoods, mask):
 ESTEPS = ("auto", "autodiff", "forward_backward", "chunked")
 
 
-def _statistics(model: HMM, params: HMMParams, x, mask, estep: str, inputs=None) -> HMMStatistics:
+def _statistics(
+    model: HMM, params: HMMParams, x, mask, estep: str, inputs=None, paired=False
+):
+    """Expected statistics (:class:`HMMStatistics`). With ``paired``: (statistics whose
+    posteriors are (N, K), the observations (N, ...) in the same order), the form the
+    M-step takes, which the chunked E-step gives without reordering its arrays."""
     log_pi = jax.nn.log_softmax(params.initial_logits)
     if model.input_dim:
         # Expected transitions per step, xi_t (B, T, K, K): the gradient with respect to
@@ -114,7 +124,7 @@ def _statistics(model: HMM, params: HMMParams, x, mask, estep: str, inputs=None)
         value, (n_init, xi, gamma) = jax.value_and_grad(_log_marginal_inputs, argnums=(0, 1, 2))(
             log_pi, log_a, ll, mask
         )
-        return HMMStatistics(value, n_init, xi, gamma)
+        return _paired(HMMStatistics(value, n_init, xi, gamma), x, paired)
     log_a = jax.nn.log_softmax(params.transition_logits, axis=-1)
     estep = _resolve_estep(estep, x.shape[0], x.shape[1], model.num_states)
     if estep == "autodiff":
@@ -122,16 +132,37 @@ def _statistics(model: HMM, params: HMMParams, x, mask, estep: str, inputs=None)
         value, (n_init, n_trans, gamma) = jax.value_and_grad(_log_marginal, argnums=(0, 1, 2))(
             log_pi, log_a, ll, mask
         )
-        return HMMStatistics(value, n_init, n_trans, gamma)
+        return _paired(HMMStatistics(value, n_init, n_trans, gamma), x, paired)
     pi, a = jnp.exp(log_pi), jnp.exp(log_a)
+    if paired and estep == "chunked":
+        # In the chunks' layout from the start: the observations are reordered (cheap),
+        # not the (B, T, K) likelihoods and posteriors.
+        layout = ChunkLayout.of(x.shape[1], x.shape[0], model.num_states)
+        rows = layout.rows_of(x, 0)
+        flat_x = rows.reshape((-1,) + x.shape[2:])
+        lik, shift = model.emission_likelihoods(params, flat_x, pi, a, layout.starts())
+        value, n_init, n_trans, gamma = chunked_statistics(
+            pi, a, lik.reshape(rows.shape[:2] + lik.shape[1:]), shift.reshape(rows.shape[:2]),
+            layout.rows_of(jnp.ones(x.shape[:2], bool) if mask is None else mask, False), layout,
+        )
+        return HMMStatistics(pairwise_sum(value), n_init, n_trans, gamma), flat_x
     lik, shift = jax.vmap(lambda xs: model.emission_likelihoods(params, xs, pi, a))(x)
     post = hmm_smoother_from_likelihoods(pi, a, lik, shift, mask, method=estep)
-    return HMMStatistics(
+    stats = HMMStatistics(
         pairwise_sum(post.marginal_loglik),
         jnp.sum(post.smoothed_probs[:, 0], axis=0),
         pairwise_sum(jnp.moveaxis(post.expected_transitions, 0, -1)),
         post.smoothed_probs,
     )
+    return _paired(stats, x, paired)
+
+
+def _paired(stats: HMMStatistics, x, paired: bool):
+    if not paired:
+        return stats
+    k = stats.posteriors.shape[-1]
+    flat = stats._replace(posteriors=stats.posteriors.reshape(-1, k))
+    return flat, x.reshape((-1,) + x.shape[2:])
 
 
 def _resolve_estep(estep: str, num_sequences: int, num_steps: int, num_states: int) -> str:
@@ -238,10 +269,8 @@ def _em_update(
     model: HMM, params: HMMParams, x, mask, prior: DirichletPrior, estep: str, inputs=None
 ):
     """One EM iteration: returns (new params, log p(x | params), log prior(params))."""
-    stats = _statistics(model, params, x, mask, estep, inputs)
-    k = model.num_states
-    weights = stats.posteriors.reshape(-1, k)
-    flat_x = x.reshape((-1,) + x.shape[2:])
+    stats, flat_x = _statistics(model, params, x, mask, estep, inputs, paired=True)
+    weights = stats.posteriors
     if model.input_dim:
         transition_logits, input_weights = _transition_m_step(
             model, params, stats.transition_counts, inputs
