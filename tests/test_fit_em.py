@@ -438,9 +438,9 @@ def test_fit_em_chunked_first_steps_use_the_initial_support():
     x = rng.normal(size=mask.shape + (d,)) + 40.0
     x[:, 0] = 0.0
     model = probseq.GaussianHMM(k, d)
-    params = _init_gaussian64(model, pi, a, np.array([[0.0], [40.0], [41.0]]), np.array(
-        [[0.01], [1.0], [1.0]]
-    ))
+    params = _init_gaussian64(
+        model, pi, a, np.array([[0.0], [40.0], [41.0]]), np.array([[0.01], [1.0], [1.0]])
+    )
     lls = {
         estep: fit_em(model, params, x, mask=mask, num_iters=1, tol=0.0, estep=estep).history[
             "log_likelihood"

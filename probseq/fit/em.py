@@ -109,9 +109,7 @@ def _log_marginal_inputs(log_pi, log_a, log_likelihoods, mask):
 ESTEPS = ("auto", "autodiff", "forward_backward", "chunked")
 
 
-def _statistics(
-    model: HMM, params: HMMParams, x, mask, estep: str, inputs=None, paired=False
-):
+def _statistics(model: HMM, params: HMMParams, x, mask, estep: str, inputs=None, paired=False):
     """Expected statistics (:class:`HMMStatistics`). With ``paired``: (statistics whose
     posteriors are (N, K), the observations (N, ...) in the same order), the form the
     M-step takes, which the chunked E-step gives without reordering its arrays."""
@@ -142,8 +140,12 @@ def _statistics(
         flat_x = rows.reshape((-1,) + x.shape[2:])
         lik, shift = model.emission_likelihoods(params, flat_x, pi, a, layout.starts())
         value, n_init, n_trans, gamma = chunked_statistics(
-            pi, a, lik.reshape(rows.shape[:2] + lik.shape[1:]), shift.reshape(rows.shape[:2]),
-            layout.rows_of(jnp.ones(x.shape[:2], bool) if mask is None else mask, False), layout,
+            pi,
+            a,
+            lik.reshape(rows.shape[:2] + lik.shape[1:]),
+            shift.reshape(rows.shape[:2]),
+            layout.rows_of(jnp.ones(x.shape[:2], bool) if mask is None else mask, False),
+            layout,
         )
         return HMMStatistics(pairwise_sum(value), n_init, n_trans, gamma), flat_x
     lik, shift = jax.vmap(lambda xs: model.emission_likelihoods(params, xs, pi, a))(x)
