@@ -2,6 +2,7 @@
 
     python benchmarks/em.py [--workloads small medium largeK long] [--repeats 3]
                             [--estep auto|forward_backward|chunked|autodiff] [--extra 4]
+                            [--rounds 1]
 
 Same data, same starting parameters, float32 for the JAX engines (their default),
 float64 for hmmlearn (its only mode). Times are seconds per EM iteration, warm:
@@ -21,7 +22,12 @@ float64 for hmmlearn (its only mode). Times are seconds per EM iteration, warm:
   ``implementation="scaling"`` and ``"log"``; the faster is used for the ratio, and
   its fixed per-call cost is shown apart.
 
-ratio = anchor / probseq (> 1: probseq is faster), against the faster anchor.
+ratio = anchor / probseq (> 1: probseq is faster), against the faster anchor. With
+``--rounds R`` every workload is timed R times, probseq and the anchors one after the
+other in each round, and the median and range of the R ratios are printed: on this
+2-vCPU machine both engines' times move by up to 1.6x over spells of seconds to
+minutes, so a ratio of two times taken minutes apart says less than one taken within a
+round.
 """
 
 from __future__ import annotations
@@ -171,6 +177,15 @@ def main(argv=None):
     parser.add_argument(
         "--estep", default="auto", choices=["auto", "forward_backward", "chunked", "autodiff"]
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time each workload this many times, probseq and the anchors one after the "
+        "other in every round, and print the median and range of the rounds' ratios (this "
+        "2-vCPU machine has slow spells of seconds to minutes; a ratio taken within one "
+        "round compares the engines under the same conditions)",
+    )
     args = parser.parse_args(argv)
     print(
         f"{platform.machine()}, {jax.device_count()}x {jax.devices()[0].device_kind}, "
@@ -188,29 +203,41 @@ def main(argv=None):
         f"{'speedup':>8}"
     )
     for name in args.workloads:
-        w = WORKLOADS[name]
-        pi, a, em, x = _problem(**w)
-        ours, ours_compile, ours_call = bench_probseq(
-            pi, a, em, x, args.repeats, args.extra, args.estep
-        )
-        dyn, dyn_how, dyn_call = (np.nan, "-", np.nan)
-        if "dynamax" not in args.skip:
-            try:
-                dyn, dyn_how, dyn_call = bench_dynamax(pi, a, em, x, args.repeats, args.extra)
-            except Exception as e:  # noqa: BLE001 - report an anchor that fails (e.g. memory)
-                print(f"  dynamax failed on {name}: {type(e).__name__}: {str(e)[:100]}")
-        nan2 = (np.nan, np.nan)
-        hml = {"scaling": nan2, "log": nan2}
-        if "hmmlearn" not in args.skip:
-            hml = bench_hmmlearn(pi, a, em, x, max(1, args.repeats - 1), args.extra)
-        best_anchor = np.nanmin([dyn, hml["scaling"][0], hml["log"][0]])
-        shape = f"K{w['k']} V{w['v']} B{w['b']} T{w['t']}"
-        print(
-            f"{name:<8} {shape:<22} {ours:>8.4f} {ours_call:>6.3f} {ours_compile:>7.2f} "
-            f"{dyn:>8.4f} {dyn_how:>6} {dyn_call:>6.2f} {hml['scaling'][0]:>8.4f} "
-            f"{hml['scaling'][1]:>6.3f} {hml['log'][0]:>8.4f} {best_anchor / ours:>7.1f}x",
-            flush=True,
-        )
+        ratios = [_round(name, args) for _ in range(args.rounds)]
+        if args.rounds > 1:
+            print(
+                f"{name:<8} {args.rounds} rounds: ratio median {statistics.median(ratios):.1f}x, "
+                f"range {min(ratios):.1f}x - {max(ratios):.1f}x",
+                flush=True,
+            )
+
+
+def _round(name, args):
+    """One row: probseq, then each anchor, on one workload; returns the ratio."""
+    w = WORKLOADS[name]
+    pi, a, em, x = _problem(**w)
+    ours, ours_compile, ours_call = bench_probseq(
+        pi, a, em, x, args.repeats, args.extra, args.estep
+    )
+    dyn, dyn_how, dyn_call = (np.nan, "-", np.nan)
+    if "dynamax" not in args.skip:
+        try:
+            dyn, dyn_how, dyn_call = bench_dynamax(pi, a, em, x, args.repeats, args.extra)
+        except Exception as e:  # noqa: BLE001 - report an anchor that fails (e.g. memory)
+            print(f"  dynamax failed on {name}: {type(e).__name__}: {str(e)[:100]}")
+    nan2 = (np.nan, np.nan)
+    hml = {"scaling": nan2, "log": nan2}
+    if "hmmlearn" not in args.skip:
+        hml = bench_hmmlearn(pi, a, em, x, max(1, args.repeats - 1), args.extra)
+    best_anchor = np.nanmin([dyn, hml["scaling"][0], hml["log"][0]])
+    shape = f"K{w['k']} V{w['v']} B{w['b']} T{w['t']}"
+    print(
+        f"{name:<8} {shape:<22} {ours:>8.4f} {ours_call:>6.3f} {ours_compile:>7.2f} "
+        f"{dyn:>8.4f} {dyn_how:>6} {dyn_call:>6.2f} {hml['scaling'][0]:>8.4f} "
+        f"{hml['scaling'][1]:>6.3f} {hml['log'][0]:>8.4f} {best_anchor / ours:>7.1f}x",
+        flush=True,
+    )
+    return best_anchor / ours
 
 
 if __name__ == "__main__":
