@@ -41,6 +41,8 @@ from references import random_hmm as _random_hmm
 import probseq
 from probseq.families import hmm as hmm_module
 from probseq.hmm_inference import (
+    ChunkLayout,
+    chunked_statistics,
     default_chunk_size,
     hmm_filter,
     hmm_masked_filter,
@@ -440,6 +442,40 @@ def test_chunked_smoother_equals_sequential_float64(case):
     _assert_posteriors_close(batch, ref, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(got.expected_transitions.sum((1, 2)), mask.sum(1) - 1, rtol=1e-10)
     assert np.all(got.smoothed_probs[~mask] == 0)
+
+
+@pytest.mark.parametrize("case", list(CHUNK_CASES))
+def test_chunked_statistics_equal_the_sequential_sums(case):
+    """EM's E-step in the chunks' own (time-major) layout: log p per sequence, initial
+    and transition counts summed over sequences, and the posteriors in row order
+    (``layout.rows_of``) equal the sequential smoother's (float64, 1e-10), with
+    garbage (NaN) in the padding's likelihoods."""
+    from probseq.hmm_inference import _shifted_likelihoods
+
+    k, b, t, chunk, sticky = CHUNK_CASES[case]
+    pi, a, ll, mask = _chunk_case(np.random.default_rng(len(case) + 7), k, b, t, sticky)
+    with jax.enable_x64(True):
+        args = (jnp.asarray(pi), jnp.asarray(a), jnp.asarray(ll), jnp.asarray(mask))
+        ref = _sequential_batch(*args)
+        lik, shift = _shifted_likelihoods(jnp.asarray(ll), args[0], args[1])
+        layout = ChunkLayout.of(t, b, k, chunk)
+        assert layout.num_chunks == -(-t // layout.length)
+        loglik, n_init, n_trans, gamma = jax.jit(chunked_statistics, static_argnums=5)(
+            args[0],
+            args[1],
+            layout.rows_of(lik, jnp.nan),
+            layout.rows_of(shift, jnp.nan),
+            layout.rows_of(args[3], False),
+            layout,
+        )
+        rows = np.asarray(layout.rows_of(jnp.asarray(ref.smoothed_probs), 0.0)).reshape(-1, k)
+        starts = np.asarray(layout.starts())
+    np.testing.assert_allclose(loglik, ref.marginal_loglik, rtol=1e-10)
+    np.testing.assert_allclose(n_init, ref.smoothed_probs[:, 0].sum(0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(n_trans, ref.expected_transitions.sum(0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gamma, rows, rtol=1e-10, atol=1e-12)
+    # each sequence's first step is where ``starts`` says, in the flattened rows
+    np.testing.assert_allclose(np.asarray(gamma)[starts], ref.smoothed_probs[:, 0], rtol=1e-10)
 
 
 def test_chunked_smoother_float32_and_single_sequence():
