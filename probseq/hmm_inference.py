@@ -51,6 +51,8 @@ __all__ = [
     "hmm_smoother_batch",
     "hmm_smoother_chunked",
     "hmm_smoother_from_likelihoods",
+    "ChunkLayout",
+    "chunked_statistics",
     "default_chunk_size",
     "chunking_pays",
     "hmm_viterbi",
@@ -570,7 +572,11 @@ def _chunked_recursion(step, boundary, guess, exit_map, num_chunks, length, reve
 class ChunkLayout(NamedTuple):
     """B sequences of T steps cut into C chunks of L steps: R = B * C rows (the last
     chunk of each sequence padded), stored time-major (L, R, ...) so that one step of
-    every row is contiguous (the recursions read and write one step at a time)."""
+    every row is contiguous (the recursions read and write one step at a time).
+
+    ``ChunkLayout.of(T, B, K, chunk_size=None)`` picks L (:func:`default_chunk_size`);
+    ``rows_of(z, fill)`` puts a (B, T, ...) array in the layout, ``unchunk`` takes it
+    back, and ``starts()`` gives each sequence's first step in the flattened rows."""
 
     num_steps: int
     num_sequences: int
@@ -777,6 +783,17 @@ def chunked_statistics(
         over sequences, posteriors (L * R, K), 0 on padded steps): to rounding the values
         of :func:`hmm_smoother_chunked` summed over sequences, with the posteriors in the
         order of ``layout.rows_of(x).reshape(L * R, ...)``.
+
+    Example:
+        >>> pi = jnp.array([0.5, 0.5]); A = jnp.array([[0.9, 0.1], [0.2, 0.8]])
+        >>> lik = jnp.array([[[1.0, 0.2], [1.0, 0.2], [0.1, 1.0]]] * 2)  # (B, T, K)
+        >>> layout = ChunkLayout.of(3, 2, 2, chunk_size=2)
+        >>> rows = layout.rows_of
+        >>> out = chunked_statistics(pi, A, rows(lik, 1.0), rows(jnp.zeros((2, 3)), 0.0),
+        ...                          rows(jnp.ones((2, 3), bool), False), layout)
+        >>> ref = hmm_smoother_chunked(pi, A, jnp.log(lik), chunk_size=2)
+        >>> bool(jnp.allclose(out[2], ref.expected_transitions.sum(0)))
+        True
     """
     lik = jnp.asarray(likelihoods)
     k = lik.shape[-1]
