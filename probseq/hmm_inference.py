@@ -511,7 +511,6 @@ def _chunked_recursion(step, boundary, guess, exit_map, num_chunks, length, reve
        a nearly reducible chain takes more steps and fix-ups, never a wrong answer.
     """
     edge, boundary = boundary
-    rows, k = guess.shape
     dtype = guess.dtype
     order = (lambda i: length - 1 - i) if reverse else (lambda i: i)
     shift = -1 if reverse else 1
