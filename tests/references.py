@@ -127,3 +127,31 @@ def init_gaussian64(model, pi, a, means, scales):
         scales=scales,
         dtype=jnp.float64,
     )
+
+
+def run_cli(argv, capsys):
+    """``probseq`` on the command line, in process: (exit code, stdout, stderr)."""
+    from probseq import cli
+
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def lds_ragged_batch(seed: int, num_steps: int, cut: int):
+    """Two sequences of num_steps sampled (float64) from a random 2-D LDS with one
+    input, the second padded from step ``cut``: (model, params, y, mask, inputs)."""
+    import probseq
+
+    model = probseq.LDS(state_dim=2, obs_dim=2, input_dim=1)
+    params = model.init(jax.random.key(seed))
+    u = jax.random.normal(jax.random.key(seed + 1), (2, num_steps, 1), jnp.float64)
+    y = jnp.stack(
+        [
+            probseq.sample(model, params, jax.random.key(seed + 2 + i), num_steps, inputs=u[i])
+            for i in range(2)
+        ]
+    )
+    mask = np.ones((2, num_steps), bool)
+    mask[1, cut:] = False
+    return model, params, y, mask, u

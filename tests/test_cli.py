@@ -8,9 +8,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+from references import run_cli as _run
 
 import probseq
-from probseq import cli, io, workflow
+from probseq import io, workflow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -69,12 +70,6 @@ method = "sgd"
 num_epochs = 3
 batch_size = 1
 """
-
-
-def _run(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import tomllib
 import jax
 import numpy as np
 import pytest
+from references import run_cli as _run
 
 import probseq
 from probseq import cli, io, spec, workflow
@@ -42,12 +43,6 @@ method = "sgd"
 num_epochs = 1
 batch_size = 16
 """
-
-
-def _run(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _write(path, text):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import statsmodels.api as sm
+from references import lds_ragged_batch
 
 import probseq
 from probseq.families.lds import LDSState
@@ -294,14 +295,7 @@ def test_bad_input_raises():
 
 # ------------------------------------------------------------------------------ EM
 def _ragged_batch_with_inputs():
-    model = probseq.LDS(state_dim=2, obs_dim=2, input_dim=1)
-    params = model.init(jax.random.key(20))
-    u = jax.random.normal(jax.random.key(21), (2, 25, 1), jnp.float64)
-    y = jnp.stack([probseq.sample(model, params, jax.random.key(22 + i), 25, inputs=u[i])
-                   for i in range(2)])  # fmt: skip
-    mask = np.ones((2, 25), bool)
-    mask[1, 18:] = False
-    return model, params, y, mask, u
+    return lds_ragged_batch(20, 25, 18)
 
 
 def test_autodiff_estep_equals_the_rts_smoother_statistics():

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from references import lds_ragged_batch
 
 import probseq
 from probseq.data.splits import Split
@@ -68,13 +69,7 @@ def test_no_stationary_distribution_is_flagged(radius):
 
 
 def _ragged_batch_with_inputs():
-    model = probseq.LDS(state_dim=2, obs_dim=2, input_dim=1)
-    params = model.init(jax.random.key(3))
-    u = jax.random.normal(jax.random.key(4), (2, 40, 1), jnp.float64)
-    y = jnp.stack([probseq.sample(model, params, jax.random.key(5 + i), 40, inputs=u[i])
-                   for i in range(2)])  # fmt: skip
-    mask = np.ones((2, 40), bool)
-    mask[1, 30:] = False
+    model, _, y, mask, u = lds_ragged_batch(3, 40, 30)
     return model, y, mask, u
 
 
