@@ -49,6 +49,7 @@ __all__ = [
     "choose_hmm_filter",
     "choose_smoother",
     "default_chunk_size",
+    "estep_groups",
     "memory_budget_bytes",
     "parallel_filter_bytes",
     "PARALLEL_MAX_WORK",
@@ -146,6 +147,30 @@ def choose_hmm_filter(
     if num_steps >= 256:
         return "chunked", None
     return "sequential", None
+
+
+#: Largest working set (bytes) of one group of sequences in the chunked E-step on CPU.
+CPU_ESTEP_BYTES = 24 * 2**20
+
+
+def estep_groups(
+    num_sequences: int, num_steps: int, num_states: int, itemsize: int, *, backend=None
+) -> int:
+    """How many groups of sequences the chunked EM E-step runs one after the other.
+
+    CPU: enough that a group's working set, about five (B, T, K) arrays (likelihoods,
+    filtered and backward messages, posteriors, count weights), stays under
+    ``CPU_ESTEP_BYTES``. XLA:CPU allocates a call's temporaries anew per call, and glibc
+    serves blocks over 32 MiB by a fresh mmap whose every page faults on first touch:
+    measured on medium (K32 B64 T1000, float32; RESULTS.md session 7) a 40 MiB
+    temporary costs 10,333 page faults and 28 ms per E-step call, two groups of 20 MiB
+    none. Other backends: 1 (an accelerator wants the whole batch at once)."""
+    backend = jax.default_backend() if backend is None else backend
+    if backend != "cpu" or num_sequences <= 1:
+        return 1
+    per_sequence = 5 * max(num_steps, 1) * num_states * itemsize
+    size = max(1, CPU_ESTEP_BYTES // per_sequence)  # sequences per group
+    return -(-num_sequences // size)
 
 
 def choose_smoother(

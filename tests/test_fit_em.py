@@ -388,15 +388,21 @@ def test_chunked_estep_equals_hmmlearn_and_forward_backward():
     )
 
 
+@pytest.mark.parametrize("groups", [1, 3])
 @pytest.mark.parametrize("family", ["categorical", "gaussian"])
-def test_fit_em_chunked_equals_forward_backward(family):
+def test_fit_em_chunked_equals_forward_backward(family, groups, monkeypatch):
     """fit_em's chunked E-step runs in the chunks' own layout (time-major rows; the
     observations reordered to meet their posteriors, the first step of each sequence
     found among the rows) and its sums skip the (B, T) order: five EM iterations equal
     the sequential E-step's (float64, 1e-9), with ragged lengths, many chunks per
-    sequence, categorical and 2-D Gaussian emissions, and padding that holds garbage."""
+    sequence, categorical and 2-D Gaussian emissions, and padding that holds garbage;
+    also when the batch runs in groups of sequences (CPU's working-set rule, here
+    forced to 3 groups of 2, the last one padded with an empty sequence)."""
+    if groups > 1:
+        monkeypatch.setattr(probseq.auto, "CPU_ESTEP_BYTES", 120_000)
+        jax.clear_caches()  # the E-step's group count is fixed when it is traced
     rng = np.random.default_rng(11)
-    k, lengths = 3, [300, 129, 7, 450]
+    k, lengths = 3, [300, 129, 7, 450, 61]
     pi, a = rng.dirichlet(np.ones(k)), rng.dirichlet(np.ones(k) * 2, size=k)
     mask = np.arange(max(lengths))[None, :] < np.asarray(lengths)[:, None]
     if family == "categorical":
@@ -412,6 +418,7 @@ def test_fit_em_chunked_equals_forward_backward(family):
         )
         x = np.where(mask[..., None], rng.normal(size=mask.shape + (d,)) * 1.5, 1e3)
     assert emmod._resolve_estep("auto", len(lengths), max(lengths), k) == "chunked"
+    assert probseq.auto.estep_groups(len(lengths), max(lengths), k, 8, backend="cpu") == groups
     fits = {
         estep: fit_em(model, params, x, mask=mask, num_iters=5, tol=0.0, estep=estep)
         for estep in ("chunked", "forward_backward")

@@ -235,6 +235,20 @@ def test_auto_keeps_the_cpu_choices():
     assert cpu(10, 50, 4) == "sequential"
 
 
+def test_estep_groups_keep_the_cpu_working_set_small():
+    """The chunked E-step runs a batch in groups on CPU only, enough of them that a
+    group's ~5 (B, T, K) arrays fit in auto.CPU_ESTEP_BYTES; one group elsewhere."""
+    groups = lambda b, t, k, **kw: auto.estep_groups(b, t, k, 4, backend="cpu", **kw)  # noqa: E731
+    assert groups(64, 1000, 32) == 2  # medium: 41 MB of arrays -> two groups of 20 MB
+    assert groups(10, 1000, 4) == 1  # small
+    assert groups(1, 10**6, 8) == 1  # one sequence cannot be split
+    assert groups(3, 10**6, 8) == 3  # at most one group per sequence
+    for b, t, k in [(64, 1000, 32), (1024, 1000, 64), (7, 5000, 16)]:
+        g = groups(b, t, k)
+        assert 5 * -(-b // g) * t * k * 4 <= auto.CPU_ESTEP_BYTES or g == b
+    assert auto.estep_groups(1024, 1000, 64, 4, backend="gpu") == 1
+
+
 def test_auto_resolves_on_this_backend():
     model = probseq.CategoricalHMM(8, 4)
     method, _ = model.filter_path(2, 100, jnp.float32)

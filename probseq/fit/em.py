@@ -41,7 +41,7 @@ import numpy as np
 import optax
 
 from probseq import sharding, validation
-from probseq.auto import choose_smoother
+from probseq.auto import choose_smoother, estep_groups
 from probseq.core import as_batch
 from probseq.families.hmm import HMM, HMMParams
 from probseq.families.lds import LDS
@@ -133,20 +133,7 @@ def _statistics(model: HMM, params: HMMParams, x, mask, estep: str, inputs=None,
         return _paired(HMMStatistics(value, n_init, n_trans, gamma), x, paired)
     pi, a = jnp.exp(log_pi), jnp.exp(log_a)
     if paired and estep == "chunked":
-        # In the chunks' layout from the start: the observations are reordered (cheap),
-        # not the (B, T, K) likelihoods and posteriors.
-        layout = ChunkLayout.of(x.shape[1], x.shape[0], model.num_states)
-        rows = layout.rows_of(x, 0)
-        flat_x = rows.reshape((-1,) + x.shape[2:])
-        lik, shift = model.emission_likelihoods(params, flat_x, pi, a, layout.starts())
-        value, n_init, n_trans, gamma = chunked_statistics(
-            pi,
-            a,
-            lik.reshape(rows.shape[:2] + lik.shape[1:]),
-            shift.reshape(rows.shape[:2]),
-            layout.rows_of(jnp.ones(x.shape[:2], bool) if mask is None else mask, False),
-            layout,
-        )
+        value, n_init, n_trans, gamma, flat_x = _chunked_in_groups(model, params, x, mask, pi, a)
         return HMMStatistics(pairwise_sum(value), n_init, n_trans, gamma), flat_x
     lik, shift = jax.vmap(lambda xs: model.emission_likelihoods(params, xs, pi, a))(x)
     post = hmm_smoother_from_likelihoods(pi, a, lik, shift, mask, method=estep)
@@ -157,6 +144,55 @@ def _statistics(model: HMM, params: HMMParams, x, mask, estep: str, inputs=None,
         post.smoothed_probs,
     )
     return _paired(stats, x, paired)
+
+
+def _chunked_in_groups(model: HMM, params: HMMParams, x, mask, pi, a):
+    """:func:`_chunked_paired` of the whole batch, or of groups of its sequences one
+    after the other (lax.map) where :func:`probseq.auto.estep_groups` asks for a smaller
+    working set. Group g holds sequences g, g + G, ...: interleaved, so a batch split
+    over devices keeps every device busy in every group."""
+    mask = jnp.ones(x.shape[:2], bool) if mask is None else jnp.asarray(mask, bool)
+    b = x.shape[0]
+    groups = estep_groups(b, x.shape[1], model.num_states, pi.dtype.itemsize)
+    if groups == 1:
+        return _chunked_paired(model, params, x, mask, pi, a)
+    size = -(-b // groups)
+    groups = -(-b // size)
+    pad = groups * size - b
+
+    def grouped(z):
+        z = jnp.pad(z, ((0, pad),) + ((0, 0),) * (z.ndim - 1))
+        return jnp.swapaxes(z.reshape((size, groups) + z.shape[1:]), 0, 1)
+
+    value, n_init, n_trans, gamma, flat_x = jax.lax.map(
+        lambda g: _chunked_paired(model, params, g[0], g[1], pi, a), (grouped(x), grouped(mask))
+    )
+    return (
+        value.T.reshape(-1)[:b],
+        jnp.sum(n_init, axis=0),
+        pairwise_sum(jnp.moveaxis(n_trans, 0, -1)),
+        gamma.reshape(-1, gamma.shape[-1]),
+        flat_x.reshape((-1,) + x.shape[2:]),
+    )
+
+
+def _chunked_paired(model: HMM, params: HMMParams, x, mask, pi, a):
+    """The chunked E-step in the chunks' layout from the start: the observations are
+    reordered (cheap), not the (B, T, K) likelihoods and posteriors. Returns (log p per
+    sequence, initial counts, transition counts, posteriors (N, K), observations (N, ...))."""
+    layout = ChunkLayout.of(x.shape[1], x.shape[0], model.num_states)
+    rows = layout.rows_of(x, 0)
+    flat_x = rows.reshape((-1,) + x.shape[2:])
+    lik, shift = model.emission_likelihoods(params, flat_x, pi, a, layout.starts())
+    stats = chunked_statistics(
+        pi,
+        a,
+        lik.reshape(rows.shape[:2] + lik.shape[1:]),
+        shift.reshape(rows.shape[:2]),
+        layout.rows_of(mask, False),
+        layout,
+    )
+    return (*stats, flat_x)
 
 
 def _paired(stats: HMMStatistics, x, paired: bool):
