@@ -23,10 +23,11 @@ conditioned on a history, fit_sgd) has three exact paths
 
 HMM smoothing (the EM E-step, ``HMM.smoother``): the time-chunked forward-backward
 where :func:`chunking_pays`, else the sequential one (:func:`choose_smoother`), on every
-backend. CPU: measured (RESULTS.md, EM section). GPU: the H200 run of issue 10 measured
-this rule's choices (one EM iteration 4.95 ms on medium, 12.6 ms on K64 B1024 T1000,
-43.8 ms on K256 B8 T2000, 21 ms on T=1e6 K=8), not the alternatives; benchmarks/gpu.py
-times both E-steps.
+backend; on CPU the chunked E-step takes a large batch in groups of sequences
+(:func:`estep_groups`). CPU: measured (RESULTS.md, EM section). GPU: the H200 run of
+issue 10 measured this rule's choices (one EM iteration 4.95 ms on medium, 12.6 ms on
+K64 B1024 T1000, 43.8 ms on K256 B8 T2000, 21 ms on T=1e6 K=8), not the alternatives;
+benchmarks/gpu.py times both E-steps.
 
 Memory: the parallel path's need is estimated by :func:`parallel_filter_bytes`
 (checked against ``compiled.memory_analysis()`` in tests/test_hmm_filters.py) and
@@ -161,10 +162,12 @@ def estep_groups(
     CPU: enough that a group's working set, about five (B, T, K) arrays (likelihoods,
     filtered and backward messages, posteriors, count weights), stays under
     ``CPU_ESTEP_BYTES``. XLA:CPU allocates a call's temporaries anew per call, and glibc
-    serves blocks over 32 MiB by a fresh mmap whose every page faults on first touch:
-    measured on medium (K32 B64 T1000, float32; RESULTS.md session 7) a 40 MiB
-    temporary costs 10,333 page faults and 28 ms per E-step call, two groups of 20 MiB
-    none. Other backends: 1 (an accelerator wants the whole batch at once)."""
+    serves blocks over 32 MiB by a fresh mmap whose every page faults on first touch.
+    Measured on medium (K32 B64 T1000, float32; RESULTS.md session 7): the whole batch
+    has a 40 MiB temporary, 10,333 page faults and 28-29 ms per one-iteration EM call;
+    two groups, 28 MiB, no page faults once warm, 16-18 ms; the same time per extra
+    iteration either way (15.5-16.4 vs 15.4-16.6 ms; one core: 18.6-19.5 vs 19.4-20.5).
+    Other backends: 1 (an accelerator wants the whole batch at once)."""
     backend = jax.default_backend() if backend is None else backend
     if backend != "cpu" or num_sequences <= 1:
         return 1
