@@ -110,12 +110,10 @@ def run(steps, n, p, repeats, extra, em):
 def _workload(t, n, p, repeats, extra, em):
     rows = []
     model, params, y = _problem(n, p, t)
-    ssm, dp, props, seq_filter, par_filter = _dynamax(model, params)
+    ssm, dp, props, seq_filter, _ = _dynamax(model, params)  # parallel: in a child
     seq = probseq.LDS(state_dim=n, obs_dim=p, scan="sequential")
     par = probseq.LDS(state_dim=n, obs_dim=p, scan="parallel")
     d_seq = jax.jit(lambda q, e: seq_filter(q, e).marginal_loglik)
-    d_par = jax.jit(lambda q, e: par_filter(q, e).marginal_loglik)
-    del d_par  # run in a child process: see _dynamax_parallel_in_child
     times = {
         "probseq sequential": _best(lambda: probseq.log_prob(seq, params, y), repeats),
         "probseq parallel": _best(lambda: probseq.log_prob(par, params, y), repeats),

@@ -344,6 +344,12 @@ def hmm_smoother_batch(
     )
 
 
+def _neutral_padding(lik, shifts, valid):
+    """Likelihoods 1 and shifts 0 on padded steps (whatever the padding held)."""
+    lik = jnp.where(valid[..., None], lik, jnp.ones((), lik.dtype))
+    return lik, jnp.where(valid, jnp.asarray(shifts, lik.dtype), jnp.zeros((), lik.dtype))
+
+
 def hmm_smoother_from_likelihoods(
     initial_probs: jax.Array,
     transition_matrix: jax.Array,
@@ -375,8 +381,7 @@ def hmm_smoother_from_likelihoods(
     valid = jnp.broadcast_to(
         jnp.ones((b, num_steps), bool) if mask is None else jnp.asarray(mask, bool), (b, num_steps)
     )
-    lik = jnp.where(valid[..., None], lik, jnp.ones((), lik.dtype))
-    shift = jnp.where(valid, jnp.asarray(shifts, lik.dtype), jnp.zeros((), lik.dtype))
+    lik, shift = _neutral_padding(lik, shifts, valid)
     pi = jnp.asarray(initial_probs)
     a = jnp.asarray(transition_matrix)
     per_step = a.ndim == 4
@@ -490,14 +495,14 @@ def _rel_close(x: jax.Array, y: jax.Array, tol) -> jax.Array:
     return jnp.all(jnp.abs(x - y) <= tol * jnp.maximum(jnp.abs(x), jnp.abs(y)), axis=-1)
 
 
-def _chunked_recursion(step, boundary, guess, exit_map, num_chunks, length, reverse, tol, extra):
+def _chunked_recursion(step, boundary, guess, exit_map, num_chunks, length, reverse, tol):
     """All chunks of a normalized recursion at once, then fixed-point fix-ups.
 
     The rows (R = B * C) are chunks of ``length`` steps; row r's entering message is
     ``exit_map`` of its neighbour's last message (r - 1 forward, r + 1 backward), or
     ``boundary`` (R, K) on the rows whose chunk starts a sequence (``is_edge``).
 
-    step(carry (R, K), j) -> (message (R, K), scalar (R,) or None, next carry).
+    step(carry (R, K), j) -> (message (R, K), normalizer (R,), next carry).
 
     1. One sweep of all rows from ``guess`` (exact on the edge rows), storing the
        messages (L, R, K) and scalars (L, R), time-major: a step's rows are contiguous.
@@ -511,7 +516,6 @@ def _chunked_recursion(step, boundary, guess, exit_map, num_chunks, length, reve
        a nearly reducible chain takes more steps and fix-ups, never a wrong answer.
     """
     edge, boundary = boundary
-    dtype = guess.dtype
     order = (lambda i: length - 1 - i) if reverse else (lambda i: i)
     shift = -1 if reverse else 1
     last = 0 if reverse else length - 1
@@ -522,7 +526,7 @@ def _chunked_recursion(step, boundary, guess, exit_map, num_chunks, length, reve
 
     def sweep(carry, j):
         m, sc, carry = step(carry, j)
-        return carry, (m, sc if extra else jnp.zeros((0,), dtype))
+        return carry, (m, sc)
 
     # A scan's outputs need no initial fill (a preallocated buffer carried by a loop does).
     start = jnp.where(edge[:, None], boundary, guess)
@@ -553,12 +557,11 @@ def _chunked_recursion(step, boundary, guess, exit_map, num_chunks, length, reve
             msgs = jax.lax.dynamic_update_index_in_dim(
                 msgs, jnp.where(write[:, None], m, old), j, axis=0
             )
-            if extra:
-                # A merged message can follow a different normalizer: write it when active.
-                old_sc = jax.lax.dynamic_index_in_dim(scal, j, axis=0, keepdims=False)
-                scal = jax.lax.dynamic_update_index_in_dim(
-                    scal, jnp.where(active, sc, old_sc), j, axis=0
-                )
+            # A merged message can follow a different normalizer: write it when active.
+            old_sc = jax.lax.dynamic_index_in_dim(scal, j, axis=0, keepdims=False)
+            scal = jax.lax.dynamic_update_index_in_dim(
+                scal, jnp.where(active, sc, old_sc), j, axis=0
+            )
             return i + 1, carry, write, msgs, scal
 
         _, _, _, msgs, scal = jax.lax.while_loop(row_cond, row_body, (0, new, active, msgs, scal))
@@ -640,7 +643,6 @@ def _chunked_forward(initial_probs, a, lik_r, layout: ChunkLayout, tol):
         layout.length,
         False,
         tol,
-        True,
     )
     return c, filtered
 
@@ -760,7 +762,6 @@ def _chunked_messages(pi, a, lik_r, valid_r, layout: ChunkLayout, tol):
         length,
         True,
         tol,
-        True,
     )
 
     return has_next, c, filtered, betas, s
@@ -797,8 +798,7 @@ def chunked_statistics(
     lik = jnp.asarray(likelihoods)
     k = lik.shape[-1]
     valid = jnp.asarray(mask, bool)
-    lik = jnp.where(valid[..., None], lik, jnp.ones((), lik.dtype))
-    shift = jnp.where(valid, jnp.asarray(shifts, lik.dtype), jnp.zeros((), lik.dtype))
+    lik, shift = _neutral_padding(lik, shifts, valid)
     pi = jnp.asarray(initial_probs)
     a = jnp.asarray(transition_matrix)
     has_next, c, filtered, betas, s = _chunked_messages(pi, a, lik, valid, layout, tol)
