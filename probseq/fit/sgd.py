@@ -89,6 +89,7 @@ from tqdm import tqdm
 from probseq import sharding, validation
 from probseq.core import as_batch, batch_step_log_probs, prepare_source, start_states
 from probseq.fit import checkpoint
+from probseq.fit.compiled import SHARED, CompiledSteps, _BoundedCache, clear_compiled_cache  # noqa: F401
 from probseq.fit.result import FitHistory, FitResult
 from probseq.scan import pairwise_sum
 
@@ -436,125 +437,13 @@ def _make_evaluate(model, mesh=None):
     return _evaluate
 
 
-def _signature(args) -> tuple:
-    """What a compiled executable is specialised to: tree structure, and each leaf's
-    shape, dtype, weak type and placement."""
-    leaves, treedef = jax.tree.flatten(args)
-    return (treedef,) + tuple(
-        (
-            np.shape(a),
-            np.dtype(a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype),
-            bool(getattr(a, "weak_type", False)),
-            getattr(a, "sharding", None),
-        )
-        for a in leaves
-    )
+def _train_chunk_of(compiled, model, optimizer, max_nonfinite_steps, mesh):
+    key = ("train", model, optimizer, max_nonfinite_steps, mesh)
+    return compiled.get(key, lambda: _make_train_chunk(max_nonfinite_steps, mesh))
 
 
-class _BoundedCache:
-    """The last ``size`` values by key (least recently used dropped first). A key that
-    is None or unhashable (e.g. an optimizer holding arrays) is never stored."""
-
-    def __init__(self, size: int = 8):
-        self.size = size
-        self._entries: dict = {}
-
-    def get(self, key):
-        try:
-            value = self._entries.pop(key)
-        except (KeyError, TypeError):
-            return None
-        self._entries[key] = value  # most recently used last
-        return value
-
-    def put(self, key, value):
-        if key is None:
-            return
-        try:
-            self._entries[key] = value
-        except TypeError:
-            return
-        while len(self._entries) > self.size:
-            self._entries.pop(next(iter(self._entries)))
-
-    def clear(self):
-        self._entries.clear()
-
-
-class CompiledSteps:
-    """fit_sgd's compiled train and validation steps (and default optimizers), kept
-    across calls so that a second fit with the same model, optimizer and shapes
-    compiles nothing: the last ``size`` executables by (function, model, optimizer,
-    argument signature), the default optimizers by (learning_rate, max_grad_norm).
-
-    ``fit_sgd(..., compiled=CompiledSteps())`` gives a fit its own (e.g. to free its
-    executables by dropping the object); the default is :data:`SHARED`.
-    """
-
-    def __init__(self, size: int = 8):
-        self._executables = _BoundedCache(size)
-        self._optimizers = _BoundedCache(size)
-
-    def default_optimizer(self, learning_rate, max_grad_norm):
-        """``clip_by_global_norm(max_grad_norm)`` then Adam: the same object for the
-        same settings (so that its compiled steps are found again)."""
-        key = (learning_rate, max_grad_norm)
-        default = self._optimizers.get(key)
-        if default is None:
-            default = optax.chain(
-                optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate)
-            )
-            self._optimizers.put(key, default)
-        return default
-
-    def train_chunk(self, model, optimizer, max_nonfinite_steps, mesh):
-        key = ("train", model, optimizer, max_nonfinite_steps, mesh)
-        return _AheadOfTime(lambda: _make_train_chunk(max_nonfinite_steps, mesh), self, key)
-
-    def evaluate(self, model, mesh):
-        return _AheadOfTime(lambda: _make_evaluate(model, mesh), self, ("evaluate", model, mesh))
-
-    def clear(self) -> None:
-        """Drop every kept executable and default optimizer."""
-        self._executables.clear()
-        self._optimizers.clear()
-
-
-#: The :class:`CompiledSteps` fit_sgd and sgd_init use unless given another.
-SHARED = CompiledSteps()
-
-
-def clear_compiled_cache() -> None:
-    """Drop the compiled train and validation steps kept across fit_sgd calls."""
-    SHARED.clear()
-
-
-class _AheadOfTime:
-    """``jax.jit(make())`` compiled on the first call for exactly those argument types.
-
-    Later calls run the compiled executable: they can never retrace (arguments of
-    another shape or dtype raise instead), and the compile time is measured apart.
-    ``cache_key`` (hashable; None: no reuse) identifies the function across fit_sgd
-    calls: the executable is taken from, and left in, ``compiled`` (CompiledSteps).
-    """
-
-    def __init__(self, make, compiled: CompiledSteps, cache_key=None):
-        self._make = make
-        self._cache = compiled._executables
-        self._cache_key = cache_key
-        self._compiled = None
-        self.compile_time_s = 0.0
-
-    def __call__(self, *args):
-        if self._compiled is None:
-            key = None if self._cache_key is None else (self._cache_key, _signature(args))
-            self._compiled = self._cache.get(key)
-            if self._compiled is None:
-                start = time.perf_counter()
-                self._compiled = jax.jit(self._make()).lower(*args).compile()
-                self.compile_time_s = time.perf_counter() - start
-                self._cache.put(key, self._compiled)
-        return self._compiled(*args)
+def _evaluate_of(compiled, model, mesh):
+    return compiled.get(("evaluate", model, mesh), lambda: _make_evaluate(model, mesh))
 
 
 # ----------------------------------------------------------------------- host side
@@ -889,8 +778,8 @@ def fit_sgd(
                 fingerprint[name]["source_sha256"] = _digest(src.x, src.mask)
     fit = _start(model, params, optimizer, plan, valid is not None, checkpoint_dir,
                  fingerprint, checkpoint_every, sharding.is_multiprocess(mesh))  # fmt: skip
-    train_chunk = compiled.train_chunk(model, optimizer, max_nonfinite_steps, mesh)
-    evaluate = compiled.evaluate(model, mesh)
+    train_chunk = _train_chunk_of(compiled, model, optimizer, max_nonfinite_steps, mesh)
+    evaluate = _evaluate_of(compiled, model, mesh)
     place = (lambda tree: tree) if mesh is None else functools.partial(sharding.replicate, mesh)
     fit.carry, windows = place((fit.carry, plan.windows))
     if valid is not None:
@@ -939,6 +828,7 @@ def fit_sgd(
                 schedule = _chunk_schedule(plan, rows, steps, fit.run["step_in_epoch"])
                 tic, compiling = time.perf_counter(), train_chunk.compile_time_s
                 fit.carry, outs = train_chunk(fit.carry, windows, *place(schedule))
+                jax.block_until_ready((fit.carry, outs))  # the clock reads the work's end
                 seconds = time.perf_counter() - tic - (train_chunk.compile_time_s - compiling)
                 halted = fit.record_chunk(jax.device_get(outs), len(steps), seconds, bar)
                 if halted:
