@@ -52,6 +52,8 @@ from probseq.families import (
     MinGRU,
     MinLSTM,
     RecurrentState,
+    S5,
+    Mamba,
 )
 from probseq.fit import (
     DirichletPrior,
@@ -88,6 +90,8 @@ __all__ = [
     "MinGRU",
     "MinLSTM",
     "LRU",
+    "S5",
+    "Mamba",
     "HMM",
     "CategoricalHMM",
     "GaussianHMM",

@@ -33,6 +33,8 @@ def test_public_names_are_pinned():
             "LDS",
             "fit_lds_em",
             "LRU",
+            "S5",
+            "Mamba",
             "HMM",
             "CategoricalHMM",
             "GaussianHMM",

@@ -5,20 +5,22 @@ its model-spec keys, their checks and its constructor); :data:`FAMILY_SPECS` lis
 in the order messages show them.
 """
 
-from probseq.families import ar, gru, hmm, lds, lru, lstm, mingru, minlstm, rnn
+from probseq.families import ar, gru, hmm, lds, lru, lstm, mamba, mingru, minlstm, rnn, s5
 from probseq.families.ar import AR, ARState
 from probseq.families.gru import GRU
 from probseq.families.hmm import HMM, CategoricalHMM, GaussianHMM, HMMParams
 from probseq.families.lds import LDS, LDSState
 from probseq.families.lru import LRU
 from probseq.families.lstm import LSTM
+from probseq.families.mamba import Mamba, MambaCarry
 from probseq.families.mingru import MinGRU
 from probseq.families.minlstm import MinLSTM
 from probseq.families.recurrent import RecurrentNetwork, RecurrentState
 from probseq.families.registry import FamilySpec, register, registered
 from probseq.families.rnn import RNN
+from probseq.families.s5 import S5
 
-for _family in (rnn, lstm, gru, mingru, minlstm, lru, hmm, ar, lds):
+for _family in (rnn, lstm, gru, mingru, minlstm, lru, s5, mamba, hmm, ar, lds):
     register(_family.SPEC)
 
 #: Every family a model spec can name, by name (families registered later appear too).
@@ -31,6 +33,9 @@ __all__ = [
     "MinGRU",
     "MinLSTM",
     "LRU",
+    "S5",
+    "Mamba",
+    "MambaCarry",
     "HMM",
     "CategoricalHMM",
     "GaussianHMM",
