@@ -126,8 +126,14 @@ def _perturbed(params, scale=0.1, seed=0):
 
 CASES = {
     "tokens-zoh": dict(vocab_size=VOCAB, hidden_size=6, state_size=4, num_layers=2),
-    "reals-bilinear-u": dict(obs_dim=3, hidden_size=6, state_size=6, conj_sym=False,
-                             discretization="bilinear", input_dim=2),  # fmt: skip
+    "reals-bilinear-u": dict(
+        obs_dim=3,
+        hidden_size=6,
+        state_size=6,
+        conj_sym=False,
+        discretization="bilinear",
+        input_dim=2,
+    ),  # fmt: skip
     "tokens-blocks": dict(vocab_size=VOCAB, hidden_size=4, state_size=8, blocks=2, embed_size=3),
 }
 
@@ -153,7 +159,8 @@ def test_trajectory_matches_numpy_float64(case, scan):
         # start from a non-zero state: the one after a prefix
         state = model.trajectory(params, state, *_data(model, rng, (4,)))
         state = jax.tree.map(lambda a: a[-1], state)
-        after = model.trajectory(params, state, jnp.asarray(x), None if u is None else jnp.asarray(u))
+        u = None if u is None else jnp.asarray(u)
+        after = model.trajectory(params, state, jnp.asarray(x), u)
         carries, feats = _np_network(model, params, state, x, u)
         np.testing.assert_allclose(np.asarray(after.features), feats, rtol=1e-10, atol=1e-12)
         for got, ref in zip(after.carries, carries, strict=True):
@@ -226,14 +233,14 @@ def test_gradient_matches_finite_differences_float64(scan):
 
         g = jax.grad(f)(params)
         leaves, tree = jax.tree.flatten(params)
-        rng = np.random.default_rng(4)
+        rng, eps = np.random.default_rng(4), 1e-6
         for _ in range(3):
             v = jax.tree.unflatten(tree, [jnp.asarray(rng.normal(size=a.shape)) for a in leaves])
-            eps = 1e-6
             plus = f(jax.tree.map(lambda a, d: a + eps * d, params, v))
             minus = f(jax.tree.map(lambda a, d: a - eps * d, params, v))
             fd = (plus - minus) / (2 * eps)
-            exact = sum(jnp.vdot(a, d) for a, d in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
+            pairs = zip(jax.tree.leaves(g), jax.tree.leaves(v), strict=True)
+            exact = sum(jnp.vdot(a, d) for a, d in pairs)
             np.testing.assert_allclose(float(exact), float(fd), rtol=1e-6)
 
 
