@@ -13,7 +13,9 @@ A run directory holds
   SHA-256 of every other file;
 * ``fit.json``     (``probseq fit``) what the directory is being fitted for: the
   spec and the identity of the data (:func:`claim`), written before the fit starts;
-* ``checkpoints/`` (``probseq fit`` with SGD) the resumable state of the fit.
+* ``checkpoints/`` (``probseq fit`` with SGD) the resumable state of the fit;
+* ``.probseq-lock`` (while ``probseq fit`` writes the directory) the pid of the fit
+  that holds it (:func:`claim`).
 
 What a run directory promises:
 
@@ -23,10 +25,18 @@ What a run directory promises:
   :func:`load` would take for complete; temporaries a killed save left are removed
   by the next save;
 * :func:`load` checks each file against its checksum in ``run.json`` and names the
-  one that is missing, changed or corrupt;
+  one that is missing or damaged (changed since it was saved); an intact file is
+  never called damaged: parameters of another model say so, and parameters saved in
+  another precision are cast to this process's (float32 under ``JAX_ENABLE_X64=1``,
+  float64 without it: a :class:`probseq.fit.checkpoint.PrecisionWarning` says how
+  much precision was lost);
 * ``probseq fit`` into a directory that is not empty resumes only the same fit (the
-  same spec, every setting of it, and the same data); anything else stops before
-  any work with one line.
+  same spec, every setting of it, and the same data, in the precision it began in);
+  anything else stops before any work with one line;
+* one fit at a time writes a directory: :func:`claim` takes its lock file
+  (``O_EXCL``), and a second fit started into it is refused with one line naming
+  the first one's pid; the lock of a fit that was killed (SIGKILL too) does not
+  block a later fit or resume.
 
 Example:
     >>> run = probseq.load("runs/lstm")                     # doctest: +SKIP
@@ -35,11 +45,17 @@ Example:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import datetime
 import fnmatch
 import json
 import os
+import secrets
+import socket
+import time
+import warnings
 from typing import Any
 
 import jax
@@ -52,11 +68,14 @@ from probseq.fit.result import FitHistory
 from probseq.spec import Spec, SpecError, load_spec, spec_text
 
 __all__ = ["Run", "save_run", "load", "RunError", "check_out", "undo_check_out", "claim"]
-__all__ += ["FIT_FILE"]
+__all__ += ["FIT_FILE", "LOCK_FILE", "CHECKPOINTS_DIR"]
 
 FORMAT_VERSION = 2  # 2: run.json holds a checksum of each file
 _READABLE_VERSIONS = (1, 2)
 FIT_FILE = "fit.json"
+LOCK_FILE = ".probseq-lock"  # held by the fit writing the directory (:func:`claim`)
+CHECKPOINTS_DIR = "checkpoints"  # where ``probseq fit`` keeps the resumable state
+_PROBE_PREFIX = ".probseq-probe"
 _RUN_FILES = ("spec.toml", "params.npz", "data.json", "history.json", FIT_FILE)
 
 
@@ -268,6 +287,7 @@ def save_run(run: Run, directory, *, fingerprint: dict | None = None) -> str:
         "sha256": files,
     }
     _write_atomic(directory, "run.json", json.dumps(meta, indent=1))
+    _unlock(directory)  # the fit that claimed the directory is done writing it
     return directory
 
 
@@ -298,9 +318,10 @@ def check_out(directory) -> tuple[str, str | None]:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
         raise RunError(f"--out {directory}: cannot create the directory ({e.strerror}).") from None
-    try:
-        atomic.write_atomic(os.path.join(directory, ".probseq-probe"), b"")
-        os.remove(os.path.join(directory, ".probseq-probe"))
+    probe = os.path.join(directory, f"{_PROBE_PREFIX}-{secrets.token_hex(6)}")
+    try:  # a name of its own: two fits may check out one --out at the same moment
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.remove(probe)
     except OSError as e:
         undo_check_out(directory, created)
         raise RunError(f"--out {directory} is not writable ({e.strerror}).") from None
@@ -344,23 +365,47 @@ def claim(directory, fingerprint: dict) -> str:
     """Reserve a run directory for the fit described by ``fingerprint`` (a JSON dict;
     ``probseq fit`` uses :func:`probseq.workflow.fit_fingerprint`).
 
-    An empty directory gets ``fit.json`` and is "new". A directory whose
+    First the directory's lock (:data:`LOCK_FILE`, created with ``O_EXCL``) is
+    taken, so that two fits started into one ``--out`` at the same moment cannot
+    both write it: the second is refused with a message naming the directory and
+    the first one's pid. A lock whose holder is gone (killed, even by SIGKILL) is
+    taken over. The lock is held until :func:`save_run` has written the run (or the
+    process ends); a refused claim and a "finished" one release it at once.
+
+    An empty directory then gets ``fit.json`` and is "new". A directory whose
     ``fit.json`` holds the same fingerprint is the same fit: "finished" if its run
-    is saved, else "resume". Anything else is refused.
+    is saved, else "resume" - unless its checkpoint was written in another
+    precision than this process computes in (``JAX_ENABLE_X64``): a resumed fit
+    continues in the precision it began in (so that it equals the uninterrupted
+    fit), and the message says how. Anything else is refused.
 
     Returns:
         "new", "resume" or "finished".
 
     Raises:
-        RunError: the directory holds another fit (the message says what differs),
-            files that are no probseq fit, or a damaged ``fit.json``.
+        RunError: another live fit holds the directory; the directory holds another
+            fit (the message says what differs), files that are no probseq fit, a
+            damaged ``fit.json``, or the checkpoint of this fit in another precision.
     """
     directory = os.fspath(directory)
+    _lock(directory)
+    try:
+        state = _claim(directory, fingerprint)
+    except BaseException:
+        _unlock(directory)
+        raise
+    if state == "finished":  # nothing will be written
+        _unlock(directory)
+    return state
+
+
+def _claim(directory: str, fingerprint: dict) -> str:
     path = os.path.join(directory, FIT_FILE)
     way_out = f"fit into another --out, or delete {directory} to start afresh"
     fingerprint = json.loads(json.dumps(fingerprint))
     if not os.path.exists(path):
         ours = [f".{n}-*{atomic.TMP_SUFFIX}" for n in (*_RUN_FILES, "run.json")]
+        ours += [LOCK_FILE, f"{_PROBE_PREFIX}-*"]
         if any(not any(fnmatch.fnmatch(e, p) for p in ours) for e in os.listdir(directory)):
             what = (
                 "a run saved without a record of its fit (by probseq.save_run or an older probseq)"
@@ -389,7 +434,217 @@ def claim(directory, fingerprint: dict) -> str:
             f"--out {directory} holds a fit of another spec or data: its {part} differs "
             f"({key}: {shown}); {way_out}."
         )
-    return "finished" if os.path.exists(os.path.join(directory, "run.json")) else "resume"
+    if os.path.exists(os.path.join(directory, "run.json")):
+        return "finished"
+    _check_resumable_precision(directory)
+    return "resume"
+
+
+def _check_resumable_precision(directory: str) -> None:
+    """Refuse to resume a checkpoint written in another precision than this process's.
+
+    Why refuse rather than cast: a resumed fit promises the parameters of the
+    uninterrupted one. A float32 fit continued in float64 (or the reverse) equals
+    neither, and the optimizer's or M-step's state would change precision silently.
+    The finished run loads in either precision (:func:`load` casts it).
+    """
+    folder = os.path.join(directory, CHECKPOINTS_DIR)
+    trees = checkpoint.read_trees(folder) if os.path.isdir(folder) else None
+    if not trees:
+        return
+    floats = {d for t in trees.values() for d in t.get("dtypes", []) if d in _FLOATS}
+    saved = next((d for d in ("float64", "float32") if d in floats), None)
+    here = checkpoint.default_float()
+    if saved is None or saved == here:
+        return
+    switch = "JAX_ENABLE_X64=1" if saved == "float64" else "JAX_ENABLE_X64 unset (or 0)"
+    raise RunError(
+        f"--out {directory} holds an unfinished fit in {saved} "
+        f"({os.path.join(folder, checkpoint.CHECKPOINT_FILE)}), and this process computes "
+        f"in {checkpoint.process_precision()}: a fit resumes in the precision it began in. "
+        f"Resume it with {switch}, or delete {folder} to start it afresh in {here}, or fit "
+        "into another --out."
+    )
+
+
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
+# ------------------------------------------------------- the lock of a run directory
+_HELD: dict[str, str] = {}  # real path of a directory this process holds -> lock token
+_STALE_UNWRITTEN_S = 5.0  # a lock file still empty after this long: its writer died
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks) of process ``pid`` from /proc (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()  # after "pid (comm) ": field 3 on
+    if len(fields) < 20:
+        return None
+    return fields[0].decode(), fields[19].decode()
+
+
+def _lock_record(token: str) -> dict:
+    stat = _proc_stat(os.getpid())
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start": None if stat is None else stat[1],
+        "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "token": token,
+    }
+
+
+def _create_lock(path: str, record: dict) -> bool:
+    """Create ``path`` with ``O_EXCL`` and write ``record``; False if it exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(record))
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def _read_lock(path: str) -> dict | None:
+    """The lock's record; {} while it is being written (or its writer died before
+    writing: see :func:`_blocks`); None if there is no lock."""
+    for _ in range(20):  # the creator writes right after O_EXCL: give it a moment
+        try:
+            with open(path, encoding="utf-8") as f:
+                record = json.loads(f.read())
+            if isinstance(record, dict) and record:
+                return record
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            pass
+        time.sleep(0.025)
+    return {}
+
+
+def _blocks(path: str, record: dict) -> bool:
+    """Whether the lock at ``path`` is held by another live process."""
+    if not record:  # never written: its creator died at once, or is writing right now
+        try:
+            return time.time() - os.path.getmtime(path) < _STALE_UNWRITTEN_S
+        except OSError:
+            return False
+    pid = record.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False  # not a lock probseq wrote
+    if record.get("host") != socket.gethostname() or os.name == "nt":
+        return True  # a process on another machine (a shared disk): cannot tell
+    if pid == os.getpid():  # this process (a second claim of the same directory)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    stat = _proc_stat(pid)
+    if stat is not None:
+        state, start = stat
+        if state in ("Z", "X"):  # killed, not yet reaped
+            return False
+        if record.get("start") is not None and record["start"] != start:
+            return False  # the pid was reused by a later process
+    return True
+
+
+@contextlib.contextmanager
+def _guard(directory: str):
+    """An exclusive flock on the directory while a stale lock is replaced, so that
+    two processes taking over one stale lock cannot both win (POSIX; elsewhere a
+    no-op: O_EXCL alone still keeps two fresh fits apart)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # pragma: no cover - a file system without flock
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock(directory: str) -> None:
+    """Take ``directory``'s lock for this process (again, if it holds it already).
+
+    Raises:
+        RunError: another live process holds it (the message names the directory
+            and its pid).
+    """
+    path = os.path.join(directory, LOCK_FILE)
+    token = secrets.token_hex(8)
+    record = _lock_record(token)
+    for _ in range(5):
+        if _create_lock(path, record):
+            break
+        with _guard(directory):
+            holder = _read_lock(path)
+            if holder is None:
+                continue  # released meanwhile: try O_EXCL again
+            if _blocks(path, holder):
+                raise RunError(_in_use(directory, path, holder))
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)  # stale: its fit was killed (or is this process)
+            if _create_lock(path, record):
+                break
+    else:  # pragma: no cover - five races lost in a row
+        raise RunError(f"--out {directory} is in use: cannot take its lock {path}; try again.")
+    _HELD[os.path.realpath(directory)] = token
+
+
+def _in_use(directory: str, path: str, holder: dict) -> str:
+    if not holder:
+        who = "a probseq fit that is taking it right now (pid not yet written)"
+    else:
+        host = holder.get("host")
+        where = "" if host == socket.gethostname() else f" on {host}"
+        who = f"probseq fit pid {holder.get('pid')}{where}, since {holder.get('since')}"
+    return (
+        f"--out {directory} is in use by another fit ({who}): wait for it to end, or fit "
+        f"into another --out (if that fit is no longer running, delete {path})."
+    )
+
+
+def _unlock(directory) -> None:
+    """Release ``directory``'s lock if this process holds it (else do nothing)."""
+    key = os.path.realpath(os.fspath(directory))
+    token = _HELD.pop(key, None)
+    if token is None:
+        return
+    path = os.path.join(key, LOCK_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            ours = json.loads(f.read()).get("token") == token
+        if ours:
+            os.remove(path)
+    except (OSError, ValueError, AttributeError):
+        pass  # gone, or replaced (the directory was deleted and reused)
+
+
+@atexit.register
+def _release_all() -> None:
+    for key in list(_HELD):
+        _unlock(key)
 
 
 def _read_json(path: str) -> dict:
@@ -423,17 +678,66 @@ def _verify_checksums(directory: str, meta_path: str, sums) -> None:
             raise RunError(f"{path} is unreadable ({e.strerror}).") from None
         if actual != expected:
             raise RunError(
-                f"{path} is corrupt: it was changed or damaged after the run was saved "
-                f"(its SHA-256 differs from the one in {meta_path})."
+                f"{path} is damaged: it was changed after the run was saved (its SHA-256 "
+                f"differs from the one in {meta_path}); restore it from a copy, or fit again."
             )
+
+
+def _load_params(directory: str, spec: Spec, model, meta: dict, *, verified: bool):
+    """params.npz as the pytree ``spec`` builds for ``model``, in this process's
+    precision (cast: a PrecisionWarning says when values change). ``verified``: its
+    checksum matched run.json, so a file that does not fit is intact, of another model."""
+    path = os.path.join(directory, "params.npz")
+    template = jax.eval_shape(lambda: spec.init_params(model))
+    try:
+        ckpt = checkpoint.load_checkpoint(directory, filename="params.npz")
+    except checkpoint.CheckpointError as e:
+        if verified:  # the bytes are the ones saved: not damaged since
+            raise RunError(
+                f"{path} cannot be read as probseq parameters, though it is as it was saved "
+                f"(its checksum matches run.json): {e}"
+            ) from None
+        raise RunError(str(e)) from None
+    if ckpt is None:
+        raise RunError(f"{path} is missing.")
+    saved_by = meta.get("probseq_version")
+    from probseq import __version__
+
+    intact = (
+        f"The file is intact (its checksum matches run.json): it holds the parameters of "
+        f"another model than {spec.source} builds with this probseq ({__version__}; the run "
+        f"was saved by probseq {saved_by}). Load it with the probseq that saved it, or fit "
+        "the spec again."
+        if verified
+        else "The file is damaged, or holds the parameters of another model (this run "
+        "has no checksums to tell which); fit the spec again."
+    )
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", checkpoint.PrecisionWarning)
+            params = checkpoint.restore_tree(
+                template, ckpt, "params", what="params", cast=True, hint=intact
+            )
+    except ValueError as e:
+        raise RunError(f"{path} does not fit the spec's model: {e}") from None
+    for w in caught:  # said where load() was called
+        warnings.warn(w.message, w.category, stacklevel=3)
+    return jax.tree.map(jax.numpy.asarray, params)
 
 
 def load(directory) -> Run:
     """Load a run directory written by :func:`save_run` (``probseq fit``).
 
+    The parameters come back in this process's precision, whichever they were saved
+    in: a float32 run under ``JAX_ENABLE_X64=1`` is cast up (exactly); a float64 run
+    without x64 is cast down, with a
+    :class:`probseq.fit.checkpoint.PrecisionWarning` saying how much changed.
+
     Raises:
-        RunError: the directory or one of its files is missing or corrupt (the
-            message names it), or was written by an incompatible version.
+        RunError: the directory or one of its files is missing or damaged (its
+            checksum differs; the message names it), holds another model's
+            parameters than its spec builds, or was written by an incompatible
+            version.
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
@@ -486,13 +790,7 @@ def load(directory) -> Run:
     params_path = os.path.join(directory, "params.npz")
     if not os.path.isfile(params_path):
         raise RunError(f"{params_path} is missing.")
-    template = jax.eval_shape(lambda: spec.init_params(model))
-    try:
-        ckpt = checkpoint.load_checkpoint(directory, filename="params.npz")
-        params = checkpoint.restore_tree(template, ckpt, "params", what="params")
-    except Exception as e:  # zip, npz, JSON and shape errors all mean the same here
-        raise RunError(f"{params_path} is corrupt or does not fit the spec ({e}).") from None
-    params = jax.tree.map(jax.numpy.asarray, params)
+    params = _load_params(directory, spec, model, meta, verified=version >= 2)
     hist_path = os.path.join(directory, "history.json")
     hist = _read_json(hist_path)
     stored_history, info = hist.get("history", {}), hist.get("info", {})

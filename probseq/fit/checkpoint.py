@@ -15,8 +15,11 @@ leaves either the previous checkpoint or the new one, never a torn file, and the
 temporaries a killed save left behind are removed by the next save or resume. A
 damaged file is refused with a :class:`CheckpointError` that names it. Restoring
 needs a template pytree (e.g. ``model.init(key)``): the structure comes from the
-template, and a stored tree whose paths, shapes or dtypes differ is refused with a
-ValueError.
+template, and a stored tree whose paths or shapes differ (another model) is refused
+with a ValueError. A tree that differs only in precision (saved under
+``jax_enable_x64`` and read without it, or the reverse) is refused with a
+:class:`PrecisionMismatchError` that says so, or cast with ``restore_tree(...,
+cast=True)`` (with a :class:`PrecisionWarning` where values change).
 
 Example:
     >>> import tempfile, jax.numpy as jnp
@@ -35,6 +38,7 @@ import contextlib
 import glob
 import json
 import os
+import warnings
 import zipfile
 from typing import Any, NamedTuple
 
@@ -52,6 +56,10 @@ __all__ = [
     "restore_tree",
     "remove_stale_temporaries",
     "CheckpointError",
+    "PrecisionMismatchError",
+    "PrecisionWarning",
+    "precision",
+    "read_trees",
 ]
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -222,24 +230,124 @@ def read_metadata(directory) -> dict | None:
         return _read_document(npz, path)["metadata"]
 
 
-def restore_tree(template, checkpoint: Checkpoint, name: str, *, what: str | None = None):
-    """Rebuild the stored tree ``name`` with the structure of ``template``.
+def read_trees(directory, *, filename: str = CHECKPOINT_FILE) -> dict | None:
+    """Only the descriptions of the stored trees (name -> {"paths", "shapes",
+    "dtypes"}) of ``<directory>/<filename>``, without reading the arrays (None if there
+    is no such file).
 
     Raises:
-        ValueError: the checkpoint has no such tree, or its key paths, shapes or dtypes
-            differ from the template's (say which leaf, what was stored, what was
-            expected).
+        CheckpointError: as :func:`load_checkpoint`.
+    """
+    path = os.path.join(directory, filename)
+    if not os.path.exists(path):
+        return None
+    with _open_npz(path) as npz:
+        return _read_document(npz, path)["trees"]
+
+
+def _kind(dtype: str) -> str:
+    """ "float" (bfloat16 too), "complex", "int", "uint", "bool", or the dtype itself."""
+    try:
+        d = jax.numpy.dtype(dtype)
+    except TypeError:
+        return dtype
+    for kind, parent in (("float", np.floating), ("complex", np.complexfloating),
+                         ("uint", np.unsignedinteger), ("int", np.signedinteger),
+                         ("bool", np.bool_)):  # fmt: skip
+        if jax.numpy.issubdtype(d, parent):
+            return kind
+    return dtype
+
+
+def precision(dtypes) -> str:
+    """The precision a list of dtypes is in: its floating (and complex) dtypes, joined
+    by "+" ("float32", "float64"); with none, every dtype ("int32")."""
+    floats = sorted({str(d) for d in dtypes if _kind(str(d)) in ("float", "complex")})
+    return "+".join(floats or sorted({str(d) for d in dtypes}))
+
+
+def process_precision() -> str:
+    """ "float64, jax_enable_x64 on" or "float32, jax_enable_x64 off": the precision
+    arrays made without an explicit dtype get in this process."""
+    on = bool(jax.config.jax_enable_x64)
+    return f"float{64 if on else 32}, jax_enable_x64 {'on' if on else 'off'}"
+
+
+def _switch(saved: str) -> str:
+    """How to run in ``saved`` precision."""
+    return "JAX_ENABLE_X64=1" if saved == "float64" else "JAX_ENABLE_X64 unset"
+
+
+def default_float() -> str:
+    """ "float64" under ``jax_enable_x64``, else "float32"."""
+    return "float64" if jax.config.jax_enable_x64 else "float32"
+
+
+class PrecisionMismatchError(ValueError):
+    """A stored tree of the right structure and shapes whose leaves are in another
+    precision than expected (float32 stored, float64 expected, or the reverse): the
+    file is intact and of the right model. :func:`restore_tree` raises it unless
+    asked to ``cast``."""
+
+
+class PrecisionWarning(UserWarning):
+    """Stored values were cast to a narrower dtype and changed (float64 -> float32)."""
+
+
+def _cast(a: np.ndarray, dtype) -> tuple[np.ndarray, bool]:
+    """``a`` as ``dtype`` and whether any value changed (precision lost)."""
+    out = a.astype(dtype)
+    if np.dtype(dtype).itemsize >= a.dtype.itemsize:
+        return out, False
+    with np.errstate(all="ignore"):
+        back = out.astype(a.dtype)
+    return out, not np.array_equal(back, a, equal_nan=a.dtype.kind in "fc")
+
+
+def restore_tree(
+    template,
+    checkpoint: Checkpoint,
+    name: str,
+    *,
+    what: str | None = None,
+    cast: bool = False,
+    hint: str | None = None,
+):
+    """Rebuild the stored tree ``name`` with the structure of ``template``.
+
+    A tree stored in another precision (the same paths and shapes; float32 where the
+    template has float64, int64 where it has int32, ...) is refused with a
+    :class:`PrecisionMismatchError`, or with ``cast=True`` cast to the template's
+    dtypes; a cast that changes a value (float64 to float32) warns with a
+    :class:`PrecisionWarning` that says how much.
+
+    Args:
+        template: a pytree of arrays or ShapeDtypeStructs: the structure, shapes and
+            dtypes expected.
+        checkpoint: what :func:`load_checkpoint` returned.
+        name: the stored tree's name; ``what``: how messages call it.
+        cast: cast a tree stored in another precision instead of refusing it.
+        hint: what the message of another model (paths or shapes differ) tells the
+            user to do (default: use another checkpoint_dir).
+
+    Raises:
+        ValueError: the checkpoint has no such tree, or its key paths, shapes or dtype
+            kinds differ from the template's: another model (say which leaf, what was
+            stored, what was expected).
+        PrecisionMismatchError: (a ValueError) only the precision differs and
+            ``cast`` is False.
     """
     what = what or name
     if name not in checkpoint.trees:
         raise ValueError(f"checkpoint {checkpoint.path} holds no {what} ({name!r}).")
     stored = checkpoint.trees[name]
     expected = _describe(template)
-    hint = (
-        f"The checkpoint in {os.path.dirname(checkpoint.path)} was written for a different "
-        "model, optimizer or batch layout; use another checkpoint_dir (or delete it) to "
-        "start afresh."
-    )
+    if hint is None:
+        hint = (
+            f"The checkpoint in {os.path.dirname(checkpoint.path)} was written for a "
+            "different model, optimizer or batch layout; use another checkpoint_dir (or "
+            "delete it) to start afresh."
+        )
     if stored["paths"] != expected["paths"]:
         missing = [p for p in expected["paths"] if p not in stored["paths"]]
         extra = [p for p in stored["paths"] if p not in expected["paths"]]
@@ -253,6 +361,7 @@ def restore_tree(template, checkpoint: Checkpoint, name: str, *, what: str | Non
                 f"{len(stored['paths'])} leaves stored, {len(expected['paths'])} expected"
             )
         raise ValueError(f"checkpoint {what} does not match: {'; '.join(detail)}. {hint}")
+    other_precision = []
     for path, s_shape, s_dtype, e_shape, e_dtype in zip(
         stored["paths"],
         stored["shapes"],
@@ -261,10 +370,50 @@ def restore_tree(template, checkpoint: Checkpoint, name: str, *, what: str | Non
         expected["dtypes"],
         strict=True,
     ):
-        if s_shape != e_shape or s_dtype != e_dtype:
+        if s_shape != e_shape or (s_dtype != e_dtype and _kind(s_dtype) != _kind(e_dtype)):
             raise ValueError(
                 f"checkpoint {what}{path} has shape {tuple(s_shape)} and dtype {s_dtype}, but "
                 f"{tuple(e_shape)} and {e_dtype} are expected. {hint}"
             )
+        if s_dtype != e_dtype:
+            other_precision.append(path)
+    leaves = checkpoint.arrays[name]
+    if other_precision:
+        saved, wanted = precision(stored["dtypes"]), precision(expected["dtypes"])
+        if not cast:
+            raise PrecisionMismatchError(
+                f"{checkpoint.path} holds the {what} in {saved}, but {wanted} is expected "
+                f"here (this process computes in {process_precision()}): the file is intact "
+                "and of this model, only its precision differs. Use it in the precision it "
+                f"was saved in ({_switch(saved)}), or use another checkpoint_dir (or delete "
+                "it) to start afresh."
+            )
+        out, changed, worst = [], [], 0.0
+        for leaf, s_dtype, e_dtype, path in zip(
+            leaves, stored["dtypes"], expected["dtypes"], stored["paths"], strict=True
+        ):
+            if s_dtype == e_dtype:
+                out.append(leaf)
+                continue
+            new, lost = _cast(np.asarray(leaf), np.dtype(jax.numpy.dtype(e_dtype)))
+            out.append(new)
+            if lost:
+                changed.append(path)
+                if _kind(s_dtype) in ("float", "complex"):
+                    a = np.asarray(leaf)
+                    with np.errstate(all="ignore"):
+                        err = np.abs(new.astype(a.dtype) - a) / np.maximum(np.abs(a), 1e-300)
+                    finite = err[np.isfinite(err)]
+                    worst = max(worst, float(finite.max()) if finite.size else 0.0)
+        if changed:
+            warnings.warn(
+                f"{checkpoint.path} holds the {what} in {saved}; they are cast to {wanted}, "
+                f"the precision this process computes in ({process_precision()}), and "
+                f"{len(changed)} of {len(leaves)} arrays change (largest relative change "
+                f"{worst:.1e}). To use them in {saved}, run with {_switch(saved)}.",
+                PrecisionWarning,
+                stacklevel=3,
+            )
+        leaves = out
     treedef = jax.tree_util.tree_structure(template)
-    return jax.tree_util.tree_unflatten(treedef, checkpoint.arrays[name])
+    return jax.tree_util.tree_unflatten(treedef, leaves)
