@@ -162,6 +162,21 @@ def test_parallel_equals_sequential_values_and_gradients(t):
         np.testing.assert_allclose(lb, la, rtol=1e-4, atol=1e-4 * scale)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 10, 97, 500])
+def test_chunked_parallel_scan_equals_the_sequential_one(chunk_size):
+    """Chunks of 1, 10 (the last one padded), exactly T and more than T steps."""
+    kw = dict(obs_dim=2, hidden_size=4, state_size=3, scan="parallel")
+    seq = probseq.Mamba(**{**kw, "scan": "sequential"})
+    chunked = probseq.Mamba(chunk_size=chunk_size, **kw)
+    params = _perturbed(seq.init(jax.random.key(11)), scale=0.3)
+    x = jax.random.normal(jax.random.key(12), (97, 2))
+    h0 = jax.tree.map(lambda a: a[-1], seq.trajectory(params, seq.initial_state(params), x[:9]))
+    a = seq.trajectory(params, h0, x)
+    b = chunked.trajectory(params, h0, x)
+    for la, lb in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("scan", ["sequential", "parallel"])
 def test_step_by_step_and_windows_equal_the_full_pass(scan):
     """update() one step at a time (sampling) and scoring in windows from the carried state
@@ -248,6 +263,7 @@ def test_a_short_fit_decreases_the_loss():
         (dict(state_size=0), "state_size must be"),
         (dict(dt_min=0.2, dt_max=0.1), "need dt_min <= dt_max"),
         (dict(scan="fast"), "scan must be one of"),
+        (dict(chunk_size=0), "chunk_size must be"),
     ],
 )
 def test_bad_configuration_is_refused(kwargs, message):

@@ -34,8 +34,10 @@ normal with variance 1 / fan-in (the house's dense init; the reference's are PyT
 uniform Linear default), no biases. The norm and residual path of the authors' full
 block are not part of this cell.
 
-The parallel scan holds (T, E, N) pairs per sequence and layer, and the states after
-every step are (T, E, N) on either path (the contract returns every state).
+The parallel scan holds (T, E, N) pairs per sequence and layer, and several temporaries
+of that size (``chunk_size`` runs it over chunks, one after another, which bounds them
+to (chunk_size, E, N)); the states after every step are (T, E, N) on either path (the
+contract returns every state).
 
 Example:
     >>> import jax, probseq
@@ -79,6 +81,34 @@ def _mm(a, b):
     return jnp.matmul(a, b, precision=NEURAL)
 
 
+def _chunked_parallel(delta, dbx, bmat, a, h0, chunk_size):
+    """All states of the selective recurrence by associative scans over chunks of
+    ``chunk_size`` steps (None: one chunk), run one after another, each from the last
+    state of the one before. The pairs and the scan's temporaries are then (chunk, E, N)
+    at a time instead of (T, E, N); padding steps (a = 1, b = 0) keep the state."""
+    t = delta.shape[0]
+
+    def pairs(d, dx, b):
+        return jnp.exp(d[..., None] * a), dx[..., None] * b[..., None, :]
+
+    if chunk_size is None or chunk_size >= t:
+        return linear_recurrence(*pairs(delta, dbx, bmat), h0, parallel=True)
+    num = -(-t // chunk_size)
+    pad = num * chunk_size - t
+
+    def split(v):
+        v = jnp.concatenate([v, jnp.zeros((pad,) + v.shape[1:], v.dtype)], axis=0)
+        return v.reshape((num, chunk_size) + v.shape[1:])
+
+    def chunk(h, inp):
+        hs = linear_recurrence(*pairs(*inp), h, parallel=True)
+        return hs[-1], hs
+
+    # zero Delta and zero input on padded steps: exp(0 * A) = 1 and Delta c B = 0
+    hs = jax.lax.scan(chunk, h0, (split(delta), split(dbx), split(bmat)))[1]
+    return hs.reshape((num * chunk_size,) + hs.shape[2:])[:t]
+
+
 def _inverse_softplus(y):
     """x with softplus(x) = y, for y > 0: y + log(1 - exp(-y))."""
     return y + jnp.log(-jnp.expm1(-y))
@@ -97,6 +127,9 @@ class Mamba(RecurrentNetwork):
         dt_min, dt_max: range of the log-uniform initial steps softplus(b_Delta).
         scan: "sequential", "parallel" (associative scan) or "auto" (parallel on
             accelerators, sequential on CPU).
+        chunk_size: the parallel scan runs over chunks of this many steps, one chunk
+            after another (None: the whole sequence at once); bounds the scan's
+            temporaries to (chunk_size, E, N) per sequence.
         (others: see RecurrentNetwork)
 
     Raises:
@@ -111,10 +144,13 @@ class Mamba(RecurrentNetwork):
     dt_min: float = 0.001
     dt_max: float = 0.1
     scan: str = "auto"
+    chunk_size: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
         validation.check_choice("scan", self.scan, SCAN_MODES)
+        chunk = validation.check_int("chunk_size", self.chunk_size, allow_none=True)
+        object.__setattr__(self, "chunk_size", chunk)
         for name in ("state_size", "expand"):
             object.__setattr__(self, name, validation.check_int(name, getattr(self, name)))
         width = validation.check_int("conv_width", self.conv_width, minimum=2)
@@ -198,10 +234,7 @@ class Mamba(RecurrentNetwork):
         a = -jnp.exp(p["A_log"])
         dbx = delta * c
         if resolve_scan_mode(self.scan) == "parallel":
-            hs = linear_recurrence(
-                jnp.exp(delta[..., None] * a), dbx[..., None] * bmat[:, None, :], carry.ssm,
-                parallel=True,
-            )  # fmt: skip
+            hs = _chunked_parallel(delta, dbx, bmat, a, carry.ssm, self.chunk_size)
         else:  # the (T, E, N) pairs are formed one step at a time
 
             def step(h, inp):
@@ -225,4 +258,5 @@ SPEC = recurrent_spec(
     dt_rank=POSITIVE_INT,
     dt_min=POSITIVE_NUMBER,
     dt_max=POSITIVE_NUMBER,
+    chunk_size=POSITIVE_INT,
 )
