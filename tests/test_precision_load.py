@@ -42,7 +42,7 @@ def _spec(family, method):
     kind = "text" if "categorical" in f.heads else "series"
     model = {"family": family, **{k: v for k, v in REQUIRED.items() if k in f.keys}}
     if "hidden_size" in f.keys:
-        model["hidden_size"] = 3
+        model["hidden_size"] = 4
     data = {"kind": kind, "sequence_length": 24, "split": [0.8, 0.1, 0.1]}
     return spec.parse_spec({"data": data, "model": model, "fit": FIT[method]})
 
