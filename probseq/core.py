@@ -43,6 +43,7 @@ from probseq.scan import pairwise_sum
 
 __all__ = [
     "SequenceModel",
+    "EMOptions",
     "ScoreResult",
     "score",
     "log_prob",
@@ -59,6 +60,19 @@ __all__ = [
 ]
 
 PyTree = Any
+
+
+class EMOptions(NamedTuple):
+    """A model's checked EM settings (from :meth:`SequenceModel.em_options`).
+
+    static: hashable settings the compiled step is specialised to (e.g. the E-step).
+    constants: arrays every iteration reads (a prior's concentrations, a mean input).
+    restart_map: how fit_em batches restarts: "vmap" or "map" (one after the other).
+    """
+
+    static: Any = None
+    constants: Any = None
+    restart_map: str = "vmap"
 
 
 class SequenceModel(abc.ABC):
@@ -108,6 +122,45 @@ class SequenceModel(abc.ABC):
         self, params: PyTree, state: PyTree, x: jax.Array, u: jax.Array | None = None
     ) -> PyTree:
         """Consume x_t (and u_t); return h_{t+1}."""
+
+    # ---------------------------------------------------------- optional capabilities
+    # Declared here, never found with hasattr: a family that has one overrides the
+    # methods and the flag that says so; generic code reads the flag.
+
+    #: EM (expectation-maximisation): the model has expected sufficient statistics and
+    #: an M-step, so :func:`probseq.fit_em` (the one EM driver) fits it.
+    supports_em = False
+
+    def em_options(self, params, batch, **settings) -> EMOptions:
+        """Check fit_em's model-specific settings (``prior``, ``estep``, ``initial``,
+        ``num_restarts``, ``mesh``; refuse by name those that do not apply) for
+        ``batch`` (a validated :class:`probseq.validation.Batch`)."""
+        raise ValueError(
+            f"{self!r} has no EM (expected statistics and M-step); fit it with "
+            "probseq.fit_sgd."
+        )
+
+    def em_start(self, params, batch, options: EMOptions) -> tuple[PyTree, dict]:
+        """Parameters EM starts from (default: ``params``), and metrics of that start:
+        a dict of () arrays (the same keys :meth:`m_step` reports)."""
+        return params, {}
+
+    def expected_statistics(self, params, batch, options: EMOptions) -> tuple[Any, jax.Array]:
+        """The E-step: (statistics, log p(x | params)) of ``batch = (x, mask, inputs)``."""
+        raise NotImplementedError(f"{self!r} has no EM E-step.")
+
+    def m_step(self, params, stats, batch, options: EMOptions) -> tuple[PyTree, dict]:
+        """The M-step: (new params, metrics: a dict of () arrays)."""
+        raise NotImplementedError(f"{self!r} has no EM M-step.")
+
+    def em_info(self, options: EMOptions, start_metrics: dict, metrics: dict) -> dict:
+        """What fit_em adds to its ``info`` for this model, from the start's metrics
+        and each iteration's (arrays over the iterations the best restart ran)."""
+        return {}
+
+    def em_log_prior(self, params, options: EMOptions) -> jax.Array:
+        """log p(params) that MAP-EM adds to the objective (default 0: maximum likelihood)."""
+        return jnp.zeros((), jax.tree.leaves(params)[0].dtype)
 
     # ------------------------------------------------------------ overridable paths
     def trajectory(self, params, state, xs, us=None) -> PyTree:

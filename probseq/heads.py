@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +57,9 @@ class Head(abc.ABC):
 
     #: True when observations are integer tokens (scalar events) fed to an embedding.
     is_token: bool = False
+    #: True when :meth:`m_step` is closed form (then an HMM with this head is fitted by
+    #: probseq.fit_em). A head that implements m_step sets it; generic code reads it.
+    has_m_step: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod
@@ -189,6 +193,8 @@ def _float_obs(x: np.ndarray, name: str, what: str) -> np.ndarray:
 class CategoricalHead(Head):
     """Categorical over ``vocab_size`` symbols: ``x_t ~ Categorical(softmax(logits))``."""
 
+    has_m_step = True
+
     vocab_size: int
     is_token = True
 
@@ -294,6 +300,8 @@ class _DiagonalNormal(dist.Independent):
 class NormalHead(_VectorHead):
     """Diagonal Normal over ``obs_dim`` reals: ``x_t ~ N(loc, diag(exp(log_scale))^2)``."""
 
+    has_m_step = True
+
     def raw_shapes(self):
         return {"loc": (self.obs_dim,), "log_scale": (self.obs_dim,)}
 
@@ -377,6 +385,8 @@ class MixtureNormalHead(_VectorHead):
 class PoissonHead(_VectorHead):
     """Independent Poisson counts over ``obs_dim`` outputs: ``x_t ~ Poisson(exp(log_rate))``."""
 
+    has_m_step = True
+
     def raw_shapes(self):
         return {"log_rate": (self.obs_dim,)}
 
@@ -411,6 +421,8 @@ class PoissonHead(_VectorHead):
 class BernoulliHead(_VectorHead):
     """Independent binary outputs over ``obs_dim`` positions:
     ``x_t ~ Bernoulli(sigmoid(logits))``."""
+
+    has_m_step = True
 
     def raw_shapes(self):
         return {"logits": (self.obs_dim,)}

@@ -326,7 +326,7 @@ class Spec:
                 :class:`probseq.data.PairSplit`, with the sources); ``valid`` is used
                 for early stopping by SGD (EM ignores it).
             progress: show progress bars.
-            checkpoint_dir: SGD checkpoints (a killed fit resumes from them).
+            checkpoint_dir: SGD and EM checkpoints (a killed fit resumes from them).
             mesh: a ``jax.sharding.Mesh`` to split the sequences over (the same fit).
 
         Returns:
@@ -348,7 +348,7 @@ class Spec:
             key = jax.random.fold_in(jax.random.key(self.seed), 1)
             return fit_em(
                 model, params, train.x, mask=train.mask, prior=prior, key=key,
-                progress=progress, mesh=mesh, **f,
+                progress=progress, mesh=mesh, checkpoint_dir=checkpoint_dir, **f,
             )  # fmt: skip
         kwargs = {}
         if valid is not None:

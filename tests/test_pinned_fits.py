@@ -9,7 +9,6 @@ the same sums in another order when the surrounding program changes.
 
 import numpy as np
 import pytest
-
 from pinned_fits import CASES, PINNED, flat
 
 _pinned = np.load(PINNED)

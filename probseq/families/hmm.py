@@ -186,6 +186,31 @@ class HMM(SequenceModel):
         lik0, m0 = jax.vmap(lambda x: self.head.component_likelihoods(raw, x, first))(xs[starts])
         return lik.at[starts].set(lik0), m.at[starts].set(m0)
 
+    # ---- the EM capability (probseq.families.hmm_em holds the math)
+    @property
+    def supports_em(self) -> bool:
+        return self.head.has_m_step
+
+    def em_options(self, params, batch, **settings):
+        from probseq.families import hmm_em
+
+        return hmm_em.em_options(self, params, batch, **settings)
+
+    def expected_statistics(self, params, batch, options):
+        from probseq.families import hmm_em
+
+        return hmm_em.expected_statistics(self, params, batch, options)
+
+    def m_step(self, params, stats, batch, options):
+        from probseq.families import hmm_em
+
+        return hmm_em.m_step(self, params, stats, batch, options)
+
+    def em_log_prior(self, params, options):
+        from probseq.families import hmm_em
+
+        return hmm_em.log_prior(self, params, options)
+
     def filter_path(self, num_sequences: int, num_steps: int, dtype) -> tuple[str, int | None]:
         """(method, group_size) of :func:`probseq.hmm_inference.hmm_filter_batch` for a
         batch of this size: ``scan`` unless it is "auto" (then :mod:`probseq.auto`)."""

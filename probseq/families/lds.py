@@ -269,6 +269,34 @@ class LDS(SequenceModel):
         return LDSState(*predict_step(mean, scale, params["dynamics"],
                                       _scale(params, "dynamics"), b))  # fmt: skip
 
+    # ---- the EM capability (probseq.families.lds_em holds the math)
+    supports_em = True
+
+    def em_options(self, params, batch, **settings):
+        from probseq.families import lds_em
+
+        return lds_em.em_options(self, params, batch, **settings)
+
+    def em_start(self, params, batch, options):
+        from probseq.families import lds_em
+
+        return lds_em.em_start(self, params, batch, options)
+
+    def expected_statistics(self, params, batch, options):
+        from probseq.families import lds_em
+
+        return lds_em.expected_statistics(self, params, batch, options)
+
+    def m_step(self, params, stats, batch, options):
+        from probseq.families import lds_em
+
+        return lds_em.m_step(self, params, stats, batch, options)
+
+    def em_info(self, options, start_metrics, metrics):
+        from probseq.families import lds_em
+
+        return lds_em.em_info(self, options, start_metrics, metrics)
+
     def filter_path(self, num_steps: int) -> str:
         """ "sequential" or "parallel": ``scan`` unless it is "auto", which takes the
         parallel filter on accelerators for at least :data:`PARALLEL_MIN_STEPS` steps
