@@ -68,6 +68,15 @@ def test_init_eigenvalues_are_hippo_legs_in_blocks(state_size, blocks, conj_sym)
     np.testing.assert_allclose(_sorted(np.linalg.eigvals(s.real)), _sorted(ref), atol=1e-8)
 
 
+def test_default_state_size_is_hidden_size_made_even_for_conjugate_pairs():
+    stored = {
+        (h, cs): probseq.S5(obs_dim=1, hidden_size=h, conj_sym=cs)._stored_state_size
+        for h in (3, 4)
+        for cs in (True, False)
+    }
+    assert stored == {(3, True): 2, (4, True): 2, (3, False): 3, (4, False): 4}
+
+
 def test_init_step_sizes_are_log_uniform_in_range():
     model = probseq.S5(vocab_size=VOCAB, hidden_size=8, state_size=512, dt_min=0.01, dt_max=0.5)
     dt = np.exp(np.asarray(model.init(jax.random.key(1))["layers"][0]["log_step"]))

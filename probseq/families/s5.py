@@ -112,8 +112,8 @@ class S5(RecurrentNetwork):
     """Deep S5 network (one S5 state-space layer and a GELU per layer).
 
     Args:
-        state_size: size P of the complex state (default hidden_size); with
-            ``conj_sym`` P / 2 are stored.
+        state_size: size P of the complex state (default hidden_size, rounded up to
+            even with ``conj_sym``); with ``conj_sym`` P / 2 are stored.
         blocks: number J of HiPPO-LegS blocks on the diagonal of the initial Lambda
             (each of size P / J; even with ``conj_sym``). None: blocks as large as
             possible up to 16 eigenvalues.
@@ -169,7 +169,9 @@ class S5(RecurrentNetwork):
 
     @property
     def _full_state_size(self) -> int:
-        return self.state_size or self.hidden_size
+        if self.state_size is not None:
+            return self.state_size
+        return self.hidden_size + (self.hidden_size % 2 if self.conj_sym else 0)
 
     @property
     def _num_blocks(self) -> int:
