@@ -17,7 +17,7 @@ def _timed(fit):
 
 
 def test_fit_sgd_time_s_adds_up_to_the_wall_time():
-    model = probseq.LSTM(vocab_size=6, hidden_size=128)
+    model = probseq.LSTM(vocab_size=6, hidden_size=256)
     x = np.random.default_rng(0).integers(0, 6, size=(256, 128))
 
     def fit():
@@ -31,3 +31,17 @@ def test_fit_sgd_time_s_adds_up_to_the_wall_time():
     assert 0.8 * wall <= recorded <= wall, (recorded, wall)
     h = result.history
     np.testing.assert_allclose(h.tokens_per_s * h.time_s, h.num_tokens, rtol=1e-9)
+
+
+def test_fit_em_iteration_times_add_up_to_the_wall_time():
+    model = probseq.CategoricalHMM(16, 20)
+    x = np.random.default_rng(0).integers(0, 20, size=(64, 400))
+
+    def fit():
+        return probseq.fit_em(model, model.init(jax.random.key(0)), x, num_iters=120, tol=0.0)
+
+    fit()  # compiles; the timed fit below reuses the executable
+    result, wall = _timed(fit)
+    recorded = float(np.sum(result.info["time_s"]))
+    assert result.info["num_iters"] == len(result.info["time_s"]) == 120
+    assert 0.8 * wall <= recorded <= wall, (recorded, wall)

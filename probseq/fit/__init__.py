@@ -1,4 +1,29 @@
-"""Fitting: SGD for every model, EM for hidden Markov models."""
+"""Fitting: SGD for every model, EM for every model that declares it, least squares.
+
+The protocol (optax's and numpyro's SVI shape): a fitter is a pair of pure functions
+over one pytree state, ``init(...) -> state`` and ``update(state, data) -> (state,
+metrics)``, and one driver, :func:`probseq.fit.driver.run`, owns the loop: compiled
+chunks of updates, real timings (it blocks before reading the clock), the progress
+bar, and checkpoints of the whole state from which a killed fit resumes
+bit-identically. EM is :func:`probseq.fit.em.em_init` / :func:`~probseq.fit.em.em_update`
+over :class:`~probseq.fit.em.EMState`, for any model whose contract declares EM
+(``supports_em``: expected statistics and M-step). Moving fit_sgd's epochs onto the
+same driver is the open part of issue 19 (its step is :func:`sgd_update`).
+
+A user-written fitter runs on the same driver (here: Newton's method for a scalar
+mean, whose state is (estimate, done)):
+
+    >>> import jax.numpy as jnp
+    >>> from probseq.fit import driver
+    >>> def update(state, data):
+    ...     mean, _ = state
+    ...     new = mean - jnp.mean(mean - data)      # one Newton step on the squared error
+    ...     return (new, jnp.abs(new - mean) < 1e-6), {"estimate": new}
+    >>> out = driver.run(update, lambda s: s[1], (jnp.float32(0.0), jnp.bool_(False)),
+    ...                  jnp.arange(5.0), num_steps=10, name="_newton_steps")
+    >>> float(out.state[0]), out.metrics["estimate"].shape
+    (2.0, (2,))
+"""
 
 from probseq.fit.em import DirichletPrior, HMMStatistics, em_step, expected_statistics, fit_em
 from probseq.fit.lds_em import fit_lds_em

@@ -290,9 +290,10 @@ def fit_em(
         :class:`FitResult` with the best restart's params; its :class:`FitHistory`
         has one entry per iteration: ``log_likelihood`` is log p(x | params) before
         each M-step (as hmmlearn's monitor reports it; total over the data),
-        ``objective`` adds the log prior, ``time_s`` the iteration's seconds of work;
-        ``info``: ``method``, ``num_iters``, ``converged``, ``failed``,
-        ``best_restart``, ``restart_objectives``, ``num_tokens``, ``compile_time_s``,
+        ``objective`` adds the log prior (the history's times are NaN, as documented
+        by FitHistory); ``info``: ``method``, ``num_iters``, ``converged``, ``failed``,
+        ``best_restart``, ``restart_objectives``, ``num_tokens``, ``time_s`` (each
+        iteration's seconds of work, measured after it finished), ``compile_time_s``,
         ``resumed_from_step``, ``checkpoint`` and the model's own (``em_info``).
     """
     mesh, batch = _prepare(model, params, data, mask, inputs, num_iters, tol, num_restarts,
@@ -327,7 +328,6 @@ def _result(model, batch, out: driver.RunResult, checkpoint_dir) -> FitResult:
         num_tokens=num_tokens,
         objective=objective[:n, best],
         num_steps=np.arange(n),
-        time_s=out.step_time_s[:n],
     )
     pick = lambda tree: jax.tree.map(lambda a: np.asarray(a)[best], tree)  # noqa: E731
     model_rows = {k: np.asarray(v)[:n, best] for k, v in rows.items()
@@ -340,6 +340,7 @@ def _result(model, batch, out: driver.RunResult, checkpoint_dir) -> FitResult:
         "best_restart": best,
         "restart_objectives": finals,
         "num_tokens": num_tokens,
+        "time_s": out.step_time_s[:n],
         "compile_time_s": out.compile_time_s,
         "resumed_from_step": out.resumed_from,
         "checkpoint": None if checkpoint_dir is None else f"{checkpoint_dir}/checkpoint.npz",
@@ -390,6 +391,7 @@ def em_step(model, params, data, *, mask=None, inputs=None, prior=None, estep: s
         reports it; it never decreases from one call to the next.
 
     Example:
+        >>> import jax, jax.numpy as jnp, probseq
         >>> hmm = probseq.CategoricalHMM(2, 3); params = hmm.init(jax.random.key(0))
         >>> for _ in range(5):
         ...     params, log_likelihood = probseq.em_step(hmm, params, jnp.array([[0, 1, 2, 2]]))
