@@ -159,11 +159,11 @@ def run(
             seconds = time.perf_counter() - tic - (chunk.compile_time_s - compiling)
             ran = np.asarray(ran)
             k = int(ran.sum())
-            for key, value in metrics.items():
-                rows.setdefault(key, []).extend(np.asarray(value)[ran])
+            for metric, value in metrics.items():
+                rows.setdefault(metric, []).extend(np.asarray(value)[ran])
             times.extend([seconds / max(k, 1)] * k)
             position += k
-            finished = k < len(ran) and position < num_steps or bool(done(state))
+            finished = bool(done(state))
             if bar is not None:
                 bar.update(k)
                 if postfix is not None and k:
