@@ -58,6 +58,8 @@ __all__ = [
     "hmm_viterbi",
     "hmm_posterior_sample",
     "hmm_backward_sample",
+    "check_possible",
+    "check_model_data",
 ]
 
 
@@ -1131,3 +1133,105 @@ def hmm_backward_sample(
     xs = (keys, log_alpha, has_next, valid) + ((log_a,) if per_step else ())
     _, states = jax.lax.scan(step, jnp.zeros((), jnp.int32), xs, reverse=True)
     return states
+
+
+# ------------------------------------------------------- impossible data (prob. 0)
+@jax.jit
+def _first_impossible(initial_probs, transition_matrix, log_likelihoods, valid):
+    """(B,) the first valid step of each sequence that no state can reach and emit
+    (a boolean forward recursion over supports, exact: no rounding), or -1.
+
+    initial_probs (K,) or (B, K); transition_matrix (K, K), (T, K, K) or (B, T, K, K);
+    log_likelihoods (B, T, K); valid (B, T)."""
+    num_seq, num_steps, num_states = log_likelihoods.shape
+    pi = jnp.broadcast_to(initial_probs > 0, (num_seq, num_states))
+    a = jnp.asarray(transition_matrix) > 0
+    if a.ndim == 2:
+        a = jnp.broadcast_to(a, (num_steps, num_states, num_states))
+    if a.ndim == 3:
+        a = jnp.broadcast_to(a, (num_seq, num_steps, num_states, num_states))
+    emits = log_likelihoods > -jnp.inf  # NaN is not a possible step either
+
+    def step(reach, inputs):
+        e, a_t, v = inputs  # (B, K), (B, K, K), (B,)
+        alive = reach & e
+        possible = alive.any(axis=-1) | ~v
+        nxt = jnp.einsum("bi,bij->bj", alive.astype(jnp.float32), a_t.astype(jnp.float32))
+        return jnp.where(v[:, None], nxt > 0, reach), possible
+
+    xs = (jnp.swapaxes(emits, 0, 1), jnp.swapaxes(a, 0, 1), jnp.swapaxes(valid, 0, 1))
+    _, possible = jax.lax.scan(step, pi, xs)  # (T, B)
+    bad = ~possible.T
+    return jnp.where(bad.any(axis=1), jnp.argmax(bad, axis=1), -1)
+
+
+def check_possible(
+    initial_probs, transition_matrix, log_likelihoods, mask=None, *, batched=None
+) -> None:
+    """Raise a ValueError when a sequence has probability zero under the parameters.
+
+    A step is impossible when no state that the start and transition probabilities
+    can reach there emits x_t (log-likelihood -inf): structural zeros, such as a
+    left-to-right HMM's, that the data contradict. The filter, smoother and Viterbi
+    would return rows of zeros or a path that looks valid, and EM would run at -inf.
+    The user-facing entries call it before jit: ``HMM.filter`` / ``smoother`` /
+    ``most_likely_states`` and ``fit_em`` (before its first iteration). The kernels
+    here stay pure and keep their documented -inf / zero rows under jit, and
+    ``log_prob`` keeps returning -inf (a probability, not an inference).
+
+    Args:
+        initial_probs: (K,) p(z_1).
+        transition_matrix: (K, K), (T, K, K), or (B, T, K, K) for a batch.
+        log_likelihoods: (T, K) one sequence or (B, T, K) a batch.
+        mask: (T,) / (B, T) prefix mask, or None.
+        batched: whether ``log_likelihoods`` has a batch axis (None: ndim == 3).
+
+    Raises:
+        ValueError: naming the first impossible sequence (in a batch) and its step.
+
+    Example:
+        >>> pi = jnp.array([1.0, 0.0]); A = jnp.array([[0.5, 0.5], [0.0, 1.0]])
+        >>> ll = jnp.log(jnp.array([[0.0, 1.0], [1.0, 0.0]]))
+        >>> check_possible(pi, A, ll)
+        Traceback (most recent call last):
+        ...
+        ValueError: the sequence has probability zero under these parameters: step 0 ...
+    """
+    ll = jnp.asarray(log_likelihoods)
+    batched = ll.ndim == 3 if batched is None else batched
+    if not batched:
+        ll = ll[None]
+        transition_matrix = jnp.asarray(transition_matrix)
+        if transition_matrix.ndim == 3:
+            transition_matrix = transition_matrix[None]
+        mask = None if mask is None else jnp.asarray(mask)[None]
+    valid = jnp.ones(ll.shape[:2], bool) if mask is None else jnp.asarray(mask, bool)
+    first = jax.device_get(
+        _first_impossible(jnp.asarray(initial_probs), jnp.asarray(transition_matrix), ll, valid)
+    )
+    bad = [b for b in range(len(first)) if first[b] >= 0]
+    if not bad:
+        return
+    b, t = bad[0], int(first[bad[0]])
+    which = f"sequence {b}" if batched else "the sequence"
+    more = f" ({len(bad)} of {len(first)} sequences are)" if batched and len(bad) > 1 else ""
+    raise ValueError(
+        f"{which} has probability zero under these parameters: step {t} (0-based) is "
+        f"impossible{more} - no state that the initial and transition probabilities "
+        "allow there can emit it (structural zeros the data contradict). Start from "
+        "parameters that give every sequence a positive probability (e.g. a small "
+        "probability in place of each zero)."
+    )
+
+
+def check_model_data(model, params, x, mask=None, inputs=None) -> None:
+    """:func:`check_possible` of a padded batch ``x`` (B, T, ...) under an HMM ``model``
+    and ``params`` (its initial, transition and emission probabilities); ``inputs``
+    (B, T, m) for an input-driven HMM. Called by ``fit_em`` before its first iteration.
+    Under a trace (the values unknown) it checks nothing."""
+    leaves = jax.tree.leaves((params, x, mask, inputs))
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        return
+    ll = jax.vmap(lambda xs: model.emission_log_likelihoods(params, xs))(jnp.asarray(x))
+    a = model._transition(params, inputs)
+    check_possible(model.initial_state(params), a, ll, mask, batched=True)

@@ -34,6 +34,7 @@ from probseq.auto import choose_hmm_filter, choose_smoother
 from probseq.core import SequenceModel, as_batch, param_dtype, poison_invalid_rows
 from probseq.families.registry import POSITIVE_INT, FamilySpec, choice
 from probseq.heads import CategoricalHead, Head, NormalHead
+from probseq.hmm_inference import check_model_data  # issue 25, case 7
 from probseq.hmm_inference import (
     FILTER_METHODS,
     condition_on,
@@ -334,6 +335,8 @@ class HMM(SequenceModel):
 
     def _posterior(self, kernel, params, x, mask, inputs):
         batch = as_batch(self, params, x, mask, inputs)
+        # issue 25, case 7: a sequence of probability zero is an error, not zero rows
+        check_model_data(self, params, batch.x, batch.mask, batch.inputs)
         out = kernel(self, params, batch.x, batch.mask, batch.inputs)
         # Rows a traced call could not validate are NaN (integer paths: undefined).
         out = poison_invalid_rows(self, out, batch.x, batch.mask)
