@@ -50,10 +50,12 @@ class _ArgumentError(Exception):
 def _columns(arg):
     if arg is None:
         return None
-    names = [c.strip() for c in arg.split(",") if c.strip()]
+    from probseq.data.csv import parse_columns
+
+    names = parse_columns(arg)  # one parser with read_csv: "0" is the column named 0 first
     if not names:
         raise _Usage(f"--columns names no column; got {arg!r} (e.g. --columns flow,temp).")
-    return [int(c) if c.isascii() and c.isdigit() else c for c in names]
+    return names
 
 
 def _key(seed: int):
@@ -83,11 +85,12 @@ def _read(workflow, kind, location, columns, echo):
 
 
 def _scores(run, kind) -> str:
-    scores = ", ".join(
-        f"{part} {run.info[f'{part}_bits_per_symbol']:.3f}"
-        for part in ("valid", "test")
-        if isinstance(run.info.get(f"{part}_bits_per_symbol"), int | float)
-    )
+    def shown(part):
+        value = run.info.get(f"{part}_bits_per_symbol")
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return f"{part} {value:.3f}" if ok else f"{part} n/a (no step scored)"
+
+    scores = ", ".join(shown(part) for part in ("valid", "test"))
     units = {"text": "bits/char", "series": "bits/step", "pairs": "bits/target symbol"}[kind]
     exact = run.info.get("test_exact_match")
     exact = f"; test exact match (greedy) {exact:.3f}" if isinstance(exact, int | float) else ""
@@ -230,23 +233,50 @@ def _fit_into(s, source, out, fingerprint, resuming, args, echo, mesh=None):
     return run
 
 
-def _load_runs(dirs):
-    from probseq import io
+def _row_names(dirs) -> list[str]:
+    """One unique row name per argument: the shortest path suffix that tells a run
+    directory from every other (``runs/lstm`` beside ``cmp/lstm``); the same
+    directory given twice gets ``#2``, ``#3``. So a table has a row per argument."""
+    parts = [os.path.normpath(os.path.abspath(os.fspath(d))).split(os.sep) for d in dirs]
+    names = []
+    for p in parts:
+        others = [q for q in parts if q != p]
+        k = 1
+        while k < len(p) and any(q[-k:] == p[-k:] for q in others):
+            k += 1
+        names.append("/".join(x for x in p[-k:] if x) or os.sep)
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name} #{seen[name]}")
+    return unique
 
-    runs = {}
-    for d in dirs:
-        name = d.rstrip("/").rsplit("/", 1)[-1] or d
-        if name in runs:
-            name = d
-        runs[name] = io.load(d)
-    return runs
+
+def _run_and_data(run_dir, data, columns_arg, echo, *, run=None):
+    """The step every command that reads data for a run shares: load the run, parse
+    ``--columns`` (default: the run's own), read the data and match its columns to
+    the run's by name (reordered with a notice; another set is refused)."""
+    from probseq import io, workflow
+
+    run = io.load(run_dir) if run is None else run
+    columns = _columns(columns_arg)
+    _text_columns(run.kind, columns)
+    if columns is None and run.kind == "series" and not data.startswith("builtin:"):
+        columns = list(run.columns)
+    source = _read(workflow, run.kind, data, columns, echo)
+    source, notice = workflow.match_columns(run, source)
+    if notice:
+        echo(notice)
+    return run, source
 
 
 def cmd_compare(args, echo) -> None:
-    from probseq import plots, workflow
+    from probseq import io, plots, workflow
     from probseq.compare import compare
 
-    runs = _load_runs(args.runs)
+    names = _row_names(args.runs)
+    runs = {n: io.load(d) for n, d in zip(names, args.runs, strict=True)}
     first_name, first = next(iter(runs.items()))
     for name, run in runs.items():
         if run.kind != first.kind:
@@ -261,14 +291,18 @@ def cmd_compare(args, echo) -> None:
                 f"{name} models the column(s) {', '.join(run.columns)} but {first_name} "
                 f"models {', '.join(first.columns)}; compare runs of the same columns."
             )
-    columns = _columns(args.columns)
-    _text_columns(first.kind, columns)
-    if columns is None and first.kind == "series":
-        columns = list(first.columns) if not args.data.startswith("builtin:") else None
-    source = _read(workflow, first.kind, args.data, columns, echo)
+    _, source = _run_and_data(None, args.data, args.columns, echo, run=first)
+    # What each run was trained on decides which steps may be scored (held out by all).
+    plan = workflow.held_out_plan(runs, source, args.part, in_sample=args.in_sample)
+    for notice in plan.notices:
+        echo(notice)
     # Each run sees the data in its own encoding (vocabulary, standardisation), cut
-    # the same way (the first run's spec); densities are mapped back to the data's units.
-    views = {n: workflow.prepare(r, source, args.part, layout=first.spec) for n, r in runs.items()}
+    # the same way (the first run's sequence length); densities are mapped back to
+    # the data's units.
+    views = {
+        n: workflow.prepare_steps(r, source, plan.start, plan.stop, layout=first.spec)
+        for n, r in runs.items()
+    }
     models = {n: (r.model, r.params) for n, r in runs.items()}
     table = compare(
         models,
@@ -276,7 +310,9 @@ def cmd_compare(args, echo) -> None:
         log_det_jacobians={n: r.log_det_jacobian() for n, r in runs.items()},
         progress=not args.quiet,
     )
-    echo(f"held-out comparison on {source.origin} (part: {args.part})")
+    if len(table) != len(args.runs):  # one row per argument, always
+        raise RuntimeError(f"{len(args.runs)} runs gave {len(table)} rows.")
+    echo(plan.header)
     echo(str(table))
     if args.plot:
         _save_plot(plots.plot_comparison(table), args.plot, echo)
@@ -388,15 +424,10 @@ def _split(key):
 
 
 def cmd_forecast(args, echo) -> None:
-    from probseq import io, plots, workflow
+    from probseq import plots, workflow
     from probseq.forecast import forecast
 
-    run = io.load(args.run)
-    columns = _columns(args.columns)
-    _text_columns(run.kind, columns)
-    if columns is None and run.kind == "series" and not args.data.startswith("builtin:"):
-        columns = list(run.columns)
-    source = _read(workflow, run.kind, args.data, columns, echo)
+    run, source = _run_and_data(args.run, args.data, args.columns, echo)
     history = workflow.encode(run, source)
     fc = forecast(run.model, run.params, _key(args.seed), history, args.horizon, args.num_samples)
     echo(f"forecast from {source.origin}: {len(history)} steps of history, horizon {args.horizon}")
@@ -439,11 +470,7 @@ def cmd_states(args, echo) -> None:
     run = io.load(args.run)
     if not isinstance(run.model, HMM):
         raise _Usage(f"{args.run} holds {run.model!r}; `probseq states` needs an HMM run.")
-    columns = _columns(args.columns)
-    _text_columns(run.kind, columns)
-    if columns is None and run.kind == "series" and not args.data.startswith("builtin:"):
-        columns = list(run.columns)
-    source = _read(workflow, run.kind, args.data, columns, echo)
+    run, source = _run_and_data(None, args.data, args.columns, echo, run=run)
     x = workflow.encode(run, source)[: args.length]
     probs = np.asarray(run.model.smoother(run.params, x))
     path = np.asarray(run.model.most_likely_states(run.params, x))
@@ -457,14 +484,9 @@ def cmd_states(args, echo) -> None:
 
 
 def cmd_diagnose(args, echo) -> None:
-    from probseq import diagnostics, io, plots, workflow
+    from probseq import diagnostics, plots, workflow
 
-    run = io.load(args.run)
-    columns = _columns(args.columns)
-    _text_columns(run.kind, columns)
-    if columns is None and run.kind == "series" and not args.data.startswith("builtin:"):
-        columns = list(run.columns)
-    source = _read(workflow, run.kind, args.data, columns, echo)
+    run, source = _run_and_data(args.run, args.data, args.columns, echo)
     x = workflow.encode(run, source)[: args.length]
     d = diagnostics.gradient_diagnostics(run.model, run.params, x)
     n = d.singular_values.shape[1]
@@ -566,9 +588,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help="CSV columns (default: the runs' own)")
     p.add_argument(
         "--part",
-        default="all",
+        default=None,
         choices=("all", "train", "valid", "test"),
-        help="score all of the data (default) or one part of the specs' split",
+        help="the part to score (default: test on data a run was fitted on - the steps "
+        "held out by every run; all on other data); train/all of a run's own data is "
+        "refused without --in-sample",
+    )
+    p.add_argument(
+        "--in-sample",
+        action="store_true",
+        help="allow scoring a run's training data (the table is labelled in-sample)",
     )
     p.add_argument("--plot", help="write the comparison bar chart to this image file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -43,7 +43,7 @@ from probseq import validation
 from probseq.core import SequenceModel, score
 from probseq.distribution import step_support
 
-__all__ = ["Comparison", "ComparisonRow", "compare"]
+__all__ = ["Comparison", "ComparisonRow", "compare", "per_step_log_lik", "scored_steps"]
 
 _LN2 = math.log(2.0)
 
@@ -256,6 +256,27 @@ def conditioned_steps(model) -> int:
     """Steps at the start of every sequence that ``model`` conditions on instead of
     scoring (``model.num_conditioned_steps``: an AR(d)'s d; 0 for most families)."""
     return int(getattr(model, "num_conditioned_steps", 0))
+
+
+def scored_steps(model, mask) -> int:
+    """How many steps of a masked batch ``model`` scores: the valid steps of each
+    sequence less the ones it conditions on (:func:`conditioned_steps`), never below 0."""
+    lengths = np.asarray(mask).reshape(-1, np.shape(mask)[-1]).sum(axis=-1)
+    return int(np.maximum(lengths - conditioned_steps(model), 0).sum())
+
+
+def per_step_log_lik(total: float, num_scored: int, log_det_jacobian: float = 0.0):
+    """The one per-step score of probseq: ``total / num_scored - log_det_jacobian``
+    (nats per scored step, in the data's own units), or None when no step is scored.
+
+    A score of zero steps is not a number: dividing by ``max(n, 1)`` would print the
+    standardisation's log-determinant alone as if it were a score. Fit's report and
+    its saved info use this helper and show None as "n/a"; :func:`compare` refuses
+    a table with no scored step.
+    """
+    if num_scored <= 0:
+        return None
+    return float(total) / int(num_scored) - float(log_det_jacobian)
 
 
 def compare(

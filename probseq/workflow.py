@@ -44,6 +44,12 @@ __all__ = [
     "encode",
     "decode_accuracy",
     "PARTS",
+    "data_fingerprint",
+    "data_length",
+    "match_columns",
+    "HeldOutPlan",
+    "held_out_plan",
+    "prepare_steps",
 ]
 
 PARTS = ("all", "train", "valid", "test")
@@ -133,6 +139,15 @@ def fit_fingerprint(spec: Spec, source: Source) -> dict:
     line and their number). Only the description is left out. Two calls with equal
     fingerprints fit the same model to the same data the same way.
     """
+    spec_part = {"seed": spec.seed, "data": spec.data, "model": spec.model, "fit": spec.fit}
+    if spec.encoder is not None:
+        spec_part["source"] = spec.encoder
+    return json.loads(json.dumps({"spec": spec_part, "data": data_fingerprint(source)}))
+
+
+def data_fingerprint(source: Source) -> dict:
+    """The identity of the data in ``source`` (the "data" part of
+    :func:`fit_fingerprint`): kind, SHA-256 of the content, shape, columns."""
     digest = hashlib.sha256()
     if source.kind == "pairs":
         sha256, shape = source.pairs.sha256(), [len(source.pairs.sources)]
@@ -143,16 +158,188 @@ def fit_fingerprint(spec: Spec, source: Source) -> dict:
         values = np.ascontiguousarray(source.values, dtype=np.float64)
         digest.update(values.tobytes())
         sha256, shape = digest.hexdigest(), list(values.shape)
-    data = {
+    return {
         "kind": source.kind,
         "sha256": sha256,
         "shape": shape,
         "columns": None if source.names is None else list(source.names),
     }
-    spec_part = {"seed": spec.seed, "data": spec.data, "model": spec.model, "fit": spec.fit}
-    if spec.encoder is not None:
-        spec_part["source"] = spec.encoder
-    return json.loads(json.dumps({"spec": spec_part, "data": data}))
+
+
+def data_length(source: Source) -> int:
+    """The number of units the split fractions cut: characters, rows, or pairs."""
+    if source.kind == "pairs":
+        return len(source.pairs.sources)
+    return len(source.text) if source.kind == "text" else len(source.values)
+
+
+def match_columns(run: Run, source: Source) -> tuple[Source, str]:
+    """``source``'s columns matched to ``run``'s by name: the same set in another
+    order is reordered to the run's order (with a notice); another set is refused.
+    Text and pairs pass unchanged. Returns (source, notice or "")."""
+    if run.kind != "series" or source.kind != "series":
+        return source, ""
+    have, want = tuple(source.names), tuple(run.columns)
+    if have == want:
+        return source, ""
+    if sorted(have) != sorted(want) or len(set(have)) != len(have):
+        raise ValueError(
+            f"{source.origin}: the columns read are {', '.join(have)}, but "
+            f"{run.path or 'the run'} models {', '.join(want)}; columns are matched by "
+            f"name: give --columns {','.join(want)} (a file with those columns)."
+        )
+    order = [have.index(c) for c in want]
+    values = np.asarray(source.values)[:, order]
+    notice = (
+        f"{source.origin}: columns {', '.join(have)} reordered to the run's "
+        f"{', '.join(want)} (matched by name)"
+    )
+    return source._replace(values=values, names=want), notice
+
+
+class HeldOutPlan(NamedTuple):
+    """Which steps [start, stop) of the data a comparison scores, and why.
+
+    header: the line above the table (held-out or in-sample, which part and why);
+    notices: lines printed before it (different splits, runs without a fit record).
+    """
+
+    start: int
+    stop: int
+    header: str
+    notices: tuple[str, ...] = ()
+
+
+def _fit_record(run: Run) -> dict | None:
+    """The "data" part of the fingerprint ``probseq fit`` wrote to the run's fit.json,
+    or None (a run saved from Python without one)."""
+    if run.path is None:
+        return None
+    path = os.path.join(run.path, "fit.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)["fingerprint"]["data"]
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _span(bounds) -> str:
+    a, b = bounds
+    return f"{a}..{b}"
+
+
+def held_out_plan(runs: dict, source: Source, part: str | None = None, *, in_sample=False):
+    """The steps of ``source`` that a comparison of ``runs`` ({name: Run}) may score.
+
+    The rule (so that a held-out table never holds training data):
+
+    * A run was fitted on these data when its fit record (``fit.json``) has the
+      data's SHA-256; a run without a record is taken, conservatively, as fitted on
+      them with its spec's split.
+    * No run fitted on these data: every step is held-out; ``part`` None is "all"
+      (a named part is cut with the first run's split).
+    * Some run fitted on them: ``part`` None is "test". "valid" / "test" score the
+      intersection of those runs' parts of that name (a notice when their splits
+      differ; refused when it is empty). "train" and "all" hold training data: refused
+      unless ``in_sample``, and then labelled in-sample.
+
+    Raises:
+        ValueError: training data asked for without ``in_sample``, or no step held
+            out by every run (the message names the runs and their splits).
+    """
+    if part is not None and part not in PARTS:
+        raise ValueError(f"part must be one of {', '.join(PARTS)}; got {part!r}.")
+    n = data_length(source)
+    sha = data_fingerprint(source)["sha256"]
+    notices = []
+    fitted = {}
+    for name, run in runs.items():
+        record = _fit_record(run)
+        if record is None:
+            notices.append(
+                f"{name} has no fit record (fit.json): taken as fitted on {source.origin} "
+                f"with its split {list(run.spec.data['split'])}"
+            )
+        if record is None or record.get("sha256") == sha:
+            fitted[name] = data_lib.part_bounds(n, run.spec.data["split"], _unit(source))
+    first = next(iter(runs.values()))
+    if not fitted:
+        part = "all" if part is None else part
+        if part == "all":
+            start, stop = 0, n
+        else:
+            bounds = data_lib.part_bounds(n, first.spec.data["split"], _unit(source))
+            start, stop = bounds[_PART_INDEX[part]]
+        header = (
+            f"held-out comparison on {source.origin} (part: {part}; no run was fitted "
+            "on these data, so every step is held-out)"
+        )
+        return HeldOutPlan(start, stop, header, tuple(notices))
+    part = "test" if part is None else part
+    splits = ", ".join(
+        f"{name} {list(runs[name].spec.data['split'])} (train {_span(b[0])})"
+        for name, b in fitted.items()
+    )
+    if part in ("all", "train"):
+        if not in_sample:
+            raise ValueError(
+                f"--part {part} of {source.origin} is training data of {', '.join(fitted)} "
+                f"(splits: {splits}); compare on held-out steps (--part test, the default, "
+                "or valid), or pass --in-sample to score it as in-sample."
+            )
+        if part == "all":
+            start, stop = 0, n
+        else:
+            start, stop = next(iter(fitted.values()))[0]
+        header = (
+            f"IN-SAMPLE comparison on {source.origin} (part: {part}, steps {start}..{stop}: "
+            f"training data of {', '.join(fitted)}; not a held-out score)"
+        )
+        return HeldOutPlan(start, stop, header, tuple(notices))
+    i = _PART_INDEX[part]
+    start = max(b[i][0] for b in fitted.values())
+    stop = min(b[i][1] for b in fitted.values())
+    parts = ", ".join(f"{name} {_span(b[i])}" for name, b in fitted.items())
+    if stop <= start:
+        raise ValueError(
+            f"no step of {source.origin} is in the {part} part of every run fitted on it "
+            f"({part} parts: {parts}; splits: {splits}); compare runs fitted with "
+            "overlapping held-out parts, or on other data."
+        )
+    if len({b[i] for b in fitted.values()}) > 1:
+        notices.append(
+            f"the runs were fitted with different splits of {source.origin} ({part} parts: "
+            f"{parts}): scoring steps {start}..{stop}, held out by every run"
+        )
+    header = (
+        f"held-out comparison on {source.origin} (part: {part}, steps {start}..{stop} of "
+        f"{n}: held out by every run fitted on these data)"
+    )
+    return HeldOutPlan(start, stop, header, tuple(notices))
+
+
+_PART_INDEX = {"train": 0, "valid": 1, "test": 2}
+
+
+def _unit(source: Source) -> str:
+    return {"text": "characters", "series": "steps", "pairs": "pairs"}[source.kind]
+
+
+def prepare_steps(run: Run, source: Source, start: int, stop: int, *, layout: Spec | None = None):
+    """Steps [start, stop) of ``source`` encoded as ``run`` was trained and cut into
+    rows of ``layout``'s (default: the run's) sequence length - for a part of a split,
+    the same batch :func:`prepare` gives. Pairs: the pairs [start, stop) in file order.
+    """
+    layout = run.spec if layout is None else layout
+    if run.kind == "pairs":
+        _check_kind(run.spec, source)
+        sources, targets = run.pair_encoding.encode(source.pairs)
+        return data_lib.pair_batch(sources[start:stop], targets[start:stop])
+    encoded = encode(run, source)[start:stop]
+    return _as_float32(data_lib.cut_rows(encoded, layout.data.get("sequence_length")))
 
 
 def _splits(spec: Spec, source_or_encoded, *, vocabulary=None) -> data_lib.DataSplits:
@@ -225,16 +412,15 @@ def fit_spec(
 
     # Scores in the data's own units: a standardised series' density is mapped back.
     log_det = 0.0 if splits.scaler is None else splits.scaler.log_abs_det_jacobian
-    from probseq.compare import conditioned_steps
+    from probseq.compare import per_step_log_lik, scored_steps
 
     for part in ("valid", "test"):
         total = float(np.sum(log_prob(model, fit.params, parts[part].x, parts[part].mask)))
-        # per step scored: an AR(d) conditions on the first d steps of each row
-        lengths = parts[part].mask.sum(axis=-1)
-        scored = int(np.maximum(lengths - conditioned_steps(model), 0).sum())
-        per = total / max(scored, 1) - log_det
+        # per step scored: an AR(d) conditions on the first d steps of each row; a
+        # part with no scored step has no score (None, shown "n/a"), never log_det
+        per = per_step_log_lik(total, scored_steps(model, parts[part].mask), log_det)
         info[f"{part}_log_lik"] = per
-        info[f"{part}_bits_per_symbol"] = -per / math.log(2)
+        info[f"{part}_bits_per_symbol"] = None if per is None else -per / math.log(2)
     return Run(
         model=model,
         params=fit.params,

@@ -665,7 +665,8 @@ _PUBLIC = (
     "pad_sequences pydoc_text CharVocabulary split_contiguous cut_sequences read_text read_csv "
     "CsvColumns from_arrays Standardizer casino Casino series series_names Series Split "
     "DataSplits cut_rows text_splits series_splits reversal_pairs Pairs PairEncoding PairSplit "
-    "PairSplits read_pairs builtin_pairs pair_names pair_batch pair_splits"
+    "PairSplits read_pairs builtin_pairs pair_names pair_batch pair_splits part_bounds "
+    "parse_columns"
 ).split()
 
 

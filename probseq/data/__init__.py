@@ -49,7 +49,7 @@ Simulated data with known parameters (the occasionally dishonest casino):
 
 from probseq.data.arrays import from_arrays
 from probseq.data.builtin import Casino, Series, casino, reversal_pairs, series, series_names
-from probseq.data.csv import CsvColumns, read_csv
+from probseq.data.csv import CsvColumns, parse_columns, read_csv
 from probseq.data.pairs import (
     PairEncoding,
     Pairs,
@@ -62,7 +62,14 @@ from probseq.data.pairs import (
     read_pairs,
 )
 from probseq.data.scaling import Standardizer
-from probseq.data.splits import DataSplits, Split, cut_rows, series_splits, text_splits
+from probseq.data.splits import (
+    DataSplits,
+    Split,
+    cut_rows,
+    part_bounds,
+    series_splits,
+    text_splits,
+)
 from probseq.data.text import CharVocabulary, cut_sequences, pydoc_text, read_text, split_contiguous
 from probseq.padding import pad_sequences
 
@@ -86,6 +93,8 @@ __all__ = [
     "Split",
     "DataSplits",
     "cut_rows",
+    "part_bounds",
+    "parse_columns",
     "text_splits",
     "series_splits",
     "Pairs",

@@ -57,9 +57,24 @@ def _name_list(names: Sequence[str], limit: int = 20) -> str:
     return shown if len(names) <= limit else f"{shown}, ... ({len(names)} in all)"
 
 
+def parse_columns(text: str) -> list[str]:
+    """The one reader of a comma-separated column list (``probseq --columns`` and
+    ``read_csv(columns="a,b")``): the stripped items, all kept as names (str).
+
+    A digit string stays a str: :func:`read_csv` takes it as a column name when the
+    header has one of that name (pandas' ``to_csv`` writes ``,0,1``), else as a
+    0-based index. Empty items are dropped.
+
+    Example:
+        >>> parse_columns(" flow, 0 ,")
+        ['flow', '0']
+    """
+    return [c.strip() for c in str(text).split(",") if c.strip()]
+
+
 def _column_indices(columns, header: list[str], where: str) -> list[int]:
     if isinstance(columns, str):
-        items: list = [c.strip() for c in columns.split(",")]
+        items: list = parse_columns(columns)
     elif isinstance(columns, int | np.integer) and not isinstance(columns, bool):
         items = [columns]
     elif isinstance(columns, list | tuple):

@@ -13,7 +13,7 @@ from probseq.data.scaling import Standardizer
 from probseq.data.text import CharVocabulary
 from probseq.validation import check_int
 
-__all__ = ["Split", "DataSplits", "cut_rows", "text_splits", "series_splits"]
+__all__ = ["Split", "DataSplits", "cut_rows", "text_splits", "series_splits", "part_bounds"]
 
 
 class Split(NamedTuple):
@@ -58,6 +58,19 @@ def _part_bounds(n: int, fractions, what: str) -> list[tuple[int, int]]:
                 f"leave no step for it; give more data or a larger {part} fraction."
             )
     return list(zip(starts, ends, strict=True))
+
+
+def part_bounds(n: int, fractions, what: str = "steps") -> list[tuple[int, int]]:
+    """The [start, stop) of the train, valid and test parts that ``fractions`` cut
+    from ``n`` units (the bounds :func:`text_splits`, :func:`series_splits` and
+    :func:`probseq.data.pair_splits` use), so a comparison can tell which steps
+    each run trained on.
+
+    Example:
+        >>> part_bounds(10, (0.6, 0.2, 0.2))
+        [(0, 6), (6, 8), (8, 10)]
+    """
+    return _part_bounds(n, fractions, what)
 
 
 def _check_sequence_length(length, allow_none: bool) -> None:
