@@ -264,7 +264,7 @@ def held_out_plan(runs: dict, source: Source, part: str | None = None, *, in_sam
                 f"with its split {list(run.spec.data['split'])}"
             )
         if record is None or record.get("sha256") == sha:
-            fitted[name] = data_lib.part_bounds(n, run.spec.data["split"], _unit(source))
+            fitted[name] = run.spec.data["split"]
     first = next(iter(runs.values()))
     if not fitted:
         part = "all" if part is None else part
@@ -279,6 +279,13 @@ def held_out_plan(runs: dict, source: Source, part: str | None = None, *, in_sam
         )
         return HeldOutPlan(start, stop, header, tuple(notices))
     part = "test" if part is None else part
+    if part == "all" and in_sample:  # no part is cut: data too short to split are fine
+        header = (
+            f"IN-SAMPLE comparison on {source.origin} (part: all, steps 0..{n}: "
+            f"training data of {', '.join(fitted)}; not a held-out score)"
+        )
+        return HeldOutPlan(0, n, header, tuple(notices))
+    fitted = {name: data_lib.part_bounds(n, split, _unit(source)) for name, split in fitted.items()}
     splits = ", ".join(
         f"{name} {list(runs[name].spec.data['split'])} (train {_span(b[0])})"
         for name, b in fitted.items()
@@ -290,10 +297,7 @@ def held_out_plan(runs: dict, source: Source, part: str | None = None, *, in_sam
                 f"(splits: {splits}); compare on held-out steps (--part test, the default, "
                 "or valid), or pass --in-sample to score it as in-sample."
             )
-        if part == "all":
-            start, stop = 0, n
-        else:
-            start, stop = next(iter(fitted.values()))[0]
+        start, stop = next(iter(fitted.values()))[0]  # "train" ("all" returned above)
         header = (
             f"IN-SAMPLE comparison on {source.origin} (part: {part}, steps {start}..{stop}: "
             f"training data of {', '.join(fitted)}; not a held-out score)"

@@ -213,11 +213,13 @@ def test_bad_pair_files_give_one_line(tmp_path, line, message, capsys):
 def test_unknown_symbols_at_compare_and_sample_time(tmp_path, pairs_file, capsys):
     run = _unfitted(tmp_path, TINY, workflow.read_source("pairs", pairs_file).pairs, "r")
     new = _write(tmp_path / "new.txt", "ab\tba\nabc\tcba\nabz\tzba\n")
-    code, out, err = _run(["compare", run, "--data", new], capsys)
+    # the run has no fit record, so it is taken as fitted on these data: score them all
+    in_sample = ["--part", "all", "--in-sample"]
+    code, out, err = _run(["compare", run, "--data", new, *in_sample], capsys)
     assert code == 1 and err.count("\n") == 1
     assert "new.txt, line 3: source symbol 'z' is not in the run's source vocabulary" in err
     new = _write(tmp_path / "new2.txt", "ab\tba\nabc\tcbx\n")
-    code, out, err = _run(["compare", run, "--data", new], capsys)
+    code, out, err = _run(["compare", run, "--data", new, *in_sample], capsys)
     assert "new2.txt, line 2: target symbol 'x' is not in the run's target vocabulary" in err
     code, out, err = _run(["sample", run, "--source", "a?c"], capsys)
     assert code == 1 and "--source 'a?c': source symbol '?' is not in" in err
@@ -364,8 +366,11 @@ def test_classifier_and_tagger_runs_compare_and_sample(tmp_path, target, capsys)
     run = io.load(run_dir)
     src, tgt = _hand_encode(run, lines)
     want = float(np.sum(probseq.log_prob(run.model, run.params, tgt, source=src)))
-    code, out, err = _run(["compare", run_dir, "--data", data, "--quiet"], capsys)
+    # an unfitted run (no fit record): all of the data, labelled in-sample
+    code, out, err = _run(["compare", run_dir, "--data", data, "--quiet", "--part", "all",
+                           "--in-sample"], capsys)  # fmt: skip
     assert code == 0, err
+    assert "IN-SAMPLE" in out + err
     assert abs(_table_log_lik(out, "run") - want) <= 0.006
     # the view the CLI scores is the hand encoding, to float32 rounding
     view = workflow.prepare(run, workflow.read_source("pairs", data))

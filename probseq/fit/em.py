@@ -311,17 +311,18 @@ def fit_em(
         postfix=lambda rows: {"log_likelihood": f"{np.max(rows['log_likelihood'][-1]):.4f}"},
         checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
     )  # fmt: skip
-    return _result(model, batch, out, checkpoint_dir)
+    # every process's tokens: the sharded mask is the global array on a multi-process mesh
+    num_tokens = int(jnp.sum(arrays[1]))
+    return _result(model, batch, out, checkpoint_dir, num_tokens)
 
 
-def _result(model, batch, out: driver.RunResult, checkpoint_dir) -> FitResult:
+def _result(model, batch, out: driver.RunResult, checkpoint_dir, num_tokens) -> FitResult:
     st, rows = out.state, out.metrics
     ran = np.asarray(st.iterations)
     objective = np.asarray(rows["objective"]).reshape(-1, ran.shape[0])
     finals = objective[np.maximum(ran - 1, 0), np.arange(ran.shape[0])]
     best = int(np.argmax(np.where(np.isfinite(finals) & (ran > 0), finals, -np.inf)))
     n = int(ran[best])
-    num_tokens = int(jnp.sum(batch.mask))  # every process's, with a multi-process mesh
     history = FitHistory.from_totals(
         "fit_em",
         log_likelihood=np.asarray(rows["log_likelihood"]).reshape(objective.shape)[:n, best],
