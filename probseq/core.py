@@ -192,6 +192,21 @@ class SequenceModel(abc.ABC):
 
         return jax.vmap(one)(states, xs, us)
 
+    def training_log_probs(
+        self, params, states, xs, us=None, *, key: jax.Array | None
+    ) -> tuple[jax.Array, PyTree]:
+        """:meth:`batch_sequence_log_probs` as the training loss sees it: the same
+        shapes, plus a PRNG ``key`` for stochastic training objectives (dropout,
+        scheduled sampling). fit_sgd and :func:`probseq.sgd_update` call it with a fresh
+        key at every optimizer step (split from the key in the fitting state; None when
+        the user's ``sgd_init`` was given no key: a model whose loss draws noise must
+        then raise, naming what to pass). Evaluation (log_prob, score, compare, sample)
+        never calls it.
+
+        Default: deterministic, ``batch_sequence_log_probs`` (the key is not used)."""
+        del key
+        return self.batch_sequence_log_probs(params, states, xs, us)
+
     def sequence_log_probs(self, params, state, xs, us=None) -> tuple[jax.Array, PyTree]:
         """Per-step log p(x_t | x_<t) (T,) and the states after each step.
 
@@ -298,7 +313,10 @@ def param_dtype(dtype=None) -> jnp.dtype:
 
 
 # ----------------------------------------------------------------- pure batch kernels
-def batch_step_log_probs(model, params, x, mask, inputs=None, initial_state=None, source=None):
+def batch_step_log_probs(
+    model, params, x, mask, inputs=None, initial_state=None, source=None, *, training=False,
+    key=None,
+):  # fmt: skip
     """Per-step log-likelihoods of a padded batch and each row's final state.
 
     The pure (un-jitted) kernel under :func:`score`, for code that builds its own
@@ -311,6 +329,9 @@ def batch_step_log_probs(model, params, x, mask, inputs=None, initial_state=None
         initial_state: batched state pytree (B, ...) or None for the model's own.
         source: ``(source (B, S, ...), source_mask (B, S))`` for a conditional model:
             each row starts from ``model.source_state`` (unless ``initial_state``).
+        training, key: the training loss's view (``model.training_log_probs`` with
+            ``key``: dropout and other training noise on); False: the model's
+            likelihood, deterministic.
 
     Returns:
         (log_probs (B, T) with zeros where masked, final states (B, ...)).
@@ -318,7 +339,10 @@ def batch_step_log_probs(model, params, x, mask, inputs=None, initial_state=None
     if initial_state is None and source is not None:
         initial_state = start_states(model, params, x.shape[0], source)
 
-    lps, after = model.batch_sequence_log_probs(params, initial_state, x, inputs)
+    if training:
+        lps, after = model.training_log_probs(params, initial_state, x, inputs, key=key)
+    else:
+        lps, after = model.batch_sequence_log_probs(params, initial_state, x, inputs)
     lps = jnp.where(mask, lps, jnp.zeros((), lps.dtype))
 
     def final_state(after_b, mb, hb):
