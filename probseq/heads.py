@@ -42,6 +42,9 @@ __all__ = [
     "CategoricalHead",
     "NormalHead",
     "MixtureNormalHead",
+    "GaussianMixtureHead",
+    "MultivariateNormalHead",
+    "COVARIANCE_TYPES",
     "PoissonHead",
     "BernoulliHead",
     "temper",
@@ -380,6 +383,171 @@ class MixtureNormalHead(_VectorHead):
 
     check_observations = NormalHead.check_observations
 
+    has_m_step = True
+    #: Variance floor of the M-step (as :attr:`NormalHead.MIN_VARIANCE`).
+    MIN_VARIANCE = NormalHead.MIN_VARIANCE
+
+    def m_step(self, weights, x, raw, concentration=None):
+        """The GMM-HMM M-step. With gamma_n(k) the state responsibilities
+        (``weights``), each state's mixture responsibilities under the current
+        parameters are r_n(k, m) = gamma_n(k) w_km N(x_n | mu_km, s_km) / p(x_n | k)
+        (exact: the E-step of the joint (state, component) posterior), and the new
+        weights, means and variances are their normalised weighted counts and two-pass
+        moments. Components with no weight keep their parameters; a component of a
+        state with weight but none of its own gets mixture weight 0."""
+        self._no_prior(self, concentration)
+        loc, scale = raw["loc"], jnp.exp(raw["log_scale"])  # (K, M, D)
+        log_w = jax.nn.log_softmax(raw["mixture_logits"], axis=-1)  # (K, M)
+        joint = log_w + dist.Normal(loc, scale).log_prob(x[:, None, None, :]).sum(-1)
+        r = weights[..., None] * jax.nn.softmax(joint, axis=-1)  # (N, K, M)
+        r = jnp.where(weights[..., None] > 0, r, 0.0)  # padding: no NaN from its values
+        n = r.sum(0)  # (K, M)
+        safe = jnp.where(n > 0, n, 1.0)[..., None]
+        mean = jnp.einsum("nkm,nd->kmd", r, x, precision=EXACT) / safe
+        sq = jnp.square(x[:, None, None, :] - mean[None])
+        var = jnp.einsum("nkm,nkmd->kmd", r, sq, precision=EXACT) / safe
+        var = jnp.maximum(var, self.MIN_VARIANCE)
+        keep = (n > 0)[..., None]
+        state_total = n.sum(-1, keepdims=True)  # (K, 1)
+        with_weight = state_total > 0
+        log_weights = jnp.log(n) - jnp.log(jnp.where(with_weight, state_total, 1.0))
+        return {
+            "mixture_logits": jnp.where(with_weight, log_weights, raw["mixture_logits"]),
+            "loc": jnp.where(keep, mean, loc),
+            "log_scale": jnp.where(keep, 0.5 * jnp.log(var), raw["log_scale"]),
+        }
+
+
+#: The name the design fixes for an HMM's Gaussian-mixture emissions
+#: (``HMM(K, head=GaussianMixtureHead(obs_dim, num_components))``, dynamax's
+#: ``GaussianMixtureHMM``): the same head as :class:`MixtureNormalHead`.
+GaussianMixtureHead = MixtureNormalHead
+
+#: The ``covariance_type`` values of :class:`MultivariateNormalHead` (hmmlearn's names;
+#: "diag" is :class:`NormalHead`).
+COVARIANCE_TYPES = ("full", "tied", "spherical")
+
+
+def _cholesky_of(tril: jax.Array) -> jax.Array:
+    """L = tril(raw, -1) + diag(exp(diag(raw))): lower triangular, positive diagonal."""
+    diag = jnp.exp(jnp.diagonal(tril, axis1=-2, axis2=-1))
+    return jnp.tril(tril, -1) + diag[..., None] * jnp.eye(tril.shape[-1], dtype=tril.dtype)
+
+
+def raw_tril(cholesky: jax.Array) -> jax.Array:
+    """The raw ``tril`` parameter of a lower Cholesky factor (inverse of the map above)."""
+    d = cholesky.shape[-1]
+    log_diag = jnp.log(jnp.diagonal(cholesky, axis1=-2, axis2=-1))
+    return jnp.tril(cholesky, -1) + log_diag[..., None] * jnp.eye(d, dtype=cholesky.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class MultivariateNormalHead(_VectorHead):
+    r"""Gaussian over ``obs_dim`` reals with a full, tied or spherical covariance
+    (hmmlearn's ``covariance_type``; "diag" is :class:`NormalHead`):
+
+    * "full": :math:`x \sim N(\mu, L L^\top)` with raw ``loc`` (D,) and ``tril``
+      (D, D), the Cholesky factor L's strictly lower part as is and its diagonal as
+      logs (the upper part is unused);
+    * "tied": the same, but the components of an HMM share one ``tril`` (D, D), which
+      has no leading state axis (as a neural readout it is "full");
+    * "spherical": :math:`x \sim N(\mu, s^2 I)` with raw ``loc`` (D,) and
+      ``log_scale`` ().
+
+    Example:
+        >>> head = MultivariateNormalHead(obs_dim=2, covariance_type="full")
+        >>> head.raw_shapes()
+        {'loc': (2,), 'tril': (2, 2)}
+    """
+
+    covariance_type: str = "full"
+    has_m_step = True
+    #: Smallest covariance eigenvalue the M-step leaves (as :attr:`NormalHead.MIN_VARIANCE`);
+    #: a covariance above it is left exactly as estimated.
+    MIN_VARIANCE = NormalHead.MIN_VARIANCE
+
+    def __post_init__(self):
+        super().__post_init__()
+        validation.check_choice("covariance_type", self.covariance_type, COVARIANCE_TYPES)
+
+    def raw_shapes(self):
+        d = self.obs_dim
+        if self.covariance_type == "spherical":
+            return {"loc": (d,), "log_scale": ()}
+        return {"loc": (d,), "tril": (d, d)}
+
+    def distribution(self, raw):
+        loc = raw["loc"]
+        if self.covariance_type == "spherical":
+            scale = jnp.exp(raw["log_scale"])[..., None] * jnp.ones_like(loc)
+            return _DiagonalNormal(dist.Normal(loc, scale), 1)
+        return dist.MultivariateNormal(loc, scale_tril=_cholesky_of(raw["tril"]))
+
+    def component_log_probs(self, raw, x):
+        # The triangular solve written out (no covariance is formed): log N(x | mu_k, L_k L_k^T)
+        # = -|L_k^{-1}(x - mu_k)|^2 / 2 - sum log diag L_k - D log(2 pi) / 2.
+        loc, d = raw["loc"], self.obs_dim
+        diff = x - loc  # (K, D)
+        if self.covariance_type == "spherical":
+            log_s = raw["log_scale"]
+            maha = jnp.sum(jnp.square(diff), -1) * jnp.exp(-2.0 * log_s)
+            log_det = d * log_s
+        else:
+            tril = jnp.broadcast_to(raw["tril"], loc.shape[:-1] + (d, d))
+            z = jax.scipy.linalg.solve_triangular(_cholesky_of(tril), diff[..., None], lower=True)
+            maha = jnp.sum(jnp.square(z[..., 0]), -1)
+            log_det = jnp.sum(jnp.diagonal(tril, axis1=-2, axis2=-1), -1)
+        return -0.5 * maha - log_det - 0.5 * d * math.log(2 * math.pi)
+
+    def init_components(self, key, num_components, dtype):
+        d = self.obs_dim
+        loc = jax.random.normal(key, (num_components, d), dtype)
+        if self.covariance_type == "spherical":
+            return {"loc": loc, "log_scale": jnp.zeros((num_components,), dtype)}
+        lead = () if self.covariance_type == "tied" else (num_components,)
+        return {"loc": loc, "tril": jnp.zeros(lead + (d, d), dtype)}
+
+    def check_observations(self, x, valid, name):
+        _float_obs(x, name, f"a {self.covariance_type}-covariance Normal head with "
+                   f"obs_dim={self.obs_dim}")  # fmt: skip
+        _check_finite(x, valid, name)
+        return x
+
+    def m_step(self, weights, x, raw, concentration=None):
+        """Weighted means and (two-pass) covariances: per state ("full"), pooled over the
+        states ("tied": sum_k sum_n gamma_n(k) (x_n - mu_k)(x_n - mu_k)^T / sum gamma) or
+        the mean variance over the dimensions ("spherical"). States with no weight keep
+        their parameters; an eigenvalue below MIN_VARIANCE is lifted to it."""
+        self._no_prior(self, concentration)
+        n = weights.sum(0)  # (K,)
+        keep = n > 0
+        safe = jnp.where(keep, n, 1.0)
+        mean = jnp.matmul(weights.T, x, precision=EXACT) / safe[:, None]
+        loc = jnp.where(keep[:, None], mean, raw["loc"])
+        diff = x[:, None, :] - mean[None]  # (N, K, D)
+        if self.covariance_type == "spherical":
+            sq = jnp.einsum("nk,nkd->k", weights, jnp.square(diff), precision=EXACT)
+            var = jnp.maximum(sq / (safe * self.obs_dim), self.MIN_VARIANCE)
+            return {"loc": loc, "log_scale": jnp.where(keep, 0.5 * jnp.log(var), raw["log_scale"])}
+        if self.covariance_type == "tied":
+            total = n.sum()
+            cov = jnp.einsum("nk,nkd,nke->de", weights, diff, diff, precision=EXACT)
+            cov = self._floor(cov / jnp.where(total > 0, total, 1.0))
+            tril = raw_tril(jnp.linalg.cholesky(cov))
+            return {"loc": loc, "tril": jnp.where(total > 0, tril, raw["tril"])}
+        cov = jnp.einsum("nk,nkd,nke->kde", weights, diff, diff, precision=EXACT)
+        cov = self._floor(cov / safe[:, None, None])
+        tril = raw_tril(jnp.linalg.cholesky(cov))
+        return {"loc": loc, "tril": jnp.where(keep[:, None, None], tril, raw["tril"])}
+
+    def _floor(self, cov):
+        """Symmetrise, and lift the spectrum by the shortfall of its smallest eigenvalue
+        below MIN_VARIANCE (no change when there is none)."""
+        cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+        low = jnp.linalg.eigvalsh(cov)[..., :1]  # (..., 1), ascending
+        shift = jnp.maximum(self.MIN_VARIANCE - low, 0.0)
+        return cov + shift[..., None] * jnp.eye(cov.shape[-1], dtype=cov.dtype)
+
 
 @dataclasses.dataclass(frozen=True)
 class PoissonHead(_VectorHead):
@@ -485,6 +653,8 @@ def temper(d: dist.Distribution, temperature: float) -> dist.Distribution | jax.
         return dist.BernoulliLogits(d.logits / t)
     if isinstance(d, dist.Normal):
         return dist.Normal(d.loc, d.scale * jnp.sqrt(t))
+    if isinstance(d, dist.MultivariateNormal):
+        return dist.MultivariateNormal(d.loc, scale_tril=d.scale_tril * jnp.sqrt(t))
     if isinstance(d, dist.MixtureSameFamily):
         return dist.MixtureSameFamily(
             temper(d.mixing_distribution, t), temper(d.component_distribution, t)
@@ -508,7 +678,7 @@ def _mode(d: dist.Distribution) -> jax.Array:
         return jnp.argmax(_log_probs_of(d), axis=-1)
     if isinstance(d, dist.BernoulliLogits | dist.BernoulliProbs):
         return (d.logits > 0).astype(jnp.result_type(int))  # the dtype sample() gives
-    if isinstance(d, dist.Normal):
+    if isinstance(d, dist.Normal | dist.MultivariateNormal):
         return d.loc
     if isinstance(d, dist.Poisson):
         return jnp.floor(d.rate).astype(jnp.result_type(int))

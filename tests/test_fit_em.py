@@ -296,9 +296,15 @@ def test_bad_input(call, message):
         call(model, params, np.array([0, 1, 2, 3]))
 
 
-def test_mixture_head_has_no_closed_form_m_step():
-    model = probseq.HMM(2, probseq.heads.MixtureNormalHead(obs_dim=1, num_components=2))
-    with pytest.raises(ValueError, match="no closed-form M-step.*fit_sgd"):
+def test_a_head_without_a_closed_form_m_step_points_to_fit_sgd():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class NoMStepHead(probseq.heads.MixtureNormalHead):
+        has_m_step = False  # every built-in head has one (issue 23)
+
+    model = probseq.HMM(2, NoMStepHead(obs_dim=1, num_components=2))
+    with pytest.raises(ValueError, match="NoMStepHead emissions have no closed-form M-step.*fit_sgd"):
         fit_em(model, model.init(jax.random.key(0)), np.zeros((5, 1)))
 
 

@@ -835,11 +835,21 @@ def test_m_step_rejects_a_dirichlet_prior(name):
         _m_step(name, w, x, raw, concentration=jnp.full((NUM_STATES, OBS_DIM), 2.0))
 
 
-def test_mixture_m_step_points_to_fit_sgd():
+def test_a_head_without_an_m_step_points_to_fit_sgd():
+    """The base Head.m_step (a head that declares none: every built-in head has one)."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class NoMStepHead(MixtureNormalHead):
+        has_m_step = False
+        m_step = probseq.heads.Head.m_step
+
     rng = np.random.default_rng(47)
     raw = random_raw("mixture", (NUM_STATES,), rng)
-    with pytest.raises(ValueError, match=r"MixtureNormalHead has no closed-form M-step.*fit_sgd"):
-        _m_step("mixture", _weights(rng), random_obs("mixture", (N_OBS,), rng), raw)
+    head = NoMStepHead(OBS_DIM, NUM_MIX)
+    x = random_obs("mixture", (N_OBS,), rng)
+    with pytest.raises(ValueError, match=r"NoMStepHead has no closed-form M-step.*fit_sgd"):
+        head.m_step(jnp.asarray(_weights(rng)), jnp.asarray(x), to_jax(raw))
 
 
 # ================================================================ 7. configuration

@@ -9,6 +9,7 @@ from probseq.families import ar, gru, hmm, lds, lru, lstm, mamba, mingru, minlst
 from probseq.families.ar import AR, ARState
 from probseq.families.gru import GRU
 from probseq.families.hmm import HMM, CategoricalHMM, GaussianHMM, HMMParams
+from probseq.families.hmm_zoo import BernoulliHMM, GaussianMixtureHMM, PoissonHMM
 from probseq.families.lds import LDS, LDSState
 from probseq.families.lru import LRU
 from probseq.families.lstm import LSTM
@@ -39,6 +40,9 @@ __all__ = [
     "HMM",
     "CategoricalHMM",
     "GaussianHMM",
+    "PoissonHMM",
+    "BernoulliHMM",
+    "GaussianMixtureHMM",
     "HMMParams",
     "AR",
     "ARState",

@@ -33,7 +33,15 @@ from probseq import memory, validation
 from probseq.auto import choose_hmm_filter, choose_smoother
 from probseq.core import SequenceModel, as_batch, param_dtype, poison_invalid_rows
 from probseq.families.registry import POSITIVE_INT, FamilySpec, choice
-from probseq.heads import CategoricalHead, Head, NormalHead
+from probseq.heads import (
+    COVARIANCE_TYPES,
+    CategoricalHead,
+    Head,
+    MultivariateNormalHead,
+    NormalHead,
+    _cholesky_of,
+    raw_tril,
+)
 from probseq.hmm_inference import check_model_data  # issue 25, case 7
 from probseq.hmm_inference import (
     FILTER_METHODS,
@@ -451,26 +459,59 @@ class CategoricalHMM(HMM):
 
 @dataclasses.dataclass(frozen=True, init=False)
 class GaussianHMM(HMM):
-    """HMM with diagonal Gaussian emissions over ``obs_dim`` reals.
+    """HMM with Gaussian emissions over ``obs_dim`` reals.
+
+    ``covariance_type`` is hmmlearn's: "diag" (the default; :class:`probseq.heads.NormalHead`,
+    a standard deviation per state and dimension), "full" (a covariance matrix per
+    state), "tied" (one covariance matrix shared by all states) or "spherical" (one
+    variance per state); the last three are :class:`probseq.heads.MultivariateNormalHead`.
+    (dynamax's GaussianHMM is "full", its DiagonalGaussianHMM "diag",
+    SphericalGaussianHMM "spherical" and SharedCovarianceGaussianHMM "tied".)
 
     Example:
         >>> hmm = GaussianHMM(num_states=2, obs_dim=1)
+        >>> full = GaussianHMM(num_states=3, obs_dim=2, covariance_type="full")
     """
 
     obs_dim: int
+    covariance_type: str
 
-    def __init__(self, num_states: int, obs_dim: int, *, scan: str = "auto", input_dim: int = 0):
+    def __init__(
+        self,
+        num_states: int,
+        obs_dim: int,
+        *,
+        covariance_type: str = "diag",
+        scan: str = "auto",
+        input_dim: int = 0,
+    ):
+        validation.check_choice("covariance_type", covariance_type, ("diag",) + COVARIANCE_TYPES)
+        if covariance_type == "diag":
+            head = NormalHead(obs_dim)
+        else:
+            head = MultivariateNormalHead(obs_dim, covariance_type)
         object.__setattr__(self, "num_states", num_states)
-        object.__setattr__(self, "head", NormalHead(obs_dim))
+        object.__setattr__(self, "head", head)
         object.__setattr__(self, "scan", scan)
         object.__setattr__(self, "input_dim", input_dim)
         object.__setattr__(self, "obs_dim", self.head.obs_dim)
+        object.__setattr__(self, "covariance_type", covariance_type)
         self.__post_init__()
 
     def __repr__(self):
-        scan = "" if self.scan == "auto" else f", scan={self.scan!r}"
-        scan += f", input_dim={self.input_dim}" if self.input_dim else ""
-        return f"GaussianHMM(num_states={self.num_states}, obs_dim={self.obs_dim}{scan})"
+        extra = "" if self.covariance_type == "diag" else f", covariance_type={self.covariance_type!r}"
+        extra += "" if self.scan == "auto" else f", scan={self.scan!r}"
+        extra += f", input_dim={self.input_dim}" if self.input_dim else ""
+        return f"GaussianHMM(num_states={self.num_states}, obs_dim={self.obs_dim}{extra})"
+
+    def covariance_shape(self) -> tuple[int, ...]:
+        """The shape of ``covariances`` in :meth:`init` and :meth:`probabilities`
+        (hmmlearn's ``_covars_``): "diag" (K, D) variances, "full" (K, D, D), "tied"
+        (D, D), "spherical" (K,) variances."""
+        k, d = self.num_states, self.obs_dim
+        return {"diag": (k, d), "full": (k, d, d), "tied": (d, d), "spherical": (k,)}[
+            self.covariance_type
+        ]
 
     def init(
         self,
@@ -480,10 +521,14 @@ class GaussianHMM(HMM):
         means=None,
         scales=None,
         *,
+        covariances=None,
         dtype=None,
     ):
         """Parameters with any given array set exactly: initial_probs (K,),
-        transition_matrix (K, K), means (K, D), scales (K, D) standard deviations."""
+        transition_matrix (K, K), means (K, D), and the spread: ``scales`` (K, D)
+        standard deviations ("diag" only) or ``covariances`` in the shape of
+        :meth:`covariance_shape` (every covariance_type; symmetric positive definite
+        matrices for "full" and "tied")."""
         dtype = param_dtype(dtype)
         params = super().init(
             key, initial_probs=initial_probs, transition_matrix=transition_matrix, dtype=dtype
@@ -495,29 +540,97 @@ class GaussianHMM(HMM):
             if m.shape != shape or not np.isfinite(m).all():
                 raise ValueError(f"means must be finite with shape {shape}; got shape {m.shape}.")
             emission["loc"] = jnp.asarray(m, dtype)
+        if scales is not None and covariances is not None:
+            raise ValueError("give scales or covariances, not both.")
         if scales is not None:
+            if self.covariance_type != "diag":
+                raise ValueError(
+                    f"scales (standard deviations) set a 'diag' GaussianHMM; this one is "
+                    f"covariance_type={self.covariance_type!r}: give covariances of shape "
+                    f"{self.covariance_shape()}."
+                )
             s = np.asarray(scales, np.float64)
             if s.shape != shape or not (np.isfinite(s).all() and (s > 0).all()):
                 raise ValueError(f"scales must be positive and finite with shape {shape}.")
             emission["log_scale"] = jnp.asarray(np.log(s), dtype)
+        if covariances is not None:
+            emission.update(self._raw_covariances(covariances, dtype))
         return params._replace(emission=emission)
 
+    def _raw_covariances(self, covariances, dtype) -> dict:
+        c = np.asarray(covariances, np.float64)
+        shape, kind = self.covariance_shape(), self.covariance_type
+        if c.shape != shape or not np.isfinite(c).all():
+            raise ValueError(
+                f"covariances of a {kind!r} GaussianHMM must be finite with shape {shape}; "
+                f"got shape {c.shape}."
+            )
+        if kind in ("diag", "spherical"):
+            if not (c > 0).all():
+                raise ValueError(f"covariances of a {kind!r} GaussianHMM are variances > 0.")
+            name = "log_scale"
+            return {name: jnp.asarray(0.5 * np.log(c), dtype)}
+        if not np.allclose(c, np.swapaxes(c, -1, -2), rtol=1e-10, atol=0.0):
+            raise ValueError(f"covariances of a {kind!r} GaussianHMM must be symmetric.")
+        try:
+            chol = np.linalg.cholesky(c)
+        except np.linalg.LinAlgError:
+            raise ValueError(
+                f"covariances of a {kind!r} GaussianHMM must be positive definite."
+            ) from None
+        return {"tril": jnp.asarray(np.asarray(raw_tril(jnp.asarray(chol))), dtype)}
+
+    def covariances(self, params) -> jax.Array:
+        """Every state's covariance matrix, (K, D, D) (hmmlearn's ``covars_``)."""
+        e, k, d = params.emission, self.num_states, self.obs_dim
+        if self.covariance_type in ("diag", "spherical"):
+            var = jnp.exp(2.0 * e["log_scale"])
+            var = jnp.broadcast_to(var[..., None] if var.ndim == 1 else var, (k, d))
+            return var[..., None] * jnp.eye(d, dtype=var.dtype)
+        chol = jnp.broadcast_to(_cholesky_of(e["tril"]), (k, d, d))
+        return jnp.matmul(chol, jnp.swapaxes(chol, -1, -2), precision=EXACT)
+
     def probabilities(self, params):
-        """(initial_probs (K,), transition_matrix (K, K), (means (K, D), scales (K, D)))."""
+        """(initial_probs (K,), transition_matrix (K, K), (means (K, D), spread)): the
+        spread is ``scales`` (K, D) for "diag" (standard deviations, as :meth:`init`
+        takes them) and ``covariances`` in the shape of :meth:`covariance_shape`
+        otherwise. :meth:`covariances` gives (K, D, D) matrices for every type."""
         e = params.emission
-        return (
-            self.initial_state(params),
-            self.transition_matrix(params),
-            (e["loc"], jnp.exp(e["log_scale"])),
-        )
+        if self.covariance_type == "diag":
+            spread = jnp.exp(e["log_scale"])
+        elif self.covariance_type == "spherical":
+            spread = jnp.exp(2.0 * e["log_scale"])
+        else:
+            chol = _cholesky_of(e["tril"])
+            spread = jnp.matmul(chol, jnp.swapaxes(chol, -1, -2), precision=EXACT)
+        return self.initial_state(params), self.transition_matrix(params), (e["loc"], spread)
+
+
+def _build(options: dict, head: Head) -> HMM:
+    """The HMM a spec describes: ``covariance_type`` (hmmlearn's; default "diag") turns
+    a 'normal' head into :class:`probseq.heads.MultivariateNormalHead`."""
+    options = dict(options)
+    covariance_type = options.pop("covariance_type", "diag")
+    if covariance_type != "diag":
+        if type(head) is not NormalHead:
+            raise ValueError(
+                f"[model].covariance_type = {covariance_type!r} needs head = 'normal' (a "
+                f"Gaussian HMM); got a {type(head).__name__}."
+            )
+        head = MultivariateNormalHead(head.obs_dim, covariance_type)
+    return HMM(head=head, **options)
 
 
 SPEC = FamilySpec(
     name="hmm",
     model=HMM,
-    keys={"num_states": POSITIVE_INT, "scan": choice(*SCAN_CHOICES)},
-    build=lambda options, head: HMM(head=head, **options),
-    heads=("categorical", "normal", "poisson", "bernoulli"),
+    keys={
+        "num_states": POSITIVE_INT,
+        "scan": choice(*SCAN_CHOICES),
+        "covariance_type": choice("diag", *COVARIANCE_TYPES),
+    },
+    build=_build,
+    heads=("categorical", "normal", "poisson", "bernoulli", "mixture_normal"),
     required=("num_states",),
     fit_methods=("sgd", "em"),
 )
