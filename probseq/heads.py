@@ -564,6 +564,14 @@ class PoissonHead(_VectorHead):
     def init_components(self, key, num_components, dtype):
         return {"log_rate": jax.random.normal(key, (num_components, self.obs_dim), dtype)}
 
+    def component_log_probs(self, raw, x):
+        # x log(rate) - rate - log(x!) in the parameters' dtype (numpyro's Poisson.log_prob
+        # returns float64 for float32 arguments under x64, which breaks the filter's carry).
+        log_rate = raw["log_rate"]
+        x = jnp.asarray(x, log_rate.dtype)
+        terms = jnp.where(x == 0, 0.0, x * log_rate) - jnp.exp(log_rate)
+        return jnp.sum(terms - jax.scipy.special.gammaln(x + 1.0), axis=-1)
+
     def m_step(self, weights, x, raw, concentration=None):
         self._no_prior(self, concentration)
         n = weights.sum(0)

@@ -48,7 +48,13 @@ def test_out_of_range_tokens_give_nan_under_jit(family):
 
 @pytest.mark.parametrize(
     "model",
-    [probseq.GRU(vocab_size=5, hidden_size=6), probseq.GaussianHMM(2, 1)],
+    [
+        probseq.GRU(vocab_size=5, hidden_size=6),
+        probseq.GaussianHMM(2, 1),
+        probseq.PoissonHMM(2, 1),
+        probseq.GaussianMixtureHMM(2, 1, 2),
+        probseq.GaussianHMM(2, 1, covariance_type="full"),
+    ],
     ids=repr,
 )
 def test_mask_with_a_hole_gives_nan_under_jit(model):
