@@ -304,7 +304,8 @@ def test_a_head_without_a_closed_form_m_step_points_to_fit_sgd():
         has_m_step = False  # every built-in head has one (issue 23)
 
     model = probseq.HMM(2, NoMStepHead(obs_dim=1, num_components=2))
-    with pytest.raises(ValueError, match="NoMStepHead emissions have no closed-form M-step.*fit_sgd"):
+    message = "NoMStepHead emissions have no closed-form M-step.*fit_sgd"
+    with pytest.raises(ValueError, match=message):
         fit_em(model, model.init(jax.random.key(0)), np.zeros((5, 1)))
 
 

@@ -108,8 +108,13 @@ class Case:
             self.truth, self.covs, self.compact = means, covs, compact
 
     def params64(self):
-        return self.model.init(jax.random.key(0), initial_probs=self.pi,
-                               transition_matrix=self.a, dtype=jnp.float64, **self.kw)  # fmt: skip
+        return self.model.init(
+            jax.random.key(0),
+            initial_probs=self.pi,
+            transition_matrix=self.a,
+            dtype=jnp.float64,
+            **self.kw,
+        )
 
     def sample(self, rng, lengths):
         out = []
@@ -131,8 +136,9 @@ class Case:
             m.weights_, m.means_ = self.kw["weights"], self.kw["means"]
             m.covars_ = self.kw["scales"] ** 2
         elif self.name in ("full", "tied", "spherical"):
-            m = hmmlearn_hmm.GaussianHMM(covariance_type=self.name, covars_prior=0.0,
-                                         covars_weight=0.0, **common)  # fmt: skip
+            m = hmmlearn_hmm.GaussianHMM(
+                covariance_type=self.name, covars_prior=0.0, covars_weight=0.0, **common
+            )
             m.means_, m.covars_ = self.kw["means"], self.compact
         else:
             return None
@@ -265,8 +271,15 @@ def test_em_never_decreases_and_recovers_the_truth(name):
     case = Case(name, rng)
     xs = case.sample(rng, [150] * 4)
     model = case.model
-    fit = probseq.fit_em(model, model.init(jax.random.key(3), dtype=jnp.float64), xs,
-                         num_iters=40, tol=0.0, num_restarts=4, key=jax.random.key(5))  # fmt: skip
+    fit = probseq.fit_em(
+        model,
+        model.init(jax.random.key(3), dtype=jnp.float64),
+        xs,
+        num_iters=40,
+        tol=0.0,
+        num_restarts=4,
+        key=jax.random.key(5),
+    )
     ll = np.asarray(fit.history["log_likelihood"])
     assert np.isfinite(ll).all()
     assert (np.diff(ll) >= -1e-10 * np.abs(ll[:-1])).all(), np.diff(ll)
@@ -288,9 +301,10 @@ def test_full_covariance_m_step_floors_a_degenerate_state():
     w[:5, 0], w[5:, 1] = 1.0, rng.uniform(0.2, 1.0, size=20)
     raw = head.init_components(jax.random.key(0), 2, jnp.float64)
     out = head.m_step(jnp.asarray(w), jnp.asarray(x), raw)
-    chol = np.tril(np.asarray(out["tril"]), -1) + np.eye(D) * np.exp(
-        np.diagonal(np.asarray(out["tril"]), axis1=-2, axis2=-1)
-    )[..., None]
+    chol = (
+        np.tril(np.asarray(out["tril"]), -1)
+        + np.eye(D) * np.exp(np.diagonal(np.asarray(out["tril"]), axis1=-2, axis2=-1))[..., None]
+    )
     cov = chol @ np.swapaxes(chol, -1, -2)
     np.testing.assert_allclose(cov[0], head.MIN_VARIANCE * np.eye(D), rtol=1e-6, atol=1e-12)
     mean = w[:, 1] @ x / w[:, 1].sum()
@@ -302,26 +316,53 @@ def test_full_covariance_m_step_floors_a_degenerate_state():
     "call, message",
     [
         (lambda: probseq.GaussianHMM(2, 2, covariance_type="banded"), "covariance_type"),
-        (lambda: probseq.PoissonHMM(2, 1).init(jax.random.key(0), rates=[[1.0], [0.0]]),
-         "rates must be positive"),
-        (lambda: probseq.BernoulliHMM(2, 1).init(jax.random.key(0), emission_probs=[[1.0], [0.5]]),
-         "strictly between 0 and 1"),
-        (lambda: probseq.GaussianMixtureHMM(2, 1, 2).init(jax.random.key(0),
-                                                        weights=[[0.5, 0.6], [1.0, 0.0]]),
-         "weights"),
-        (lambda: probseq.GaussianHMM(2, 2, covariance_type="full").init(
-            jax.random.key(0), covariances=np.ones((2, 2, 2))), "positive definite"),
-        (lambda: probseq.GaussianHMM(2, 2, covariance_type="tied").init(
-            jax.random.key(0), covariances=np.eye(2)[None]), r"shape \(2, 2\)"),
-        (lambda: probseq.GaussianHMM(2, 2, covariance_type="full").init(
-            jax.random.key(0), scales=np.ones((2, 2))), "give covariances"),
-        (lambda: probseq.PoissonHMM(2, 1).init(jax.random.key(0))
-         and probseq.log_prob(probseq.PoissonHMM(2, 1),
-                              probseq.PoissonHMM(2, 1).init(jax.random.key(0)),
-                              np.array([[1.0], [0.5]])),
-         "non-negative integer counts"),
+        (
+            lambda: probseq.PoissonHMM(2, 1).init(jax.random.key(0), rates=[[1.0], [0.0]]),
+            "rates must be positive",
+        ),
+        (
+            lambda: probseq.BernoulliHMM(2, 1).init(
+                jax.random.key(0), emission_probs=[[1.0], [0.5]]
+            ),
+            "strictly between 0 and 1",
+        ),
+        (
+            lambda: probseq.GaussianMixtureHMM(2, 1, 2).init(
+                jax.random.key(0), weights=[[0.5, 0.6], [1.0, 0.0]]
+            ),
+            "weights",
+        ),
+        (
+            lambda: probseq.GaussianHMM(2, 2, covariance_type="full").init(
+                jax.random.key(0), covariances=np.ones((2, 2, 2))
+            ),
+            "positive definite",
+        ),
+        (
+            lambda: probseq.GaussianHMM(2, 2, covariance_type="tied").init(
+                jax.random.key(0), covariances=np.eye(2)[None]
+            ),
+            r"shape \(2, 2\)",
+        ),
+        (
+            lambda: probseq.GaussianHMM(2, 2, covariance_type="full").init(
+                jax.random.key(0), scales=np.ones((2, 2))
+            ),
+            "give covariances",
+        ),
+        (
+            lambda: (
+                probseq.PoissonHMM(2, 1).init(jax.random.key(0))
+                and probseq.log_prob(
+                    probseq.PoissonHMM(2, 1),
+                    probseq.PoissonHMM(2, 1).init(jax.random.key(0)),
+                    np.array([[1.0], [0.5]]),
+                )
+            ),
+            "non-negative integer counts",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_says_what_is_wrong(call, message):
     with pytest.raises(ValueError, match=message):
         call()
@@ -360,8 +401,16 @@ def test_every_generic_operation(name):
         em = probseq.fit_em(model, params, x, num_iters=3)
         ll = np.asarray(em.history["log_likelihood"])
         assert (np.diff(ll) >= -1e-4 * np.abs(ll[:-1])).all()
-        sgd = probseq.fit_sgd(model, params, x, key=key, num_epochs=3, batch_size=2,
-                              learning_rate=1e-2, progress=False)  # fmt: skip
+        sgd = probseq.fit_sgd(
+            model,
+            params,
+            x,
+            key=key,
+            num_epochs=3,
+            batch_size=2,
+            learning_rate=1e-2,
+            progress=False,
+        )
         assert np.isfinite(np.asarray(probseq.log_prob(model, sgd.params, x))).all()
         table = probseq.compare({"start": (model, params), "em": (model, em.params)}, x)
         assert "em" in str(table) and "start" in str(table)
@@ -390,14 +439,21 @@ def test_spec_fit_save_and_load(name, method, tmp_path):
     rng = np.random.default_rng(60 + NAMES.index(name))
     case = Case(name, rng)
     values = case.sample(rng, [80])[0]
-    fit = {"method": "em", "num_iters": 2} if method == "em" else {
-        "method": "sgd", "num_epochs": 1, "batch_size": 4}  # fmt: skip
-    s = spec.parse_spec({
-        "data": {"kind": "series", "sequence_length": 16, "standardize": False},
-        "model": {"family": "hmm", "num_states": 2, **SPEC_MODEL[name]},
-        "fit": fit,
-    })  # fmt: skip
-    source = workflow.Source("series", values=values, names=tuple(f"c{i}" for i in range(values.shape[1])))
+    fit = (
+        {"method": "em", "num_iters": 2}
+        if method == "em"
+        else {"method": "sgd", "num_epochs": 1, "batch_size": 4}
+    )
+    s = spec.parse_spec(
+        {
+            "data": {"kind": "series", "sequence_length": 16, "standardize": False},
+            "model": {"family": "hmm", "num_states": 2, **SPEC_MODEL[name]},
+            "fit": fit,
+        }
+    )
+    source = workflow.Source(
+        "series", values=values, names=tuple(f"c{i}" for i in range(values.shape[1]))
+    )
     with jax.enable_x64(False):
         run = workflow.fit_spec(s, source, progress=False)
         head = run.model.head
@@ -431,10 +487,17 @@ def test_x64_parameters_of_either_precision_and_data_of_the_other(name):
 
 
 def test_spec_covariance_type_needs_a_normal_head():
-    s = spec.parse_spec({
-        "data": {"kind": "series"},
-        "model": {"family": "hmm", "num_states": 2, "head": "poisson", "covariance_type": "full"},
-        "fit": {"method": "em"},
-    })  # fmt: skip
+    s = spec.parse_spec(
+        {
+            "data": {"kind": "series"},
+            "model": {
+                "family": "hmm",
+                "num_states": 2,
+                "head": "poisson",
+                "covariance_type": "full",
+            },
+            "fit": {"method": "em"},
+        }
+    )
     with pytest.raises(ValueError, match="covariance_type = 'full' needs head = 'normal'"):
         s.build_model(obs_dim=2)

@@ -42,9 +42,9 @@ from probseq.heads import (
     _cholesky_of,
     raw_tril,
 )
-from probseq.hmm_inference import check_model_data  # issue 25, case 7
 from probseq.hmm_inference import (
     FILTER_METHODS,
+    check_model_data,  # issue 25, case 7
     condition_on,
     hmm_backward_sample,
     hmm_filter,
@@ -499,7 +499,8 @@ class GaussianHMM(HMM):
         self.__post_init__()
 
     def __repr__(self):
-        extra = "" if self.covariance_type == "diag" else f", covariance_type={self.covariance_type!r}"
+        kind = self.covariance_type
+        extra = "" if kind == "diag" else f", covariance_type={kind!r}"
         extra += "" if self.scan == "auto" else f", scan={self.scan!r}"
         extra += f", input_dim={self.input_dim}" if self.input_dim else ""
         return f"GaussianHMM(num_states={self.num_states}, obs_dim={self.obs_dim}{extra})"

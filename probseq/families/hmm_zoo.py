@@ -85,8 +85,14 @@ class PoissonHMM(HMM):
             shape = (self.num_states, self.obs_dim)
             r = _array("rates", rates, shape, low=0.0, what="positive and finite")
             emission = {"log_rate": jnp.asarray(np.log(r), dtype)}
-        return HMM.init(self, key, initial_probs=initial_probs,
-                        transition_matrix=transition_matrix, emission=emission, dtype=dtype)  # fmt: skip
+        return HMM.init(
+            self,
+            key,
+            initial_probs=initial_probs,
+            transition_matrix=transition_matrix,
+            emission=emission,
+            dtype=dtype,
+        )
 
     def probabilities(self, params):
         """(initial_probs (K,), transition_matrix (K, K), rates (K, D))."""
@@ -122,11 +128,23 @@ class BernoulliHMM(HMM):
         emission = None
         if emission_probs is not None:
             shape = (self.num_states, self.obs_dim)
-            p = _array("emission_probs", emission_probs, shape, low=0.0, high=1.0,
-                       what="strictly between 0 and 1")  # fmt: skip
+            p = _array(
+                "emission_probs",
+                emission_probs,
+                shape,
+                low=0.0,
+                high=1.0,
+                what="strictly between 0 and 1",
+            )
             emission = {"logits": jnp.asarray(np.log(p) - np.log1p(-p), dtype)}
-        return HMM.init(self, key, initial_probs=initial_probs,
-                        transition_matrix=transition_matrix, emission=emission, dtype=dtype)  # fmt: skip
+        return HMM.init(
+            self,
+            key,
+            initial_probs=initial_probs,
+            transition_matrix=transition_matrix,
+            emission=emission,
+            dtype=dtype,
+        )
 
     def probabilities(self, params):
         """(initial_probs (K,), transition_matrix (K, K), emission_probs (K, D))."""
@@ -157,8 +175,15 @@ class GaussianMixtureHMM(HMM):
         input_dim: int = 0,
     ):
         head = MixtureNormalHead(obs_dim, num_components)
-        _construct(self, num_states, head, scan, input_dim,
-                   obs_dim=head.obs_dim, num_components=head.num_components)  # fmt: skip
+        _construct(
+            self,
+            num_states,
+            head,
+            scan,
+            input_dim,
+            obs_dim=head.obs_dim,
+            num_components=head.num_components,
+        )
 
     def __repr__(self):
         return _repr(self, obs_dim=self.obs_dim, num_components=self.num_components)
@@ -180,9 +205,12 @@ class GaussianMixtureHMM(HMM):
         ~ N(0, 1), unit scales."""
         dtype = param_dtype(dtype)
         params = HMM.init(
-            self, key, initial_probs=initial_probs, transition_matrix=transition_matrix,
+            self,
+            key,
+            initial_probs=initial_probs,
+            transition_matrix=transition_matrix,
             dtype=dtype,
-        )  # fmt: skip
+        )
         emission = dict(params.emission)
         k, m, d = self.num_states, self.num_components, self.obs_dim
         if weights is not None:
