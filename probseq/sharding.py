@@ -189,6 +189,11 @@ def replicate(mesh: Mesh, tree):
     def place(a):
         if isinstance(a, jax.Array) and a.sharding == replicated:
             return a
+        if jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key):
+            # a typed PRNG key has no NumPy form: place its data, then wrap it again
+            return jax.random.wrap_key_data(
+                place(jax.random.key_data(a)), impl=jax.random.key_impl(a)
+            )
         a = np.asarray(a)
         return jax.make_array_from_callback(a.shape, replicated, lambda index: a[index])
 

@@ -11,10 +11,14 @@ the draw), and still scores the observed y_t:
 
 :func:`scheduled_log_probs` is the pure function (explicit key), for user-written
 loops. :class:`ScheduledSampling` wraps any model for ``fit_sgd``: the same
-parameters, with this loss as its log-likelihood. Its noise is seeded by ``seed``
-folded with a checksum of the parameters (which change at every optimizer step), so
-each step draws afresh and a fit stays reproducible. With ``probability=0`` it is the
-wrapped model exactly (the same code runs). Score and decode with the wrapped model.
+parameters, with this loss as its training loss. In training (fit_sgd,
+:func:`probseq.sgd_update`) the draws come from the key the fitting state splits at
+every optimizer step (a fit is reproducible from its ``key=`` and resumes
+bit-identically); ``sgd_init`` without a key is refused. Scored directly (log_prob,
+step_log_probs) the draws are seeded by ``seed`` folded with a checksum of the
+parameters. With ``probability=0`` it is the wrapped model exactly (the same code runs,
+and the key reaches the wrapped model's own training loss). Score and decode with the
+wrapped model.
 
 Example:
     >>> train = probseq.ScheduledSampling(model, probability=0.25)  # doctest: +SKIP
@@ -60,7 +64,8 @@ class ScheduledSampling(SequenceModel):
     Args:
         model: any probseq model (e.g. a :class:`probseq.Seq2Seq`).
         probability: p in [0, 1], the chance of feeding the model's own draw.
-        seed: seeds the draws (folded with a checksum of the parameters).
+        seed: seeds the draws when scored directly (folded with a checksum of the
+            parameters); training draws from the fitting state's key.
     """
 
     model: SequenceModel
@@ -115,12 +120,25 @@ class ScheduledSampling(SequenceModel):
     def batch_sequence_log_probs(self, params, states, xs, us=None):
         if self.probability == 0.0:
             return self.model.batch_sequence_log_probs(params, states, xs, us)
+        return self._scheduled(params, states, xs, us, self._key(params))
+
+    def training_log_probs(self, params, states, xs, us=None, *, key):
+        if self.probability == 0.0:
+            return self.model.training_log_probs(params, states, xs, us, key=key)
+        if key is None:
+            raise ValueError(
+                "ScheduledSampling draws the fed tokens from the training key: give "
+                "sgd_init(..., key=jax.random.key(seed)) (fit_sgd passes its own)."
+            )
+        return self._scheduled(params, states, xs, us, key)
+
+    def _scheduled(self, params, states, xs, us, key):
         if states is None:
             states = jax.tree.map(
                 lambda a: jnp.broadcast_to(a, (xs.shape[0],) + a.shape),
                 self.model.initial_state(params),
             )
-        keys = jax.random.split(self._key(params), xs.shape[0])
+        keys = jax.random.split(key, xs.shape[0])
         return jax.vmap(
             lambda k, h, x, u: scheduled_log_probs(self.model, params, k, h, x, u, self.probability)
         )(keys, states, xs, us)

@@ -25,7 +25,7 @@ def _signature(args) -> tuple:
     return (treedef,) + tuple(
         (
             np.shape(a),
-            np.dtype(a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype),
+            str(a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype),  # key<fry> too
             bool(getattr(a, "weak_type", False)),
             getattr(a, "sharding", None),
         )

@@ -133,7 +133,9 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ---------------------------------------------------------------- pure TBPTT kernels
-def window_log_probs(model, params, carried, reset, x, mask, inputs=None, source=None):
+def window_log_probs(
+    model, params, carried, reset, x, mask, inputs=None, source=None, *, training=False, key=None
+):  # fmt: skip
     """Per-step log-likelihoods of one window of a batch, continuing a carried state.
 
     The window starts from ``model.initial_state(params)`` where ``reset`` is True
@@ -149,6 +151,8 @@ def window_log_probs(model, params, carried, reset, x, mask, inputs=None, source
             False: its state is kept); inputs: (B, L, input_dim) or None.
         source: ``(source (B, S, ...), source_mask (B, S))`` of a conditional model:
             a reset row starts from ``model.source_state`` instead.
+        training, key: the training loss's view (``model.training_log_probs`` with
+            this step's key); False: the model's likelihood.
 
     Returns:
         (log_probs (B, L) with zeros where masked, final states (B, ...)).
@@ -161,7 +165,7 @@ def window_log_probs(model, params, carried, reset, x, mask, inputs=None, source
         init,
         carried,
     )
-    return batch_step_log_probs(model, params, x, mask, inputs, h0)
+    return batch_step_log_probs(model, params, x, mask, inputs, h0, training=training, key=key)
 
 
 def truncated_step_log_probs(model, params, x, mask, bptt_length: int, inputs=None):
@@ -244,21 +248,23 @@ def _on_mesh(mesh, *trees):
 
 
 def _optimizer_step(
-    model, optimizer, params, opt_state, carried, reset, x, mask, inputs, source=None
+    model, optimizer, params, opt_state, carried, reset, x, mask, inputs, source, key
 ):
     """One step on the mean negative log-likelihood per valid step of a minibatch:
     (new params, new opt_state, final states, loss, total log-likelihood, finite).
 
-    The one copy of the step, shared by :func:`sgd_update` and fit_sgd's compiled
-    chunks. ``carried``/``reset``: the TBPTT state and where it restarts (None/True:
-    every row starts from ``initial_state``). Optimizers that accept extra arguments
+    ``carried``/``reset``: the TBPTT state and where it restarts (True: every row
+    starts from ``initial_state``). ``key``: this step's PRNG key for the training
+    loss (``model.training_log_probs``). Optimizers that accept extra arguments
     (optax.chain, adam, ...) also get the loss as ``value=`` (for e.g.
     optax.contrib.reduce_on_plateau). ``finite`` is False when the loss, a gradient
     or an update is not finite: the caller keeps its old state then.
     """
 
     def loss_fn(p):
-        lps, final = window_log_probs(model, p, carried, reset, x, mask, inputs, source)
+        lps, final = window_log_probs(
+            model, p, carried, reset, x, mask, inputs, source, training=True, key=key
+        )
         total = jnp.sum(lps)
         count = jnp.sum(mask)
         return -total / jnp.maximum(count, 1).astype(total.dtype), (total, final)
@@ -272,30 +278,54 @@ def _optimizer_step(
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["params", "opt_state", "step"],
+    data_fields=["params", "opt_state", "step", "key", "carried", "nonfinite"],
     meta_fields=["model", "optimizer"],
 )
 @dataclasses.dataclass(frozen=True)
 class SGDState:
-    """What :func:`sgd_update` carries: the parameters, the optimizer's state and the
-    number of steps taken (a pytree whose leaves are those arrays), plus the model and
-    the optimizer as static fields (so ``jax.jit(sgd_update)`` compiles once per model
-    and optimizer, and the state can be sharded, checkpointed or vmapped like any
-    pytree).
+    """Everything an SGD fit carries from step to step, one pytree (so
+    ``jax.jit(sgd_update)`` compiles once per model and optimizer, and the state can be
+    sharded, checkpointed or vmapped like any pytree); the model and the optimizer are
+    static fields.
 
     params: the model's parameter pytree.
     opt_state: the optax state of ``optimizer``.
     step: () int32, updates applied so far (non-finite steps are not counted).
+    key: the PRNG key the training loss's noise is split from at every step (dropout,
+        scheduled sampling), or None (then a model whose loss draws noise refuses).
+    carried: the TBPTT state (B, ...) a batch with ``reset=False`` continues, or None
+        (every batch starts afresh).
+    nonfinite: () int32, consecutive steps whose loss, gradient or update was not
+        finite (skipped).
     """
 
     params: Any
     opt_state: Any
     step: jax.Array
+    key: Any
+    carried: Any
+    nonfinite: jax.Array
     model: Any
     optimizer: Any
 
+    def replace(self, **changes) -> SGDState:
+        return dataclasses.replace(self, **changes)
 
-def sgd_init(model, params, optimizer=None) -> SGDState:
+
+class Window(NamedTuple):
+    """One optimizer step's minibatch for :func:`sgd_update`: x (B, T, ...), mask (B, T),
+    inputs (B, T, m) or None, a conditional model's ``source`` ``(source (B, S, ...),
+    source_mask (B, S))`` or None, and ``reset``: True starts every row afresh; False
+    continues the state's carried TBPTT state (the next window of the same rows)."""
+
+    x: Any
+    mask: Any
+    inputs: Any = None
+    source: Any = None
+    reset: Any = True
+
+
+def sgd_init(model, params, optimizer=None, *, key=None, carry_rows: int | None = None) -> SGDState:
     """The state of a user-written SGD loop (optax's ``init`` / numpyro's
     ``SVI.init`` shape): ``state = sgd_init(model, params, optimizer)``, then
     ``state, metrics = sgd_update(state, batch)`` as often as wanted.
@@ -306,6 +336,11 @@ def sgd_init(model, params, optimizer=None) -> SGDState:
         optimizer: any optax ``GradientTransformation``; None: fit_sgd's default
             (Adam 1e-3 after clipping the global gradient norm at 1); a step with a
             non-finite loss or gradient is skipped either way.
+        key: PRNG key of the training loss's noise (split at every step); needed by a
+            model whose loss draws noise (dropout), unused by the others.
+        carry_rows: keep a TBPTT state of this many rows (the batch size), so that
+            ``sgd_update(state, Window(..., reset=False))`` continues the previous
+            window; None: every batch starts afresh.
 
     Example:
         >>> model = probseq.GRU(vocab_size=5, hidden_size=8)
@@ -314,26 +349,41 @@ def sgd_init(model, params, optimizer=None) -> SGDState:
         >>> state, metrics = jax.jit(probseq.sgd_update)(state, (x, mask))
     """
     validation.check_params(model, params)
+    if key is not None:
+        validation.check_key(key)
+    if carry_rows is not None:
+        _check_int("carry_rows", carry_rows)
     optimizer = _resolve_optimizer(optimizer, None, None)
+    return _init_state(model, params, optimizer, key, carry_rows)
+
+
+def _init_state(model, params, optimizer, key, carry_rows, source=None) -> SGDState:
     params = _strong(params)
-    return SGDState(
-        params, _strong(optimizer.init(params)), jnp.zeros((), jnp.int32), model, optimizer
-    )
+    carried = None
+    if carry_rows is not None:
+        carried = _strong(start_states(model, params, carry_rows, source))
+    zero = jnp.zeros((), jnp.int32)
+    return SGDState(params, _strong(optimizer.init(params)), zero, key, carried, zero, model,
+                    optimizer)  # fmt: skip
 
 
 def sgd_update(state: SGDState, batch) -> tuple[SGDState, dict]:
-    """One optimizer step on a minibatch: pure, jit-able, shardable.
+    """One optimizer step on a minibatch: pure, jit-able, shardable - the step fit_sgd
+    takes (it runs this function, TBPTT included).
 
-    The loss is the mean negative log-likelihood per valid step (the same step
-    fit_sgd takes, without TBPTT: whole sequences). A step whose loss, gradients or
-    updates are not finite changes nothing (``metrics["finite"]`` is False).
+    The loss is the mean negative log-likelihood per valid step, as the model's
+    :meth:`~probseq.core.SequenceModel.training_log_probs` computes it with a key
+    split from ``state.key``. A step whose loss, gradients or updates are not finite
+    changes no parameter (``metrics["finite"]`` is False, ``state.nonfinite`` counts
+    it).
 
     Args:
         state: from :func:`sgd_init` or a previous call.
-        batch: ``(x, mask)`` or ``(x, mask, inputs)`` padded arrays (B, T, ...),
-            (B, T), (B, T, input_dim): e.g. from ``probseq.data.from_arrays``; a
-            conditional model's batch adds its source: ``(x, mask, inputs, source,
-            source_mask)``. Not validated here (it runs traced): validate once with
+        batch: a :class:`Window`, or ``(x, mask)`` / ``(x, mask, inputs)`` padded
+            arrays (B, T, ...), (B, T), (B, T, input_dim) (e.g. from
+            ``probseq.data.from_arrays``; a conditional model's adds its source:
+            ``(x, mask, inputs, source, source_mask)``): whole sequences, each row
+            starting afresh. Not validated here (it runs traced): validate once with
             ``probseq.log_prob``.
 
     Returns:
@@ -341,35 +391,30 @@ def sgd_update(state: SGDState, batch) -> tuple[SGDState, dict]:
         ``log_likelihood`` (total over the batch), ``num_steps`` (valid steps),
         ``finite`` (whether the update was applied).
     """
-    x, mask, inputs, *source = (tuple(batch) + (None,))[: max(3, len(batch))]
-    source = tuple(source) or None
-    mask = jnp.asarray(mask, bool)
-    carried = start_states(state.model, state.params, mask.shape[0], source)
-    new, _, metrics = _update(state, x, mask, inputs, carried, True, source)
-    return new, metrics
-
-
-def _update(state: SGDState, x, mask, inputs, carried, reset, source=None):
-    """:func:`sgd_update` continuing a carried TBPTT state (``reset``: start afresh):
-    (new state, final states (B, ...), metrics)."""
+    if not isinstance(batch, Window):
+        x, mask, inputs, *source = (tuple(batch) + (None,))[: max(3, len(batch))]
+        batch = Window(x, mask, inputs, tuple(source) or None, True)
+    mask = jnp.asarray(batch.mask, bool)
+    carried, reset = state.carried, batch.reset
+    if carried is None:
+        if reset is not True:
+            raise ValueError(
+                "sgd_update(state, Window(..., reset=False)) continues a carried TBPTT "
+                "state, but this state has none: make it with sgd_init(..., carry_rows=B)."
+            )
+        carried = start_states(state.model, state.params, mask.shape[0], batch.source)
+    key, step_key = (None, None) if state.key is None else jax.random.split(state.key)
     params, opt_state, final, loss, total, ok = _optimizer_step(
-        state.model,
-        state.optimizer,
-        state.params,
-        state.opt_state,
-        carried,
-        reset,
-        x,
-        mask,
-        inputs,
-        source,
-    )
-    new = SGDState(
-        _select(ok, params, state.params),
-        _select(ok, opt_state, state.opt_state),
-        state.step + ok.astype(jnp.int32),
-        state.model,
-        state.optimizer,
+        state.model, state.optimizer, state.params, state.opt_state, carried, reset,
+        batch.x, mask, batch.inputs, batch.source, step_key,
+    )  # fmt: skip
+    new = state.replace(
+        params=_select(ok, params, state.params),
+        opt_state=_select(ok, opt_state, state.opt_state),
+        step=state.step + ok.astype(jnp.int32),
+        key=key,
+        carried=None if state.carried is None else _select(_all_finite(final), final, carried),
+        nonfinite=jnp.where(ok, 0, state.nonfinite + 1).astype(jnp.int32),
     )
     metrics = {
         "loss": loss,
@@ -377,23 +422,14 @@ def _update(state: SGDState, x, mask, inputs, carried, reset, source=None):
         "num_steps": jnp.sum(mask, dtype=jnp.int32),
         "finite": ok,
     }
-    return new, final, metrics
-
-
-class _Carry(NamedTuple):
-    """What fit_sgd's compiled chunks carry from step to step."""
-
-    state: SGDState  # parameters, optimizer state, steps applied
-    carried: PyTree  # TBPTT state (B, ...)
-    consecutive: jax.Array  # int32 (): consecutive non-finite steps
-    halted: jax.Array  # bool (): max_nonfinite_steps reached
+    return new, metrics
 
 
 def _make_train_chunk(max_nonfinite_steps: int, mesh=None):
     acc_dtype = jnp.result_type(float)  # float64 under jax_enable_x64
 
-    def _train_chunk(carry: _Carry, data: _Windows, rows, windows):
-        def step(c: _Carry, schedule):
+    def _train_chunk(state: SGDState, data: _Windows, rows, windows):
+        def step(c: SGDState, schedule):
             row_ids, w = schedule
             x, mask = data.x[w, row_ids], data.mask[w, row_ids]
             inputs = None if data.inputs is None else data.inputs[w, row_ids]
@@ -401,28 +437,34 @@ def _make_train_chunk(max_nonfinite_steps: int, mesh=None):
             x, mask, inputs, source = _on_mesh(mesh, x, mask, inputs, source)
             count = jnp.sum(mask, dtype=jnp.int32)
 
-            def run(c: _Carry):
-                state, final, metrics = _update(c.state, x, mask, inputs, c.carried, w == 0, source)
+            def run(c: SGDState):
+                new, metrics = sgd_update(c, Window(x, mask, inputs, source, w == 0))
                 ok = metrics["finite"]
-                consecutive = jnp.where(ok, 0, c.consecutive + 1).astype(jnp.int32)
-                new = _Carry(
-                    state,
-                    carried=_select(_all_finite(final), final, c.carried),
-                    consecutive=consecutive,
-                    halted=consecutive >= max_nonfinite_steps,
-                )
                 total = jnp.where(ok, metrics["log_likelihood"], 0).astype(acc_dtype)
                 return new, (total, ok, ~ok)
 
-            def skip(c: _Carry):
+            def skip(c: SGDState):
                 return c, (jnp.zeros((), acc_dtype), jnp.array(False), jnp.array(False))
 
-            c, (total, ok, bad) = jax.lax.cond((count > 0) & ~c.halted, run, skip, c)
-            return c, (total, jnp.where(ok, count, 0), ok, bad, c.halted)
+            halted = c.nonfinite >= max_nonfinite_steps
+            c, (total, ok, bad) = jax.lax.cond((count > 0) & ~halted, run, skip, c)
+            # the state keeps one layout on a mesh (replicated), so every call of the
+            # compiled chunk gets the shardings it was compiled for
+            c = _replicated(mesh, c)
+            return c, (total, jnp.where(ok, count, 0), ok, bad, c.nonfinite >= max_nonfinite_steps)
 
-        return jax.lax.scan(step, carry, (rows, windows))
+        state, outs = jax.lax.scan(step, _replicated(mesh, state), (rows, windows))
+        return _replicated(mesh, state), outs
 
     return _train_chunk
+
+
+def _replicated(mesh, tree):
+    """``tree`` constrained to be whole on every device of ``mesh`` (None: as is)."""
+    if mesh is None:
+        return tree
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, whole), tree)
 
 
 def _make_evaluate(model, mesh=None):
@@ -466,6 +508,18 @@ def _digest(*arrays) -> str:
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+#: fit_sgd's loss noise is split from ``fold_in(key, LOSS_STREAM)``; the shuffles use
+#: ``fold_in(key, epoch)`` (epochs never reach this number).
+LOSS_STREAM = 0x7FFFFFFF
+
+
+def _loss_key(key):
+    """The first key of the training loss's noise, typed (a raw uint32 key is wrapped)."""
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    return jax.random.fold_in(key, LOSS_STREAM)
 
 
 def _key_data(key) -> list[int]:
@@ -777,11 +831,12 @@ def fit_sgd(
             if src is not None:
                 fingerprint[name]["source_sha256"] = _digest(src.x, src.mask)
     fit = _start(model, params, optimizer, plan, valid is not None, checkpoint_dir,
-                 fingerprint, checkpoint_every, sharding.is_multiprocess(mesh))  # fmt: skip
+                 fingerprint, checkpoint_every, sharding.is_multiprocess(mesh),
+                 _loss_key(key))  # fmt: skip
     train_chunk = _train_chunk_of(compiled, model, optimizer, max_nonfinite_steps, mesh)
     evaluate = _evaluate_of(compiled, model, mesh)
     place = (lambda tree: tree) if mesh is None else functools.partial(sharding.replicate, mesh)
-    fit.carry, windows = place((fit.carry, plan.windows))
+    fit.state, windows = place((fit.state, plan.windows))
     if valid is not None:
         *valid_chunks, valid_tokens = _valid_chunks(valid, batch_size, valid_source)
         valid_chunks = place(tuple(valid_chunks))
@@ -801,7 +856,7 @@ def fit_sgd(
         fit.run["history"], None if valid is None else valid_tokens
     )
     if valid is not None and fit.run["initial_valid_log_lik"] is None:
-        total, tokens = valid_total(fit.carry.state.params)
+        total, tokens = valid_total(fit.state.params)
         fit.run["initial_valid_log_lik"] = total / tokens
 
     # ---- the loop: epochs of compiled chunks; validation, history, checkpoints between
@@ -827,14 +882,14 @@ def fit_sgd(
             while fit.run["step_in_epoch"] < len(steps):
                 schedule = _chunk_schedule(plan, rows, steps, fit.run["step_in_epoch"])
                 tic, compiling = time.perf_counter(), train_chunk.compile_time_s
-                fit.carry, outs = train_chunk(fit.carry, windows, *place(schedule))
-                jax.block_until_ready((fit.carry, outs))  # the clock reads the work's end
+                fit.state, outs = train_chunk(fit.state, windows, *place(schedule))
+                jax.block_until_ready((fit.state, outs))  # the clock reads the work's end
                 seconds = time.perf_counter() - tic - (train_chunk.compile_time_s - compiling)
                 halted = fit.record_chunk(jax.device_get(outs), len(steps), seconds, bar)
                 if halted:
                     fit.save("nonfinite")
                     raise _nonfinite_error(fit, summary("nonfinite"))
-            valid_ll = None if valid is None else valid_total(fit.carry.state.params)
+            valid_ll = None if valid is None else valid_total(fit.state.params)
             fit.end_epoch(valid_ll, num_epochs, bar)
             fit.save("running")
         fit.save(stopped)
@@ -913,14 +968,13 @@ def _start(
     fingerprint,
     checkpoint_every,
     multiprocess,
+    loss_key,
 ) -> _Fit:
     """A fresh fit, or the one in ``checkpoint_dir`` (checked against ``fingerprint``)."""
-    params = _strong(params)
-    opt_state = _strong(optimizer.init(params))
     source = plan.windows.source
     first = None if source is None else tuple(a[: plan.batch_size] for a in source)
-    carried = _strong(start_states(model, params, plan.batch_size, first))
-    best_params, run, resumed_from, ckpt = params, _new_run(has_valid), None, None
+    state = _init_state(model, params, optimizer, loss_key, plan.batch_size, first)
+    best_params, run, resumed_from, ckpt = state.params, _new_run(has_valid), None, None
     if checkpoint_dir is not None:
         if jax.process_index() == 0 and os.path.isdir(checkpoint_dir):
             checkpoint.remove_stale_temporaries(checkpoint_dir)
@@ -929,25 +983,30 @@ def _start(
             multihost_utils.sync_global_devices("probseq.fit_sgd: checkpoint read")
     if ckpt is not None:
         _check_fingerprint(ckpt, fingerprint)
-        params = _strong(checkpoint.restore_tree(params, ckpt, "params"))
-        opt_state = _strong(
-            checkpoint.restore_tree(opt_state, ckpt, "opt_state", what="optimizer state")
-        )
-        carried = _strong(checkpoint.restore_tree(carried, ckpt, "carried", what="TBPTT state"))
-        best_params = _strong(
-            checkpoint.restore_tree(params, ckpt, "best_params", what="best params")
-        )
+        restore = functools.partial(checkpoint.restore_tree, checkpoint=ckpt)
+        params = _strong(restore(state.params, name="params"))
+        key = state.key
+        if "key" in ckpt.trees:  # (checkpoints before the key was in the state: the start's)
+            stored = restore(jax.random.key_data(key), name="key", what="PRNG key")
+            key = jax.random.wrap_key_data(jnp.asarray(stored), impl=jax.random.key_impl(key))
         run = ckpt.metadata["run"]
         if run["status"] == "nonfinite":
             run["consecutive_nonfinite"] = 0
+        state = state.replace(
+            params=params,
+            opt_state=_strong(restore(state.opt_state, name="opt_state", what="optimizer state")),
+            carried=_strong(restore(state.carried, name="carried", what="TBPTT state")),
+            key=key,
+        )
+        best_params = _strong(restore(params, name="best_params", what="best params"))
         resumed_from = run["num_steps"] + run["num_skipped"]
-    state = SGDState(params, opt_state, jnp.asarray(run["num_steps"], jnp.int32), model, optimizer)
-    carry = _Carry(
-        state, carried, jnp.asarray(run["consecutive_nonfinite"], jnp.int32), jnp.asarray(False)
+    state = state.replace(
+        step=jnp.asarray(run["num_steps"], jnp.int32),
+        nonfinite=jnp.asarray(run["consecutive_nonfinite"], jnp.int32),
     )
     last_saved = (run["num_steps"] + run["num_skipped"]) // checkpoint_every
     return _Fit(
-        carry,
+        state,
         best_params,
         run,
         checkpoint_dir,
@@ -960,10 +1019,10 @@ def _start(
 
 @dataclasses.dataclass
 class _Fit:
-    """The mutable part of a fit between compiled calls: the carry, the best
+    """The mutable part of a fit between compiled calls: the state, the best
     parameters and ``run``, the JSON record of progress a checkpoint stores."""
 
-    carry: _Carry
+    state: SGDState
     best_params: Any
     run: dict
     checkpoint_dir: Any
@@ -978,10 +1037,11 @@ class _Fit:
         if self.checkpoint_dir is None or jax.process_index() != 0:
             return
         trees = {
-            "params": self.carry.state.params,
-            "opt_state": self.carry.state.opt_state,
-            "carried": self.carry.carried,
+            "params": self.state.params,
+            "opt_state": self.state.opt_state,
+            "carried": self.state.carried,
             "best_params": self.best_params,
+            "key": jax.random.key_data(self.state.key),
         }
         metadata = {"fingerprint": self.fingerprint, "run": self.run}
         checkpoint.save_checkpoint(self.checkpoint_dir, trees, metadata)
@@ -1001,7 +1061,7 @@ class _Fit:
         run["num_steps"] += int(oks[:k].sum())
         run["num_skipped"] += int(bads[:k].sum())
         run["step_in_epoch"] += k
-        run["consecutive_nonfinite"] = int(self.carry.consecutive)
+        run["consecutive_nonfinite"] = int(self.state.nonfinite)
         bar.update(k)
         bar.set_postfix(
             loss=f"{-acc['log_lik'] / max(acc['tokens'], 1):.4f}",
@@ -1035,7 +1095,7 @@ class _Fit:
             if best is None or valid_log_lik > best:
                 run["best_valid_log_lik"], run["best_epoch"] = valid_log_lik, epoch + 1
                 run["epochs_since_best"] = 0
-                self.best_params = self.carry.state.params
+                self.best_params = self.state.params
             else:
                 run["epochs_since_best"] += 1
             postfix["valid"] = f"{-valid_log_lik:.4f}"
@@ -1053,7 +1113,7 @@ class _Fit:
         run["epoch"], run["step_in_epoch"], run["epoch_acc"] = epoch + 1, 0, _new_epoch_acc()
 
     def result(self, stopped: str, extra: dict) -> FitResult:
-        run, params = self.run, self.carry.state.params
+        run, params = self.run, self.state.params
         info = {
             "stopped": stopped,
             "num_epochs_run": len(run["history"]["iteration"]),
@@ -1068,7 +1128,7 @@ class _Fit:
             if self.checkpoint_dir is None
             else os.path.join(self.checkpoint_dir, checkpoint.CHECKPOINT_FILE),
             "last_params": params,
-            "opt_state": self.carry.state.opt_state,
+            "opt_state": self.state.opt_state,
         }
         final = params if run["best_epoch"] is None else self.best_params
         return FitResult(final, _history(run["history"]), info)
@@ -1083,7 +1143,7 @@ def _nonfinite_error(fit: _Fit, result: FitResult) -> NonFiniteLossError:
         "good parameters are in this exception's .params (and .result). Try a smaller "
         "learning_rate, gradient clipping (max_grad_norm) or check the model's "
         "initialization.",
-        params=fit.carry.state.params,
+        params=fit.state.params,
         result=result,
     )
 
