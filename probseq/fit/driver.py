@@ -48,25 +48,47 @@ class RunResult(NamedTuple):
     resumed_from: int | None
 
 
-def _chunk(update: Callable, done: Callable, steps_per_call: int, name: str):
+def _chunk(update: Callable, done: Callable, steps_per_call: int, name: str, with_xs: bool,
+           constrain: Callable | None):  # fmt: skip
     """``steps_per_call`` guarded updates as one scan (compiled by CompiledSteps)."""
+    keep = constrain or (lambda s: s)
 
-    def chunk(state, data, num_active):
-        template = jax.eval_shape(update, state, data)[1]
+    def chunk(state, data, xs, num_active):
+        def apply(s, x):
+            return update(s, data if not with_xs else (data, x))
 
-        def body(s, i):
+        first = None if not with_xs else jax.tree.map(lambda a: a[0], xs)
+        template = jax.eval_shape(apply, state, first)[1]
+
+        def body(s, step):
+            i, x = step
             active = (i < num_active) & ~done(s)
 
             def skip(s):
                 return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), template)
 
-            s, metrics = jax.lax.cond(active, lambda s: update(s, data), skip, s)
-            return s, (metrics, active)
+            s, metrics = jax.lax.cond(active, lambda s: apply(s, x), skip, s)
+            return keep(s), (metrics, active)
 
-        return jax.lax.scan(body, state, jnp.arange(steps_per_call))
+        state, outs = jax.lax.scan(body, keep(state), (jnp.arange(steps_per_call), xs))
+        return keep(state), outs
 
     chunk.__name__ = chunk.__qualname__ = name
     return chunk
+
+
+def _call_xs(xs, position: int, k: int, steps_per_call: int):
+    """Steps ``position .. position + k`` of the per-step inputs ``xs`` (host arrays,
+    leading axis = step), padded to ``steps_per_call`` by repeating the last (padded
+    steps do not run)."""
+    if xs is None:
+        return None
+
+    def cut(a):
+        a = np.asarray(a)[position : position + k]
+        return np.concatenate([a, np.repeat(a[-1:], steps_per_call - k, axis=0)])
+
+    return jax.tree.map(cut, xs)
 
 
 def resume_state(template, checkpoint_dir, fingerprint: dict):
@@ -115,6 +137,12 @@ def run(
     checkpoint_dir=None,
     fingerprint: dict | None = None,
     compiled: CompiledSteps | None = None,
+    xs=None,
+    position: int = 0,
+    place: Callable | None = None,
+    constrain: Callable | None = None,
+    after_call: Callable | None = None,
+    bar=None,
 ) -> RunResult:
     """Run ``update`` from ``state`` until ``num_steps`` steps ran or ``done(state)``.
 
@@ -133,34 +161,55 @@ def run(
         fingerprint: JSON facts a resumed checkpoint must equal (needed with
             ``checkpoint_dir``).
         compiled: where the compiled chunk is kept across fits (default: SHARED).
+        xs: per-step inputs (a pytree of host arrays whose leading axis is the step,
+            ``num_steps`` long; e.g. SGD's schedule of rows): step ``i`` calls
+            ``update(state, (data, xs[i]))`` instead of ``update(state, data)``.
+        position: the step to start from (a caller that resumes its own way; with
+            ``checkpoint_dir`` the checkpoint's position is used).
+        place: host -> device layout of each call's ``xs`` and step count (a mesh's
+            replication; default: as is).
+        constrain: ``state -> state`` applied after every step (e.g. a sharding
+            constraint, so the state keeps one layout and the chunk never recompiles).
+        after_call: ``(state, metrics, ran, seconds) -> None`` called on the host after
+            each call with that call's outputs (``ran``: which of its steps ran).
+        bar: a tqdm bar owned by the caller (advanced by the steps that ran).
     """
     rows: dict[str, list] = {}
     times: list[float] = []
-    position, resumed_from = 0, None
+    resumed_from = None
     if checkpoint_dir is not None:
         found = resume_state(state, checkpoint_dir, fingerprint)
         if found is not None:
             state, rows, times, position = found
             resumed_from = position
-    key = ("driver", update, done, steps_per_call, name)
-    chunk = (compiled or SHARED).get(key, lambda: _chunk(update, done, steps_per_call, name))
-    bar = None
-    if progress:
+    key = ("driver", update, done, steps_per_call, name, xs is not None, constrain)
+    chunk = (compiled or SHARED).get(
+        key, lambda: _chunk(update, done, steps_per_call, name, xs is not None, constrain)
+    )
+    place = place or (lambda tree: tree)
+    own_bar = bar is None and progress
+    if own_bar:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_steps, initial=position, desc=desc, unit="iter")
     finished = bool(done(state))
     try:
         while position < num_steps and not finished:
-            active = jnp.asarray(min(steps_per_call, num_steps - position), jnp.int32)
+            k_max = min(steps_per_call, num_steps - position)
+            step_xs = _call_xs(xs, position, k_max, steps_per_call)
+            active = jnp.asarray(k_max, jnp.int32)
+            step_xs, active = place((step_xs, active))
             tic, compiling = time.perf_counter(), chunk.compile_time_s
-            state, (metrics, ran) = chunk(state, data, active)
+            state, (metrics, ran) = chunk(state, data, step_xs, active)
             jax.block_until_ready((state, metrics))  # the clock reads the work's end
             seconds = time.perf_counter() - tic - (chunk.compile_time_s - compiling)
             ran = np.asarray(ran)
             k = int(ran.sum())
-            for metric, value in metrics.items():
-                rows.setdefault(metric, []).extend(np.asarray(value)[ran])
+            if after_call is not None:
+                after_call(state, jax.device_get(metrics), ran, seconds)
+            else:
+                for metric, value in metrics.items():
+                    rows.setdefault(metric, []).extend(np.asarray(value)[ran])
             times.extend([seconds / max(k, 1)] * k)
             position += k
             finished = bool(done(state))
@@ -173,7 +222,7 @@ def run(
                         "metrics": _jsonable(rows), "step_time_s": times}  # fmt: skip
                 ckpt.save_checkpoint(checkpoint_dir, {"state": state}, meta)
     finally:
-        if bar is not None:
+        if own_bar:
             bar.close()
     stacked = {k: np.stack(v) if v else np.zeros((0,)) for k, v in rows.items()}
     times = np.asarray(times, np.float64)

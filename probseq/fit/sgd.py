@@ -76,7 +76,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from typing import Any, NamedTuple
 
 import jax
@@ -88,7 +87,7 @@ from tqdm import tqdm
 
 from probseq import sharding, validation
 from probseq.core import as_batch, batch_step_log_probs, prepare_source, start_states
-from probseq.fit import checkpoint
+from probseq.fit import checkpoint, driver
 from probseq.fit.compiled import SHARED, CompiledSteps, _BoundedCache, clear_compiled_cache  # noqa: F401
 from probseq.fit.result import FitHistory, FitResult
 from probseq.scan import pairwise_sum
@@ -425,38 +424,44 @@ def sgd_update(state: SGDState, batch) -> tuple[SGDState, dict]:
     return new, metrics
 
 
-def _make_train_chunk(max_nonfinite_steps: int, mesh=None):
+@functools.cache
+def _train_step(max_nonfinite_steps: int, mesh=None):
+    """fit_sgd's step on the driver, as (update, done, constrain): ``update(state,
+    (windows, (rows, w)))`` gathers window ``w`` of the batch ``rows`` and runs
+    :func:`sgd_update` on it (a batch with no valid step changes nothing); ``done``:
+    ``max_nonfinite_steps`` consecutive non-finite steps; ``constrain``: the state kept
+    whole on every device of ``mesh``. Cached, so the driver finds its compiled chunk
+    again."""
     acc_dtype = jnp.result_type(float)  # float64 under jax_enable_x64
 
-    def _train_chunk(state: SGDState, data: _Windows, rows, windows):
-        def step(c: SGDState, schedule):
-            row_ids, w = schedule
-            x, mask = data.x[w, row_ids], data.mask[w, row_ids]
-            inputs = None if data.inputs is None else data.inputs[w, row_ids]
-            source = None if data.source is None else tuple(a[row_ids] for a in data.source)
-            x, mask, inputs, source = _on_mesh(mesh, x, mask, inputs, source)
-            count = jnp.sum(mask, dtype=jnp.int32)
+    def update(state: SGDState, data_and_step):
+        data, (row_ids, w) = data_and_step
+        x, mask = data.x[w, row_ids], data.mask[w, row_ids]
+        inputs = None if data.inputs is None else data.inputs[w, row_ids]
+        source = None if data.source is None else tuple(a[row_ids] for a in data.source)
+        x, mask, inputs, source = _on_mesh(mesh, x, mask, inputs, source)
+        count = jnp.sum(mask, dtype=jnp.int32)
 
-            def run(c: SGDState):
-                new, metrics = sgd_update(c, Window(x, mask, inputs, source, w == 0))
-                ok = metrics["finite"]
-                total = jnp.where(ok, metrics["log_likelihood"], 0).astype(acc_dtype)
-                return new, (total, ok, ~ok)
+        def run(c: SGDState):
+            new, metrics = sgd_update(c, Window(x, mask, inputs, source, w == 0))
+            ok = metrics["finite"]
+            total = jnp.where(ok, metrics["log_likelihood"], 0).astype(acc_dtype)
+            return new, (total, ok, ~ok)
 
-            def skip(c: SGDState):
-                return c, (jnp.zeros((), acc_dtype), jnp.array(False), jnp.array(False))
+        def skip(c: SGDState):
+            return c, (jnp.zeros((), acc_dtype), jnp.array(False), jnp.array(False))
 
-            halted = c.nonfinite >= max_nonfinite_steps
-            c, (total, ok, bad) = jax.lax.cond((count > 0) & ~halted, run, skip, c)
-            # the state keeps one layout on a mesh (replicated), so every call of the
-            # compiled chunk gets the shardings it was compiled for
-            c = _replicated(mesh, c)
-            return c, (total, jnp.where(ok, count, 0), ok, bad, c.nonfinite >= max_nonfinite_steps)
+        state, (total, ok, bad) = jax.lax.cond(count > 0, run, skip, state)
+        return state, {"log_likelihood": total, "num_tokens": jnp.where(ok, count, 0),
+                       "applied": ok, "skipped": bad}  # fmt: skip
 
-        state, outs = jax.lax.scan(step, _replicated(mesh, state), (rows, windows))
-        return _replicated(mesh, state), outs
+    def done(state: SGDState):
+        return state.nonfinite >= max_nonfinite_steps
 
-    return _train_chunk
+    # the state keeps one layout on a mesh (replicated), so every call of the compiled
+    # chunk gets the shardings it was compiled for
+    constrain = None if mesh is None else functools.partial(_replicated, mesh)
+    return update, done, constrain
 
 
 def _replicated(mesh, tree):
@@ -477,11 +482,6 @@ def _make_evaluate(model, mesh=None):
         return jax.lax.map(chunk, (x, mask, inputs, source))
 
     return _evaluate
-
-
-def _train_chunk_of(compiled, model, optimizer, max_nonfinite_steps, mesh):
-    key = ("train", model, optimizer, max_nonfinite_steps, mesh)
-    return compiled.get(key, lambda: _make_train_chunk(max_nonfinite_steps, mesh))
 
 
 def _evaluate_of(compiled, model, mesh):
@@ -832,8 +832,8 @@ def fit_sgd(
                 fingerprint[name]["source_sha256"] = _digest(src.x, src.mask)
     fit = _start(model, params, optimizer, plan, valid is not None, checkpoint_dir,
                  fingerprint, checkpoint_every, sharding.is_multiprocess(mesh),
-                 _loss_key(key))  # fmt: skip
-    train_chunk = _train_chunk_of(compiled, model, optimizer, max_nonfinite_steps, mesh)
+                 _loss_key(key), max_nonfinite_steps)  # fmt: skip
+    update, done, constrain = _train_step(max_nonfinite_steps, mesh)
     evaluate = _evaluate_of(compiled, model, mesh)
     place = (lambda tree: tree) if mesh is None else functools.partial(sharding.replicate, mesh)
     fit.state, windows = place((fit.state, plan.windows))
@@ -848,7 +848,7 @@ def fit_sgd(
         extra = {
             "batch_size": plan.batch_size,
             "steps_per_call": plan.steps_per_call,
-            "compile_time_s": train_chunk.compile_time_s + evaluate.compile_time_s,
+            "compile_time_s": fit.compile_time_s + evaluate.compile_time_s,
         }
         return fit.result(stopped, extra)
 
@@ -866,6 +866,7 @@ def fit_sgd(
         disable=not (progress and jax.process_index() == 0),
     )
     bar.update(min(fit.run["num_steps"] + fit.run["num_skipped"], bar.total))
+    fit.bar = bar
     stopped = "completed"
     try:
         while fit.run["epoch"] < num_epochs:
@@ -879,16 +880,16 @@ def fit_sgd(
                 bar.n - fit.run["step_in_epoch"] + (num_epochs - fit.run["epoch"]) * len(steps)
             )
             bar.set_description(f"epoch {fit.run['epoch'] + 1}/{num_epochs}")
-            while fit.run["step_in_epoch"] < len(steps):
-                schedule = _chunk_schedule(plan, rows, steps, fit.run["step_in_epoch"])
-                tic, compiling = time.perf_counter(), train_chunk.compile_time_s
-                fit.state, outs = train_chunk(fit.state, windows, *place(schedule))
-                jax.block_until_ready((fit.state, outs))  # the clock reads the work's end
-                seconds = time.perf_counter() - tic - (train_chunk.compile_time_s - compiling)
-                halted = fit.record_chunk(jax.device_get(outs), len(steps), seconds, bar)
-                if halted:
-                    fit.save("nonfinite")
-                    raise _nonfinite_error(fit, summary("nonfinite"))
+            out = driver.run(
+                update, done, fit.state, windows, num_steps=len(steps),
+                steps_per_call=plan.steps_per_call, name="_train_chunk", compiled=compiled,
+                xs=(rows, steps), position=fit.run["step_in_epoch"], place=place,
+                constrain=constrain, after_call=fit.record_call, bar=bar,
+            )  # fmt: skip
+            fit.compile_time_s += out.compile_time_s
+            if bool(done(fit.state)):
+                fit.save("nonfinite")
+                raise _nonfinite_error(fit, summary("nonfinite"))
             valid_ll = None if valid is None else valid_total(fit.state.params)
             fit.end_epoch(valid_ll, num_epochs, bar)
             fit.save("running")
@@ -969,6 +970,7 @@ def _start(
     checkpoint_every,
     multiprocess,
     loss_key,
+    max_nonfinite_steps,
 ) -> _Fit:
     """A fresh fit, or the one in ``checkpoint_dir`` (checked against ``fingerprint``)."""
     source = plan.windows.source
@@ -1014,6 +1016,7 @@ def _start(
         checkpoint_every,
         last_saved,
         resumed_from,
+        max_nonfinite_steps,
     )
 
 
@@ -1030,6 +1033,9 @@ class _Fit:
     checkpoint_every: int
     last_saved: int  # checkpoints written after (steps done) // checkpoint_every
     resumed_from: int | None
+    max_nonfinite_steps: int
+    bar: Any = None
+    compile_time_s: float = 0.0
 
     def save(self, status: str) -> None:
         """Write the checkpoint (process 0 only), if the fit has a checkpoint_dir."""
@@ -1046,32 +1052,30 @@ class _Fit:
         metadata = {"fingerprint": self.fingerprint, "run": self.run}
         checkpoint.save_checkpoint(self.checkpoint_dir, trees, metadata)
 
-    def record_chunk(self, outs, epoch_steps: int, seconds: float, bar) -> bool:
-        """Account one compiled call's steps; checkpoint every ``checkpoint_every``
-        steps. Returns whether max_nonfinite_steps was reached (the call ended there)."""
-        totals, counts, oks, bads, halted = outs
+    def record_call(self, state: SGDState, metrics: dict, ran, seconds: float) -> None:
+        """Account one compiled call's steps (the driver's ``after_call``); checkpoint
+        every ``checkpoint_every`` steps, unless max_nonfinite_steps was reached."""
+        self.state = state
         run, acc = self.run, self.run["epoch_acc"]
-        k = min(len(oks), epoch_steps - run["step_in_epoch"])
-        if halted.any():  # the step that reached max_nonfinite_steps ends the call
-            k = int(np.argmax(halted)) + 1
+        k = int(ran.sum())
         acc["time_s"] += seconds
-        acc["log_lik"] += float(np.sum(totals[:k], dtype=np.float64))
-        acc["tokens"] += int(counts[:k].sum())
-        acc["skipped"] += int(bads[:k].sum())
-        run["num_steps"] += int(oks[:k].sum())
-        run["num_skipped"] += int(bads[:k].sum())
+        acc["log_lik"] += float(np.sum(metrics["log_likelihood"][ran], dtype=np.float64))
+        acc["tokens"] += int(metrics["num_tokens"][ran].sum())
+        acc["skipped"] += int(metrics["skipped"][ran].sum())
+        run["num_steps"] += int(metrics["applied"][ran].sum())
+        run["num_skipped"] += int(metrics["skipped"][ran].sum())
         run["step_in_epoch"] += k
-        run["consecutive_nonfinite"] = int(self.state.nonfinite)
-        bar.update(k)
-        bar.set_postfix(
-            loss=f"{-acc['log_lik'] / max(acc['tokens'], 1):.4f}",
-            tok_s=f"{acc['tokens'] / max(acc['time_s'], 1e-9):.3g}",
-        )
+        run["consecutive_nonfinite"] = int(state.nonfinite)
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{-acc['log_lik'] / max(acc['tokens'], 1):.4f}",
+                tok_s=f"{acc['tokens'] / max(acc['time_s'], 1e-9):.3g}",
+            )
         done = run["num_steps"] + run["num_skipped"]
-        if not halted.any() and done // self.checkpoint_every > self.last_saved:
+        halted = run["consecutive_nonfinite"] >= self.max_nonfinite_steps
+        if not halted and done // self.checkpoint_every > self.last_saved:
             self.last_saved = done // self.checkpoint_every
             self.save("running")
-        return bool(halted.any())
 
     def end_epoch(self, valid: tuple[float, int] | None, num_epochs: int, bar) -> None:
         """History, best parameters and patience at the end of an epoch; ``valid`` is
