@@ -63,6 +63,10 @@ class Head(abc.ABC):
     #: True when :meth:`m_step` is closed form (then an HMM with this head is fitted by
     #: probseq.fit_em). A head that implements m_step sets it; generic code reads it.
     has_m_step: ClassVar[bool] = False
+    #: True when x_t is discrete (a probability mass function: categorical tokens,
+    #: Poisson counts, Bernoulli bits), so log p(x_t | x_{<t}) <= 0: an HMM clamps its
+    #: log-likelihoods at 0 where float32 rounding would push them over (issue 25).
+    discrete: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod
@@ -197,6 +201,7 @@ class CategoricalHead(Head):
     """Categorical over ``vocab_size`` symbols: ``x_t ~ Categorical(softmax(logits))``."""
 
     has_m_step = True
+    discrete = True
 
     vocab_size: int
     is_token = True
@@ -554,6 +559,7 @@ class PoissonHead(_VectorHead):
     """Independent Poisson counts over ``obs_dim`` outputs: ``x_t ~ Poisson(exp(log_rate))``."""
 
     has_m_step = True
+    discrete = True
 
     def raw_shapes(self):
         return {"log_rate": (self.obs_dim,)}
@@ -599,6 +605,7 @@ class BernoulliHead(_VectorHead):
     ``x_t ~ Bernoulli(sigmoid(logits))``."""
 
     has_m_step = True
+    discrete = True
 
     def raw_shapes(self):
         return {"logits": (self.obs_dim,)}

@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from probseq.auto import chunking_pays, default_chunk_size
 from probseq.scan import EXACT, pairwise_sum
@@ -1141,28 +1142,57 @@ def _first_impossible(initial_probs, transition_matrix, log_likelihoods, valid):
     """(B,) the first valid step of each sequence that no state can reach and emit
     (a boolean forward recursion over supports, exact: no rounding), or -1.
 
-    initial_probs (K,) or (B, K); transition_matrix (K, K), (T, K, K) or (B, T, K, K);
-    log_likelihoods (B, T, K); valid (B, T)."""
-    num_seq, num_steps, num_states = log_likelihoods.shape
+    initial_probs (K,) or (B, K); transition_matrix (K, K), (T, K, K) or (B, T, K, K)
+    (never broadcast to the batch: a (B, T, K, K) copy of one matrix would be the
+    largest array of a fit); log_likelihoods (B, T, K); valid (B, T)."""
+    num_seq, _, num_states = log_likelihoods.shape
     pi = jnp.broadcast_to(initial_probs > 0, (num_seq, num_states))
-    a = jnp.asarray(transition_matrix) > 0
-    if a.ndim == 2:
-        a = jnp.broadcast_to(a, (num_steps, num_states, num_states))
-    if a.ndim == 3:
-        a = jnp.broadcast_to(a, (num_seq, num_steps, num_states, num_states))
+    a = (jnp.asarray(transition_matrix) > 0).astype(jnp.float32)
     emits = log_likelihoods > -jnp.inf  # NaN is not a possible step either
 
     def step(reach, inputs):
-        e, a_t, v = inputs  # (B, K), (B, K, K), (B,)
+        e, a_t, v = inputs  # (B, K), None | (K, K) | (B, K, K), (B,)
         alive = reach & e
         possible = alive.any(axis=-1) | ~v
-        nxt = jnp.einsum("bi,bij->bj", alive.astype(jnp.float32), a_t.astype(jnp.float32))
+        f = alive.astype(jnp.float32)  # sums of 0/1 up to K: exact in float32
+        a_t = a if a_t is None else a_t
+        if a_t.ndim == 2:
+            nxt = jnp.matmul(f, a_t, precision=EXACT)
+        else:
+            nxt = jnp.einsum("bi,bij->bj", f, a_t, precision=EXACT)
         return jnp.where(v[:, None], nxt > 0, reach), possible
 
-    xs = (jnp.swapaxes(emits, 0, 1), jnp.swapaxes(a, 0, 1), jnp.swapaxes(valid, 0, 1))
+    per_step = None if a.ndim == 2 else (a if a.ndim == 3 else jnp.swapaxes(a, 0, 1))
+    xs = (jnp.swapaxes(emits, 0, 1), per_step, jnp.swapaxes(valid, 0, 1))
     _, possible = jax.lax.scan(step, pi, xs)  # (T, B)
     bad = ~possible.T
     return jnp.where(bad.any(axis=1), jnp.argmax(bad, axis=1), -1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _first_impossible_of(model, params, x, mask, inputs):
+    """:func:`_first_impossible` of a padded batch under an HMM: one compiled call
+    (the emission log-likelihoods are never materialised op by op)."""
+    ll = jax.vmap(lambda xs: model.emission_log_likelihoods(params, xs))(x)
+    a = model._transition(params, inputs)
+    return _first_impossible(model.initial_state(params), a, ll, mask)
+
+
+def _raise_first_impossible(first, batched: bool) -> None:
+    first = np.asarray(jax.device_get(first))
+    bad = np.flatnonzero(first >= 0)
+    if bad.size == 0:
+        return
+    b, t = int(bad[0]), int(first[bad[0]])
+    which = f"sequence {b}" if batched else "the sequence"
+    more = f" ({bad.size} of {first.size} sequences are)" if batched and bad.size > 1 else ""
+    raise ValueError(
+        f"{which} has probability zero under these parameters: step {t} (0-based) is "
+        f"impossible{more} - no state that the initial and transition probabilities "
+        "allow there can emit it (structural zeros the data contradict). Start from "
+        "parameters that give every sequence a positive probability (e.g. a small "
+        "probability in place of each zero)."
+    )
 
 
 def check_possible(
@@ -1206,22 +1236,8 @@ def check_possible(
             transition_matrix = transition_matrix[None]
         mask = None if mask is None else jnp.asarray(mask)[None]
     valid = jnp.ones(ll.shape[:2], bool) if mask is None else jnp.asarray(mask, bool)
-    first = jax.device_get(
-        _first_impossible(jnp.asarray(initial_probs), jnp.asarray(transition_matrix), ll, valid)
-    )
-    bad = [b for b in range(len(first)) if first[b] >= 0]
-    if not bad:
-        return
-    b, t = bad[0], int(first[bad[0]])
-    which = f"sequence {b}" if batched else "the sequence"
-    more = f" ({len(bad)} of {len(first)} sequences are)" if batched and len(bad) > 1 else ""
-    raise ValueError(
-        f"{which} has probability zero under these parameters: step {t} (0-based) is "
-        f"impossible{more} - no state that the initial and transition probabilities "
-        "allow there can emit it (structural zeros the data contradict). Start from "
-        "parameters that give every sequence a positive probability (e.g. a small "
-        "probability in place of each zero)."
-    )
+    first = _first_impossible(jnp.asarray(initial_probs), jnp.asarray(transition_matrix), ll, valid)
+    _raise_first_impossible(first, batched)
 
 
 def check_model_data(model, params, x, mask=None, inputs=None) -> None:
@@ -1232,6 +1248,6 @@ def check_model_data(model, params, x, mask=None, inputs=None) -> None:
     leaves = jax.tree.leaves((params, x, mask, inputs))
     if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
         return
-    ll = jax.vmap(lambda xs: model.emission_log_likelihoods(params, xs))(jnp.asarray(x))
-    a = model._transition(params, inputs)
-    check_possible(model.initial_state(params), a, ll, mask, batched=True)
+    x = jnp.asarray(x)
+    valid = jnp.ones(x.shape[:2], bool) if mask is None else jnp.asarray(mask, bool)
+    _raise_first_impossible(_first_impossible_of(model, params, x, valid, inputs), True)

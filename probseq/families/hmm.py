@@ -203,7 +203,15 @@ class HMM(SequenceModel):
     def em_options(self, params, batch, **settings):
         from probseq.families import hmm_em
 
-        return hmm_em.em_options(self, params, batch, **settings)
+        options = hmm_em.em_options(self, params, batch, **settings)
+        # issue 25, case 7: data of probability zero under the start is refused before
+        # the first iteration (EM would run at -inf and return the start unchanged).
+        # fit_em and em_step call this eagerly; under a trace it checks nothing.
+        try:
+            check_model_data(self, params, batch.x, batch.mask, batch.inputs)
+        except ValueError as e:
+            raise ValueError(f"EM cannot start: {e}") from None
+        return options
 
     def expected_statistics(self, params, batch, options):
         from probseq.families import hmm_em
@@ -248,7 +256,7 @@ class HMM(SequenceModel):
             return super().batch_sequence_log_probs(params, states, xs, us)
         res = self.filter_batch(params, xs, None, states)
         after = jnp.matmul(res.filtered_probs, self.transition_matrix(params), precision=EXACT)
-        return res.log_normalizers, after
+        return at_most_zero(self.head, res.log_normalizers), after
 
     def sequence_log_probs(self, params, state, xs, us=None):
         """The scaled forward filter (one gather per step for categorical emissions);
@@ -257,7 +265,7 @@ class HMM(SequenceModel):
         res = hmm_filter(state, a, self.emission_log_likelihoods(params, xs))
         last = jnp.matmul(res.filtered_probs[-1], a[-1] if a.ndim == 3 else a, precision=EXACT)
         after = jnp.concatenate([res.predicted_probs[1:], last[None]])
-        return res.log_normalizers, after
+        return at_most_zero(self.head, res.log_normalizers), after
 
     # ------------------------------------------------------ posterior over states
     def filter(self, params, x, mask=None, *, inputs=None):
@@ -349,6 +357,17 @@ class HMM(SequenceModel):
         # Rows a traced call could not validate are NaN (integer paths: undefined).
         out = poison_invalid_rows(self, out, batch.x, batch.mask)
         return out if batch.batched else out[0]
+
+
+def at_most_zero(head, log_probs):
+    """``log_probs`` clamped at 0 when ``head`` is discrete (``head.discrete``): a
+    probability mass is at most 1, and float32 rounding of a near-certain step (one
+    repeated symbol) gives log p(x_t | x_{<t}) = +1.2e-7, totals of +1e-5 (issue 25,
+    case 8). The gradient is the unclamped one (the E-step's identity needs it);
+    densities (Normal heads) pass unchanged. -inf and NaN stay as they are."""
+    if not getattr(head, "discrete", False):
+        return log_probs
+    return jnp.where(log_probs > 0, log_probs - jax.lax.stop_gradient(log_probs), log_probs)
 
 
 def _batch_inputs(model, params, x, us=None):

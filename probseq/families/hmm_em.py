@@ -35,7 +35,7 @@ import optax
 from probseq import validation
 from probseq.auto import choose_smoother, estep_groups
 from probseq.core import EMOptions
-from probseq.families.hmm import HMM, HMMParams
+from probseq.families.hmm import HMM, HMMParams, at_most_zero
 from probseq.hmm_inference import (
     ChunkLayout,
     chunked_statistics,
@@ -72,22 +72,23 @@ class HMMStatistics(NamedTuple):
     posteriors: jax.Array
 
 
-def _log_marginal(log_pi, log_a, log_likelihoods, mask):
-    """Total masked log p(x) of a batch, multilinear in exp(log pi), exp(log A)."""
+def _log_marginal(log_pi, log_a, log_likelihoods, mask, head=None):
+    """Total masked log p(x) of a batch, multilinear in exp(log pi), exp(log A); each
+    step's log p(x_t | x_{<t}) at most 0 for a discrete ``head`` (same gradient)."""
 
     def one(ll, m):
         res = hmm_filter(jnp.exp(log_pi), jnp.exp(log_a), ll)
-        return pairwise_sum(jnp.where(m, res.log_normalizers, 0.0))
+        return pairwise_sum(jnp.where(m, at_most_zero(head, res.log_normalizers), 0.0))
 
     return jnp.sum(jax.vmap(one)(log_likelihoods, mask))
 
 
-def _log_marginal_inputs(log_pi, log_a, log_likelihoods, mask):
+def _log_marginal_inputs(log_pi, log_a, log_likelihoods, mask, head=None):
     """:func:`_log_marginal` with a transition matrix per step, log_a (B, T, K, K)."""
 
     def one(la, ll, m):
         res = hmm_filter(jnp.exp(log_pi), jnp.exp(la), ll)
-        return pairwise_sum(jnp.where(m, res.log_normalizers, 0.0))
+        return pairwise_sum(jnp.where(m, at_most_zero(head, res.log_normalizers), 0.0))
 
     return jnp.sum(jax.vmap(one)(log_a, log_likelihoods, mask))
 
@@ -106,7 +107,7 @@ def _statistics(model: HMM, params: HMMParams, x, mask, estep: str, inputs=None,
         log_a = jnp.log(model.transition_matrices(params, inputs))
         ll = jax.vmap(lambda xs: model.emission_log_likelihoods(params, xs))(x)
         value, (n_init, xi, gamma) = jax.value_and_grad(_log_marginal_inputs, argnums=(0, 1, 2))(
-            log_pi, log_a, ll, mask
+            log_pi, log_a, ll, mask, model.head
         )
         return _paired(HMMStatistics(value, n_init, xi, gamma), x, paired)
     log_a = jax.nn.log_softmax(params.transition_logits, axis=-1)
@@ -114,17 +115,18 @@ def _statistics(model: HMM, params: HMMParams, x, mask, estep: str, inputs=None,
     if estep == "autodiff":
         ll = jax.vmap(lambda xs: model.emission_log_likelihoods(params, xs))(x)
         value, (n_init, n_trans, gamma) = jax.value_and_grad(_log_marginal, argnums=(0, 1, 2))(
-            log_pi, log_a, ll, mask
+            log_pi, log_a, ll, mask, model.head
         )
         return _paired(HMMStatistics(value, n_init, n_trans, gamma), x, paired)
     pi, a = jnp.exp(log_pi), jnp.exp(log_a)
     if paired and estep == "chunked":
         value, n_init, n_trans, gamma, flat_x = _chunked_in_groups(model, params, x, mask, pi, a)
+        value = at_most_zero(model.head, value)  # per sequence: a mass is at most 1
         return HMMStatistics(pairwise_sum(value), n_init, n_trans, gamma), flat_x
     lik, shift = jax.vmap(lambda xs: model.emission_likelihoods(params, xs, pi, a))(x)
     post = hmm_smoother_from_likelihoods(pi, a, lik, shift, mask, method=estep)
     stats = HMMStatistics(
-        pairwise_sum(post.marginal_loglik),
+        pairwise_sum(at_most_zero(model.head, post.marginal_loglik)),
         jnp.sum(post.smoothed_probs[:, 0], axis=0),
         pairwise_sum(jnp.moveaxis(post.expected_transitions, 0, -1)),
         post.smoothed_probs,
@@ -391,5 +393,3 @@ def _prior(model: HMM, prior, dtype) -> DirichletPrior:
             raise ValueError(f"prior.{name} must hold finite concentrations > 0.")
         out[name] = jnp.asarray(a, dtype)
     return DirichletPrior(out["initial"], out["transition"], out.get("emission"))
-
-
