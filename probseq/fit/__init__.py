@@ -5,10 +5,13 @@ over one pytree state, ``init(...) -> state`` and ``update(state, data) -> (stat
 metrics)``, and one driver, :func:`probseq.fit.driver.run`, owns the loop: compiled
 chunks of updates, real timings (it blocks before reading the clock), the progress
 bar, and checkpoints of the whole state from which a killed fit resumes
-bit-identically. EM is :func:`probseq.fit.em.em_init` / :func:`~probseq.fit.em.em_update`
-over :class:`~probseq.fit.em.EMState`, for any model whose contract declares EM
-(``supports_em``: expected statistics and M-step). Moving fit_sgd's epochs onto the
-same driver is the open part of issue 19 (its step is :func:`sgd_update`).
+bit-identically. SGD is :func:`~probseq.fit.sgd_step.sgd_init` /
+:func:`~probseq.fit.sgd_step.sgd_update` over :class:`~probseq.fit.sgd_step.SGDState`
+(TBPTT carry and PRNG key included): :func:`fit_sgd` runs its epochs on the driver, with
+each epoch's schedule of rows as the steps' inputs. EM is
+:func:`probseq.fit.em.em_init` / :func:`~probseq.fit.em.em_update` over
+:class:`~probseq.fit.em.EMState`, for any model whose contract declares EM
+(``supports_em``: expected statistics and M-step).
 
 A user-written fitter runs on the same driver (here: Newton's method for a scalar
 mean, whose state is (estimate, done)):
