@@ -21,7 +21,10 @@ import sys
 import numpy as np
 
 VOCAB = 5
-SGD = {"num_epochs": 4, "batch_size": 5, "bptt_length": 8, "checkpoint_every": 3}
+# 4 epochs of TBPTT windows, 2 optimizer steps per compiled call: every epoch crosses
+# several calls (the state's layout must survive each; issue 26)
+SGD = {"num_epochs": 4, "batch_size": 5, "bptt_length": 8, "checkpoint_every": 3,
+       "steps_per_call": 2}  # fmt: skip
 
 
 def dataset():
@@ -111,6 +114,8 @@ def main(argv):
     out["sgd_params"] = [np.asarray(a).tolist() for a in jax.tree.leaves(sgd.params)]
     out["sgd_valid"] = np.asarray(sgd.history["valid_log_likelihood_per_token"]).tolist()
     out["resumed_from_step"] = sgd.info["resumed_from_step"]
+    out["sgd_steps"] = np.asarray(sgd.history["num_steps"]).tolist()  # cumulative
+    out["sgd_steps_per_call"] = sgd.info["steps_per_call"]
     with open(out_path, "w") as f:
         json.dump(out, f)
     jax.distributed.shutdown()

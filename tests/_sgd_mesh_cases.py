@@ -42,6 +42,46 @@ def _leaves(tree):
     return [np.asarray(a, np.float64).ravel().tolist() for a in jax.tree.leaves(tree)]
 
 
+CLI_SPEC = """
+seed = 1
+[data]
+kind = "text"
+sequence_length = 40
+[model]
+family = "lstm"
+hidden_size = 6
+[fit]
+method = "sgd"
+num_epochs = 3
+batch_size = 4
+bptt_length = 8
+steps_per_call = 2
+learning_rate = 0.02
+"""
+
+
+def _cli():
+    """``probseq fit --devices 2`` and the same fit on one device (3 epochs, TBPTT, 2
+    steps per compiled call): exit codes, parameters and optimizer steps per epoch."""
+    import pathlib
+
+    from probseq import cli, io
+
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        d = pathlib.Path(d)
+        (d / "lstm.toml").write_text(CLI_SPEC)
+        (d / "corpus.txt").write_text(probseq.data.pydoc_text()[:1500], encoding="utf-8")
+        for devices in (None, "2"):
+            argv = ["fit", str(d / "lstm.toml"), "--data", str(d / "corpus.txt"),
+                    "--out", str(d / f"run{devices}"), "--quiet"]  # fmt: skip
+            code = cli.main(argv + ([] if devices is None else ["--devices", devices]))
+            run = io.load(d / f"run{devices}")
+            steps = np.asarray(run.history["num_steps"]).tolist()  # cumulative, per epoch
+            out[str(devices)] = {"code": code, "params": _leaves(run.params), "steps": steps}
+    return out
+
+
 def main():
     assert jax.device_count() == 2, jax.device_count()
     out = {}
@@ -60,11 +100,9 @@ def main():
             row = {}
             for n in (1, 2):
                 mesh = None if n == 1 else mesh_of(2)
-                fit = probseq.fit_sgd(model, params, x, bptt_length=bptt, mesh=mesh,
-                                      valid_data=x[:4], **kw)  # fmt: skip
+                fit = probseq.fit_sgd(model, params, x, bptt_length=bptt, mesh=mesh, **kw)
                 row[n] = {
                     "params": _leaves(fit.params),
-                    "valid": np.asarray(fit.history["valid_log_likelihood"]).tolist(),
                     "calls_per_epoch": int(
                         -(-fit.history.num_steps[0] // fit.info["steps_per_call"])
                     ),
@@ -86,6 +124,7 @@ def main():
                 "from": fit.info["resumed_from_step"],
             }
     out["resume"] = {"whole": _leaves(whole.params), **resumed}
+    out["cli"] = _cli()
     json.dump(out, sys.stdout)
     print()
 

@@ -119,6 +119,9 @@ def test_two_processes_give_the_one_process_numbers(tmp_path, reference):
         share = process_split(list(reference["log_prob"]), process_index=pid, process_count=2)
         _close(result["log_prob"], share)
         _same_fit(result, reference, ["em_params", "em_log_likelihood", "sgd_params", "sgd_valid"])
+        # >= 3 epochs, each of several compiled calls (the boundary is crossed)
+        steps = np.diff([0] + result["sgd_steps"])
+        assert len(steps) >= 3 and steps.min() > result["sgd_steps_per_call"], steps
         assert result["em_num_tokens"] == reference["em_num_tokens"] == sum(map(len, train))
         assert result["resumed_from_step"] is None
     meta = checkpoint.read_metadata(tmp_path / "ckpt")
