@@ -64,8 +64,7 @@ def em_categorical():
     model = probseq.CategoricalHMM(num_states=3, vocab_size=4)
     x = _tokens(6, 10, 30, 4)
     mask = _ragged_mask(7, 10, 30)
-    return probseq.fit_em(model, model.init(jax.random.key(6)), x, mask=mask, num_iters=8,
-                          tol=0.0)
+    return probseq.fit_em(model, model.init(jax.random.key(6)), x, mask=mask, num_iters=8, tol=0.0)
 
 
 def em_gaussian():
@@ -80,8 +79,7 @@ def em_inputs():
     model = probseq.CategoricalHMM(3, 4, input_dim=2)
     x = _tokens(9, 8, 20, 4)
     u = np.random.default_rng(10).normal(size=(8, 20, 2)).astype(np.float32)
-    return probseq.fit_em(model, model.init(jax.random.key(9)), x, inputs=u, num_iters=4,
-                          tol=0.0)
+    return probseq.fit_em(model, model.init(jax.random.key(9)), x, inputs=u, num_iters=4, tol=0.0)
 
 
 def em_lds():
