@@ -68,11 +68,10 @@ from probseq.families.registry import (
     BOOL,
     HEADS,
     POSITIVE_INT,
-    POSITIVE_NUMBER,
     choice,
     make_head,
 )
-from probseq.fit.em import ESTEPS
+from probseq.fit import registry as fitter_registry
 
 __all__ = ["Spec", "SpecError", "load_spec", "parse_spec", "spec_text", "FAMILIES", "HEADS"]
 
@@ -152,30 +151,6 @@ _SOURCE = {
     "pooling": choice("final", "mean"),
 }
 _SOURCE_ONLY = {"attention": "sequence", "attention_size": "sequence", "pooling": "label"}
-_FIT_METHODS = ("sgd", "em", "ls")
-_FIT = {
-    "sgd": {
-        "method": choice(*_FIT_METHODS),
-        "num_epochs": POSITIVE_INT,
-        "batch_size": POSITIVE_INT,
-        "learning_rate": POSITIVE_NUMBER,
-        "max_grad_norm": POSITIVE_NUMBER,
-        "bptt_length": POSITIVE_INT,
-        "patience": POSITIVE_INT,
-        "shuffle": BOOL,
-        "steps_per_call": POSITIVE_INT,
-    },
-    "em": {
-        "method": choice(*_FIT_METHODS),
-        "num_iters": POSITIVE_INT,
-        "tol": ((int, float), lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
-        "num_restarts": POSITIVE_INT,
-        "prior": ((int, float), lambda v: math.isfinite(v) and v >= 1, "a number >= 1"),
-        "estep": choice(*ESTEPS),
-    },
-}
-_FIT["ls"] = {"method": choice(*_FIT_METHODS)}  # closed form: nothing to set
-_FIT_DEFAULTS = {"sgd": {"num_epochs": 1, "batch_size": 32}, "em": {"num_iters": 100}, "ls": {}}
 _DATA_DEFAULTS = {"text": {"sequence_length": 256, "split": [0.9, 0.05, 0.05]}}
 _DATA_DEFAULTS["series"] = {"split": [0.8, 0.1, 0.1], "standardize": True}
 _DATA_DEFAULTS["pairs"] = {"target": "sequence", "split": [0.9, 0.05, 0.05]}
@@ -332,36 +307,9 @@ class Spec:
         Returns:
             :class:`probseq.FitResult`.
         """
-        from probseq.fit import fit_em, fit_ls, fit_sgd
-
-        f = dict(self.fit)
-        method = f.pop("method")
-        if method == "ls":
-            dtype = jax.tree.leaves(params)[0].dtype
-            return fit_ls(model, train.x, mask=train.mask, dtype=dtype)
-        if method == "em":
-            prior = f.pop("prior", None)
-            if prior is not None:
-                prior = {"initial": prior, "transition": prior}
-                if self.model["head"] == "categorical":
-                    prior["emission"] = self.fit["prior"]
-            key = jax.random.fold_in(jax.random.key(self.seed), 1)
-            return fit_em(
-                model, params, train.x, mask=train.mask, prior=prior, key=key,
-                progress=progress, mesh=mesh, checkpoint_dir=checkpoint_dir, **f,
-            )  # fmt: skip
-        kwargs = {}
-        if valid is not None:
-            kwargs = {"valid_data": valid.x, "valid_mask": valid.mask}
-        if self.kind == "pairs":  # a probseq.data.PairSplit: targets and their sources
-            kwargs.update(source=train.source, source_mask=train.source_mask)
-            if valid is not None:
-                kwargs.update(valid_source=valid.source, valid_source_mask=valid.source_mask)
-        return fit_sgd(
-            model, params, train.x, mask=train.mask,
-            key=jax.random.fold_in(jax.random.key(self.seed), 2),
-            progress=progress, checkpoint_dir=checkpoint_dir, mesh=mesh, **kwargs, **f,
-        )  # fmt: skip
+        fitter = fitter_registry.registered()[self.method]
+        return fitter.fit(self, model, params, train, valid, progress=progress,
+                          checkpoint_dir=checkpoint_dir, mesh=mesh)  # fmt: skip
 
 
 def parse_spec(d: dict, *, source: str = "<dict>") -> Spec:
@@ -507,28 +455,38 @@ def _model_table(d: dict, kind: str, source: str):
         raise SpecError(f"{source}: series data needs a real-valued head, not 'categorical'.")
     if "num_components" in model and model["head"] != "mixture_normal":
         raise SpecError(f"{source}: [model].num_components needs head = 'mixture_normal'.")
-    return model, repr(family), fam.fit_methods
+    return model, repr(family), _methods_of(fam)
 
 
 def _fit_table(d: dict, family: str, fit_methods, source: str, fit_keys=None) -> dict:
     """The checked [fit] table, for a model (``family``) fitted by ``fit_methods`` that
-    takes ``fit_keys`` of its own (:attr:`probseq.families.registry.FamilySpec.fit_keys`)."""
+    takes ``fit_keys`` of its own (:attr:`probseq.families.registry.FamilySpec.fit_keys`);
+    the methods and their keys are the registered fitters' (:mod:`probseq.fit.registry`)."""
     if not isinstance(d["fit"], dict):
         raise SpecError(f"{source}: [fit] must be a table.")
+    fitters = fitter_registry.registered()
     method = _require(d["fit"], "method", "[fit]", source)
-    if method not in _FIT:
+    if method not in fitters:
         raise SpecError(
-            f"{source}: [fit].method must be {_or(repr(m) for m in _FIT_METHODS)}; got {method!r}."
+            f"{source}: [fit].method must be {_or(repr(m) for m in fitters)}; got {method!r}."
         )
-    allowed_fit = {**_FIT[method], **(fit_keys or {}).get(method, {})}  # + the family's own
+    fitter = fitters[method]
+    allowed_fit = {"method": choice(*fitters), **fitter.keys, **(fit_keys or {}).get(method, {})}
     fit = _check_table(d["fit"], allowed_fit, f"[fit] (method {method!r})", source)
     if method not in fit_methods:
-        fitted = [n for n, f in FAMILY_SPECS.items() if method in f.fit_methods]
+        fitted = [n for n, f in FAMILY_SPECS.items() if method in _methods_of(f)]
         raise SpecError(
             f"{source}: method = {method!r} fits family = {_or(repr(n) for n in fitted)} only; "
             f"for {family} use {_or(repr(m) for m in fit_methods)}."
         )
-    return {**_FIT_DEFAULTS[method], **fit}
+    return {**fitter.defaults, **fit}
+
+
+def _methods_of(family) -> tuple[str, ...]:
+    """The ``[fit].method`` values that fit ``family`` (a FamilySpec): its own
+    ``fit_methods`` and every registered fitter that names it in ``families``."""
+    extra = [n for n, f in fitter_registry.registered().items() if family.name in f.families]
+    return tuple(family.fit_methods) + tuple(m for m in extra if m not in family.fit_methods)
 
 
 def _or(items) -> str:

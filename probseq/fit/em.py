@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -53,7 +54,9 @@ from probseq.families.hmm_em import (  # noqa: F401  (the HMM's EM kernels, by t
     _resolve_estep,
     _statistics,
 )
+from probseq.families.registry import POSITIVE_INT, Key, choice
 from probseq.fit import driver
+from probseq.fit.registry import FitterSpec, register
 from probseq.fit.result import FitHistory, FitResult
 
 __all__ = [
@@ -405,3 +408,39 @@ def em_step(model, params, data, *, mask=None, inputs=None, prior=None, estep: s
         state = sharding.replicate(mesh, state)
     new, metrics = _em_update_jit(state, arrays)
     return jax.tree.map(lambda a: a[0], new.params), metrics["log_likelihood"][0]
+
+
+def _fit_from_spec(spec, model, params, train, valid, *, progress, checkpoint_dir, mesh):
+    """A spec's ``[fit] method = "em"``: its keys (and the family's own, e.g. an LDS's
+    ``initial``) as fit_em's keywords; ``prior`` (a Dirichlet concentration) for the
+    initial and transition probabilities, and a categorical head's emissions; restarts'
+    key from the spec's seed. ``valid`` is not used (EM has no early stopping)."""
+    settings = {k: v for k, v in spec.fit.items() if k != "method"}
+    prior = settings.pop("prior", None)
+    if prior is not None:
+        concentration = prior
+        prior = {"initial": concentration, "transition": concentration}
+        if spec.model.get("head") == "categorical":
+            prior["emission"] = concentration
+    key = jax.random.fold_in(jax.random.key(spec.seed), 1)
+    return fit_em(
+        model, params, train.x, mask=train.mask, prior=prior, key=key,
+        progress=progress, mesh=mesh, checkpoint_dir=checkpoint_dir, **settings,
+    )  # fmt: skip
+
+
+SPEC = register(
+    FitterSpec(
+        name="em",
+        function="fit_em",
+        keys={
+            "num_iters": POSITIVE_INT,
+            "tol": Key((int, float), lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+            "num_restarts": POSITIVE_INT,
+            "prior": Key((int, float), lambda v: math.isfinite(v) and v >= 1, "a number >= 1"),
+            "estep": choice(*ESTEPS),
+        },
+        defaults={"num_iters": 100},
+        fit=_fit_from_spec,
+    )
+)

@@ -19,6 +19,7 @@ import numpy as np
 
 from probseq import validation
 from probseq.core import param_dtype
+from probseq.fit.registry import FitterSpec, register
 from probseq.fit.result import FitHistory, FitResult
 
 __all__ = ["fit_ls"]
@@ -66,3 +67,11 @@ def fit_ls(model, data, *, mask=None, inputs=None, dtype=None) -> FitResult:
         history=FitHistory.from_totals("fit_ls", log_likelihood=[log_lik], num_tokens=num_steps),
         info={"method": "ls", "num_regression_steps": num_steps, "converged": True},
     )
+
+
+def _fit_from_spec(spec, model, params, train, valid, *, progress, checkpoint_dir, mesh):
+    """A spec's ``[fit] method = "ls"``: closed form, in the parameters' dtype."""
+    return fit_ls(model, train.x, mask=train.mask, dtype=jax.tree.leaves(params)[0].dtype)
+
+
+SPEC = register(FitterSpec(name="ls", function="fit_ls", keys={}, fit=_fit_from_spec))

@@ -79,8 +79,10 @@ from tqdm import tqdm
 
 from probseq import sharding, validation
 from probseq.core import as_batch, prepare_source
+from probseq.families.registry import BOOL, POSITIVE_INT, POSITIVE_NUMBER
 from probseq.fit import driver
 from probseq.fit.compiled import SHARED, CompiledSteps, _BoundedCache, clear_compiled_cache  # noqa: F401
+from probseq.fit.registry import FitterSpec, register
 from probseq.fit.result import FitResult
 from probseq.fit.sgd_run import (  # noqa: F401
     CheckpointMismatchError,
@@ -372,3 +374,41 @@ def _batch(model, params, mesh, data, mask, inputs, name):
         return batch
     mask, x, inputs = sharding.gather_batch(mesh, batch.mask, batch.x, batch.inputs)
     return batch._replace(x=x, mask=mask, inputs=inputs)
+
+
+def _fit_from_spec(spec, model, params, train, valid, *, progress, checkpoint_dir, mesh):
+    """A spec's ``[fit] method = "sgd"``: its keys as fit_sgd's keywords; the shuffles'
+    key from the spec's seed; validation data for early stopping; pairs' sources."""
+    settings = {k: v for k, v in spec.fit.items() if k != "method"}
+    kwargs = {}
+    if valid is not None:
+        kwargs = {"valid_data": valid.x, "valid_mask": valid.mask}
+    if spec.kind == "pairs":  # a probseq.data.PairSplit: targets and their sources
+        kwargs.update(source=train.source, source_mask=train.source_mask)
+        if valid is not None:
+            kwargs.update(valid_source=valid.source, valid_source_mask=valid.source_mask)
+    return fit_sgd(
+        model, params, train.x, mask=train.mask,
+        key=jax.random.fold_in(jax.random.key(spec.seed), 2),
+        progress=progress, checkpoint_dir=checkpoint_dir, mesh=mesh, **kwargs, **settings,
+    )  # fmt: skip
+
+
+SPEC = register(
+    FitterSpec(
+        name="sgd",
+        function="fit_sgd",
+        keys={
+            "num_epochs": POSITIVE_INT,
+            "batch_size": POSITIVE_INT,
+            "learning_rate": POSITIVE_NUMBER,
+            "max_grad_norm": POSITIVE_NUMBER,
+            "bptt_length": POSITIVE_INT,
+            "patience": POSITIVE_INT,
+            "shuffle": BOOL,
+            "steps_per_call": POSITIVE_INT,
+        },
+        defaults={"num_epochs": 1, "batch_size": 32},
+        fit=_fit_from_spec,
+    )
+)
