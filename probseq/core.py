@@ -136,8 +136,7 @@ class SequenceModel(abc.ABC):
         ``num_restarts``, ``mesh``; refuse by name those that do not apply) for
         ``batch`` (a validated :class:`probseq.validation.Batch`)."""
         raise ValueError(
-            f"{self!r} has no EM (expected statistics and M-step); fit it with "
-            "probseq.fit_sgd."
+            f"{self!r} has no EM (expected statistics and M-step); fit it with probseq.fit_sgd."
         )
 
     def em_start(self, params, batch, options: EMOptions) -> tuple[PyTree, dict]:
