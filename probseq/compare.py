@@ -255,7 +255,7 @@ def _views(entries, data, mask):
 def conditioned_steps(model) -> int:
     """Steps at the start of every sequence that ``model`` conditions on instead of
     scoring (``model.num_conditioned_steps``: an AR(d)'s d; 0 for most families)."""
-    return int(getattr(model, "num_conditioned_steps", 0))
+    return int(model.num_conditioned_steps)
 
 
 def scored_steps(model, mask) -> int:

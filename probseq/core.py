@@ -161,6 +161,32 @@ class SequenceModel(abc.ABC):
         """log p(params) that MAP-EM adds to the objective (default 0: maximum likelihood)."""
         return jnp.zeros((), jax.tree.leaves(params)[0].dtype)
 
+    #: A closed-form predictive: :meth:`predict` gives the exact mean and covariance of
+    #: the next steps (probseq.forecast's bands use it; else they come from samples).
+    supports_predict = False
+
+    def predict(self, params, state, horizon: int, future_inputs=None):
+        """(means (horizon, D), covariances (horizon, D, D)) of x_{t+1..t+horizon}
+        given the state after x_t, in closed form (``supports_predict`` models)."""
+        raise NotImplementedError(f"{self!r} has no closed-form predictive.")
+
+    #: A closed-form least-squares fit: :meth:`least_squares` (probseq.fit_ls).
+    supports_least_squares = False
+
+    def least_squares(self, x, mask, inputs=None) -> dict:
+        """Raw parameters maximising the conditional likelihood of float64 NumPy data
+        ``x`` (B, T, D) under ``mask`` (``supports_least_squares`` models)."""
+        raise NotImplementedError(f"{self!r} has no closed-form least-squares fit.")
+
+    #: Steps at the start of every sequence the model conditions on instead of
+    #: scoring (an AR(d)'s d); comparisons count only scored steps.
+    num_conditioned_steps = 0
+
+    def attention_weights(self, state):
+        """The attention weights over the source behind ``state`` (an attentive
+        decoder's), or None for a model without attention (the default)."""
+        return None
+
     # ------------------------------------------------------------ overridable paths
     def trajectory(self, params, state, xs, us=None) -> PyTree:
         """States h_2..h_{T+1} after each of the T steps, stacked on axis 0.

@@ -77,8 +77,7 @@ def _token_log_probs(model, params, h):
 
 
 def _weights(model, h):
-    get = getattr(model, "attention_weights", None)
-    return None if get is None else get(h)
+    return model.attention_weights(h)
 
 
 def _starts(model, params, source, source_mask):

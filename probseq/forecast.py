@@ -167,7 +167,7 @@ def forecast(
     if model.head.is_token:
         mean = bands = None
         probs = _next_step_probs(model, params, res.final_state, batched)
-    elif callable(getattr(model, "predict", None)) and temperature == 1:
+    elif model.supports_predict and temperature == 1:
         # A closed-form predictive (probseq.AR, probseq.LDS): the exact mean and Normal bands.
         mean, bands = _exact_bands(model, params, res.final_state, horizon, levels, batched,
                                    future_inputs)  # fmt: skip

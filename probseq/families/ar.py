@@ -85,6 +85,10 @@ class AR(SequenceModel):
         # What the data checks and shapes see: real vectors of obs_dim values.
         object.__setattr__(self, "head", NormalHead(self.obs_dim))
 
+    # the contract's optional capabilities: a closed-form predictive and fit
+    supports_predict = True
+    supports_least_squares = True
+
     @property
     def num_conditioned_steps(self) -> int:
         """The first ``order`` steps of each sequence are conditioned on, not scored

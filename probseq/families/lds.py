@@ -269,8 +269,9 @@ class LDS(SequenceModel):
         return LDSState(*predict_step(mean, scale, params["dynamics"],
                                       _scale(params, "dynamics"), b))  # fmt: skip
 
-    # ---- the EM capability (probseq.families.lds_em holds the math)
+    # ---- the EM capability (probseq.families.lds_em holds the math); and predict
     supports_em = True
+    supports_predict = True
 
     def em_options(self, params, batch, **settings):
         from probseq.families import lds_em

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from probseq import sharding, validation
-from probseq.core import EMOptions, as_batch
+from probseq.core import EMOptions, SequenceModel, as_batch
 from probseq.families.hmm import HMM, HMMParams
 from probseq.families.hmm_em import (  # noqa: F401  (the HMM's EM kernels, by their old names)
     ESTEPS,
@@ -201,8 +201,8 @@ def _settings(prior, estep, initial, mesh) -> dict:
 
 
 def _check_em(model):
-    if not getattr(model, "supports_em", False):  # a non-probseq object has no contract
-        if hasattr(model, "em_options") and isinstance(model, HMM):
+    if not (isinstance(model, SequenceModel) and model.supports_em):
+        if isinstance(model, HMM):
             _check_hmm(model)  # says why this HMM has none
         raise ValueError(
             "fit_em fits hidden Markov models (probseq.CategoricalHMM, GaussianHMM, HMM) "

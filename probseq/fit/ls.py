@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from probseq import validation
-from probseq.core import param_dtype
+from probseq.core import SequenceModel, param_dtype
 from probseq.fit.registry import FitterSpec, register
 from probseq.fit.result import FitHistory, FitResult
 
@@ -47,7 +47,7 @@ def fit_ls(model, data, *, mask=None, inputs=None, dtype=None) -> FitResult:
         ValueError: a model without a closed form, bad data (as for ``log_prob``), too
             few steps for the regressors, or a singular design.
     """
-    if not callable(getattr(model, "least_squares", None)):
+    if not (isinstance(model, SequenceModel) and model.supports_least_squares):
         raise ValueError(
             f"fit_ls fits models with a closed-form least-squares fit (probseq.AR); "
             f"{model!r} has none: use probseq.fit_sgd (or fit_em for an HMM)."
