@@ -418,10 +418,10 @@ def _fit_from_spec(spec, model, params, train, valid, *, progress, checkpoint_di
     settings = {k: v for k, v in spec.fit.items() if k != "method"}
     prior = settings.pop("prior", None)
     if prior is not None:
-        concentration = prior
-        prior = {"initial": concentration, "transition": concentration}
-        if spec.model.get("head") == "categorical":
-            prior["emission"] = concentration
+        groups = ("initial", "transition") + (
+            ("emission",) if spec.model.get("head") == "categorical" else ()
+        )
+        prior = dict.fromkeys(groups, prior)
     key = jax.random.fold_in(jax.random.key(spec.seed), 1)
     return fit_em(
         model, params, train.x, mask=train.mask, prior=prior, key=key,

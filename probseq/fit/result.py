@@ -23,9 +23,6 @@ import numpy as np
 
 __all__ = ["FitResult", "FitHistory"]
 
-#: The built-in fitters' names ("" : an old history that did not say); any fitter
-#: registered with :func:`probseq.fit.registry.register` is accepted too.
-FITTERS = ("fit_sgd", "fit_em", "fit_ls", "")
 _INT_FIELDS = frozenset(
     {"iteration", "num_tokens", "valid_num_tokens", "num_steps", "skipped_steps"}
 )
@@ -92,15 +89,14 @@ class FitHistory(Mapping):
     tokens_per_s: np.ndarray
 
     def __post_init__(self):
-        if self.fitter not in FITTERS:
-            from probseq.fit.registry import fitter_names
+        from probseq.fit.registry import fitter_names  # the one list of fitters
 
-            known = (*fitter_names(), "")
-            if self.fitter not in known:
-                raise ValueError(
-                    f"FitHistory.fitter must be one of {known} (the registered fitters), "
-                    f"got {self.fitter!r}."
-                )
+        known = (*fitter_names(), "")  # "": an old history that did not say
+        if self.fitter not in known:
+            raise ValueError(
+                f"FitHistory.fitter must be one of {known} (the registered fitters), "
+                f"got {self.fitter!r}."
+            )
         length = None
         for name in self._array_fields():
             raw = getattr(self, name)
